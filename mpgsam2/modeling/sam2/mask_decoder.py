@@ -1,0 +1,391 @@
+"""SAM 2 mask decoder with MPG-SAM 2's hierarchical global-historical aggregator (spec §1.5, step 3).
+
+Original: ``MaskDecoder`` and ``VisionLanguageFusionModule`` in ``models/sam2/modeling/sam/mask_decoder.py`` of the
+MPG-SAM 2 fork. Three post-norm cross-attention blocks are added to SAM 2's decoder:
+
+- ``pixel_global_fusion`` (original: ``vtlfusion_module``): the image embedding cross-attends to the global visual
+  context of all frames (re-patchified ``p x p`` and projected by ``context_patch_proj``, original:
+  ``patch_linear``) followed by the word features.
+- ``object_global_fusion`` (original: ``mmfusion_module``): the mask tokens cross-attend to the global context.
+- ``object_historical_fusion`` (original: ``objfusion_module``): the mask tokens cross-attend to the object
+  pointers of earlier frames (temporal sine position on the keys).
+
+Each block runs when it exists (its ``use_*`` switch) and its inputs are given; without ``global_context`` /
+``obj_memory`` the decoder is the stock SAM 2 decoder.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from mpgsam2.modeling.sam2.common import MLP, LayerNorm2d
+
+
+class CrossAttentionFusionBlock(nn.Module):
+    """Post-norm cross-attention + FFN block of the MPG aggregator (original: ``VisionLanguageFusionModule``).
+
+    ``tgt = norm1(tgt + attn(tgt + query_pos, memory + pos, memory)); tgt = norm2(tgt + ffn(tgt))``.
+
+    Args:
+        d_model: width C of queries and memory.
+        num_heads: attention heads.
+        dim_feedforward: FFN hidden width.
+        dropout: dropout of the attention weights, the FFN hidden layer and both residual branches.
+    """
+
+    def __init__(
+        self, d_model: int, num_heads: int, dim_feedforward: int = 1024, dropout: float = 0.1
+    ) -> None:
+        super().__init__()
+        # parity: nn.MultiheadAttention (sequence-first, weights returned) as the original, for identical numerics.
+        self.multihead_attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.activation = nn.ReLU()
+
+    def forward(
+        self, tgt: Tensor, memory: Tensor, pos: Tensor | None = None, query_pos: Tensor | None = None
+    ) -> Tensor:
+        """tgt: [Nq, B, C]; memory: [Nk, B, C]; pos: [Nk, B, C] on keys; query_pos: [Nq, B or 1, C] -> [Nq, B, C]."""
+        # The unmodified tensor is passed on (not a copy) when there is no position, so that key and value are
+        # the same object and nn.MultiheadAttention takes the same packed-projection path as in the original.
+        query = tgt if query_pos is None else tgt + query_pos
+        key = memory if pos is None else memory + pos
+        attended = self.multihead_attn(query=query, key=key, value=memory)[0]
+        tgt = self.norm1(tgt + self.dropout1(attended))
+        ffn = self.linear2(self.dropout(self.activation(self.linear1(tgt))))
+        return self.norm2(tgt + self.dropout2(ffn))
+
+
+class MaskDecoder(nn.Module):
+    """SAM 2 mask decoder plus the MPG-SAM 2 fusion blocks.
+
+    Args:
+        transformer_dim: width C.
+        transformer: the two-way transformer (``TwoWayTransformer``).
+        num_multimask_outputs: multimask outputs M (one more mask token is used for the single-mask output).
+        activation: activation class of the upscaling stack.
+        iou_head_depth: layers of the IoU MLP.
+        iou_head_hidden_dim: hidden width of the IoU MLP.
+        use_high_res_features: add the stride-4 / stride-8 features in the upscaling (and create conv_s0/conv_s1,
+            which the caller applies to the backbone's FPN levels beforehand).
+        iou_prediction_use_sigmoid: sigmoid on the IoU predictions.
+        dynamic_multimask_via_stability: in eval single-mask mode, fall back to the best multimask output when the
+            single mask is unstable.
+        dynamic_multimask_stability_delta: logit margin of the stability score.
+        dynamic_multimask_stability_thresh: stability threshold.
+        pred_obj_scores: predict an object score from an extra token.
+        pred_obj_scores_mlp: 3-layer MLP (instead of a linear layer) as object-score head.
+        use_multimask_token_for_obj_ptr: in multimask mode, return the multimask tokens (else the single-mask one).
+        fusion_ffn_dim: FFN width of the fusion blocks.
+        fusion_num_heads: heads of the fusion blocks.
+        fusion_dropout: dropout of the fusion blocks.
+        context_patch_size: p of the p x p re-patchification of the global context before pixel fusion.
+        use_pixel_global_fusion: create and run ``pixel_global_fusion`` (and ``context_patch_proj``).
+        use_object_global_fusion: create and run ``object_global_fusion``.
+        use_object_historical_fusion: create and run ``object_historical_fusion``.
+    """
+
+    def __init__(
+        self,
+        transformer_dim: int,
+        transformer: nn.Module,
+        num_multimask_outputs: int = 3,
+        activation: type[nn.Module] = nn.GELU,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+        use_high_res_features: bool = False,
+        iou_prediction_use_sigmoid: bool = False,
+        dynamic_multimask_via_stability: bool = False,
+        dynamic_multimask_stability_delta: float = 0.05,
+        dynamic_multimask_stability_thresh: float = 0.98,
+        pred_obj_scores: bool = False,
+        pred_obj_scores_mlp: bool = False,
+        use_multimask_token_for_obj_ptr: bool = False,
+        fusion_ffn_dim: int = 1024,
+        fusion_num_heads: int = 8,
+        fusion_dropout: float = 0.1,
+        context_patch_size: int = 2,
+        use_pixel_global_fusion: bool = True,
+        use_object_global_fusion: bool = True,
+        use_object_historical_fusion: bool = True,
+    ) -> None:
+        super().__init__()
+        self.transformer_dim = transformer_dim
+        self.transformer = transformer
+        self.num_multimask_outputs = num_multimask_outputs
+
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+
+        self.pred_obj_scores = pred_obj_scores
+        if pred_obj_scores:
+            self.obj_score_token = nn.Embedding(1, transformer_dim)
+        self.use_multimask_token_for_obj_ptr = use_multimask_token_for_obj_ptr
+
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4),
+            activation(),
+            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            activation(),
+        )
+        self.use_high_res_features = use_high_res_features
+        if use_high_res_features:
+            self.conv_s0 = nn.Conv2d(transformer_dim, transformer_dim // 8, kernel_size=1, stride=1)
+            self.conv_s1 = nn.Conv2d(transformer_dim, transformer_dim // 4, kernel_size=1, stride=1)
+
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
+            for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(
+            transformer_dim,
+            iou_head_hidden_dim,
+            self.num_mask_tokens,
+            iou_head_depth,
+            sigmoid_output=iou_prediction_use_sigmoid,
+        )
+        if pred_obj_scores:
+            if pred_obj_scores_mlp:
+                self.pred_obj_score_head = MLP(transformer_dim, transformer_dim, 1, 3)
+            else:
+                self.pred_obj_score_head = nn.Linear(transformer_dim, 1)
+
+        self.dynamic_multimask_via_stability = dynamic_multimask_via_stability
+        self.dynamic_multimask_stability_delta = dynamic_multimask_stability_delta
+        self.dynamic_multimask_stability_thresh = dynamic_multimask_stability_thresh
+
+        def fusion_block() -> CrossAttentionFusionBlock:
+            return CrossAttentionFusionBlock(
+                transformer_dim, fusion_num_heads, fusion_ffn_dim, fusion_dropout
+            )
+
+        self.context_patch_size = context_patch_size
+        self.use_pixel_global_fusion = use_pixel_global_fusion
+        self.use_object_global_fusion = use_object_global_fusion
+        self.use_object_historical_fusion = use_object_historical_fusion
+        if use_pixel_global_fusion:
+            self.pixel_global_fusion = fusion_block()
+            # deviation: width from transformer_dim and grid from the token count (original: Linear(1024, 256)
+            # and a hard-coded 14 x 14 grid, i.e. the same at full size).
+            self.context_patch_proj = nn.Linear(transformer_dim * context_patch_size**2, transformer_dim)
+        if use_object_global_fusion:
+            self.object_global_fusion = fusion_block()
+        if use_object_historical_fusion:
+            self.object_historical_fusion = fusion_block()
+
+    def forward(
+        self,
+        image_embeddings: Tensor,
+        image_pe: Tensor,
+        sparse_prompt_embeddings: Tensor,
+        dense_prompt_embeddings: Tensor,
+        multimask_output: bool,
+        repeat_image: bool,
+        high_res_features: list[Tensor] | None = None,
+        text_feat: Tensor | None = None,
+        global_context: Tensor | None = None,
+        global_context_flat: Tensor | None = None,
+        obj_memory: Tensor | None = None,
+        obj_memory_pos: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Predict masks from the image embedding and the prompts.
+
+        Args:
+            image_embeddings: [B, C, E, E] (memory-conditioned) image embedding.
+            image_pe: [1, C, E, E] dense positional encoding (``PromptEncoder.get_dense_pe``).
+            sparse_prompt_embeddings: [B, N, C] sparse prompt tokens.
+            dense_prompt_embeddings: [B, C, E, E] dense prompt.
+            multimask_output: return the M multimask outputs instead of the single mask.
+            repeat_image: repeat the image embedding over the prompt batch.
+            high_res_features: [feat_s0 [B, C/8, 4E, 4E], feat_s1 [B, C/4, 2E, 2E]], already through
+                conv_s0 / conv_s1; required when ``use_high_res_features``.
+            text_feat: [B, L, C] word features appended to the pixel-fusion memory (original: ``text_feat``).
+            global_context: [B, T, G*G, C] global visual context of all frames (original: ``visual_feat``).
+                None skips the pixel fusion.
+            global_context_flat: [B, T*G*G, C], the same values flattened (original: ``mask_pred``), memory of the
+                object global fusion; None takes ``global_context`` flattened, and skips the block if that is None.
+            obj_memory: [K, B, C] object pointers of earlier frames; None (first frame) skips the historical fusion.
+            obj_memory_pos: [K, B, C] their temporal positional encoding.
+
+        Returns:
+            masks: [B, M', 4E, 4E] mask logits (M' = M with ``multimask_output``, else 1).
+            iou_pred: [B, M'] predicted IoUs.
+            sam_tokens_out: [B, M'', C] output tokens for the object pointer (M'' = M with multimask output and
+                ``use_multimask_token_for_obj_ptr``, else 1: the single-mask token).
+            object_score_logits: [B, 1] (10.0 when object scores are not predicted).
+        """
+        if global_context_flat is None and global_context is not None:
+            global_context_flat = global_context.flatten(1, 2)
+        if self.use_pixel_global_fusion and global_context is not None:
+            image_embeddings = self._pixel_global_fusion(
+                image_embeddings, image_pe, global_context, text_feat
+            )
+
+        masks, iou_pred, mask_tokens_out, object_score_logits = self._predict_masks(
+            image_embeddings=image_embeddings,
+            image_pe=image_pe,
+            sparse_prompt_embeddings=sparse_prompt_embeddings,
+            dense_prompt_embeddings=dense_prompt_embeddings,
+            repeat_image=repeat_image,
+            high_res_features=high_res_features,
+            global_context_flat=global_context_flat,
+            obj_memory=obj_memory,
+            obj_memory_pos=obj_memory_pos,
+        )
+
+        if multimask_output:
+            masks = masks[:, 1:]
+            iou_pred = iou_pred[:, 1:]
+        elif self.dynamic_multimask_via_stability and not self.training:
+            masks, iou_pred = self._dynamic_multimask_via_stability(masks, iou_pred)
+        else:
+            masks = masks[:, 0:1]
+            iou_pred = iou_pred[:, 0:1]
+
+        if multimask_output and self.use_multimask_token_for_obj_ptr:
+            sam_tokens_out = mask_tokens_out[:, 1:]
+        else:
+            # SAM 2 otherwise always tracks with the single-mask token (the one trained as object memory).
+            sam_tokens_out = mask_tokens_out[:, 0:1]
+        return masks, iou_pred, sam_tokens_out, object_score_logits
+
+    def _pixel_global_fusion(
+        self, image_embeddings: Tensor, image_pe: Tensor, global_context: Tensor, text_feat: Tensor | None
+    ) -> Tensor:
+        """Image embedding [B, C, E, E] cross-attends to [patchified global context ; words] -> [B, C, E, E]."""
+        b, _, h, w = image_embeddings.shape
+        p = self.context_patch_size
+        grid = math.isqrt(global_context.shape[2])
+        if grid * grid != global_context.shape[2] or grid % p:
+            raise ValueError(
+                f"global_context needs a square token grid divisible by {p}, got {global_context.shape[2]} tokens"
+            )
+        dtype = image_embeddings.dtype
+        # p x p neighbours are stacked channel-major (c, p_row, p_col), tokens ordered (t, row, col).
+        patches = rearrange(
+            global_context.to(dtype), "b t (h p1 w p2) c -> (t h w) b (c p1 p2)", h=grid // p, p1=p, p2=p
+        )
+        memory = self.context_patch_proj(patches)
+        if text_feat is not None:
+            memory = torch.cat([memory, rearrange(text_feat.to(dtype), "b l c -> l b c")], dim=0)
+        tgt = rearrange(image_embeddings, "b c h w -> (h w) b c")
+        query_pos = rearrange(image_pe, "b c h w -> (h w) b c")
+        fused = self.pixel_global_fusion(tgt=tgt, memory=memory, query_pos=query_pos)
+        return rearrange(fused, "(h w) b c -> b c h w", h=h, w=w)
+
+    def _predict_masks(
+        self,
+        image_embeddings: Tensor,
+        image_pe: Tensor,
+        sparse_prompt_embeddings: Tensor,
+        dense_prompt_embeddings: Tensor,
+        repeat_image: bool,
+        high_res_features: list[Tensor] | None,
+        global_context_flat: Tensor | None,
+        obj_memory: Tensor | None,
+        obj_memory_pos: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """All mask-token outputs: masks [B, M+1, 4E, 4E], iou [B, M+1], tokens [B, M+1, C], score [B, 1]."""
+        s = 1 if self.pred_obj_scores else 0
+        lead = (
+            [self.obj_score_token.weight, self.iou_token.weight]
+            if self.pred_obj_scores
+            else [self.iou_token.weight]
+        )
+        bs = sparse_prompt_embeddings.size(0)
+        lead_tokens = torch.cat(lead, dim=0).unsqueeze(0).expand(bs, -1, -1)
+        mask_tokens = self.mask_tokens.weight.unsqueeze(0).expand(bs, -1, -1)
+
+        # Object-level aggregation: the mask tokens (not the score / IoU tokens) attend to the global context,
+        # then to the object pointers of earlier frames.
+        run_global = self.use_object_global_fusion and global_context_flat is not None
+        run_historical = self.use_object_historical_fusion and obj_memory is not None
+        if run_global or run_historical:
+            mask_tokens = rearrange(mask_tokens, "b m c -> m b c")
+            if run_global:
+                memory = rearrange(global_context_flat.to(mask_tokens.dtype), "b n c -> n b c")
+                mask_tokens = self.object_global_fusion(tgt=mask_tokens, memory=memory)
+            if run_historical:
+                mask_tokens = self.object_historical_fusion(
+                    tgt=mask_tokens, memory=obj_memory, pos=obj_memory_pos
+                )
+            mask_tokens = rearrange(mask_tokens, "m b c -> b m c")
+
+        tokens = torch.cat([lead_tokens, mask_tokens, sparse_prompt_embeddings], dim=1)
+
+        if repeat_image:
+            src = torch.repeat_interleave(image_embeddings, tokens.shape[0], dim=0)
+        else:
+            assert image_embeddings.shape[0] == tokens.shape[0]
+            src = image_embeddings
+        src = src + dense_prompt_embeddings
+        assert image_pe.size(0) == 1, "image_pe should have size 1 in batch dim (from `get_dense_pe()`)"
+        pos_src = torch.repeat_interleave(image_pe, tokens.shape[0], dim=0)
+        b, c, h, w = src.shape
+
+        hs, src = self.transformer(src, pos_src, tokens)
+        iou_token_out = hs[:, s, :]
+        mask_tokens_out = hs[:, s + 1 : s + 1 + self.num_mask_tokens, :]
+
+        src = src.transpose(1, 2).view(b, c, h, w)
+        if not self.use_high_res_features:
+            upscaled = self.output_upscaling(src)
+        else:
+            dc1, ln1, act1, dc2, act2 = self.output_upscaling
+            feat_s0, feat_s1 = high_res_features
+            upscaled = act1(ln1(dc1(src) + feat_s1))
+            upscaled = act2(dc2(upscaled) + feat_s0)
+
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )
+        b, c, h, w = upscaled.shape
+        masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+
+        iou_pred = self.iou_prediction_head(iou_token_out)
+        if self.pred_obj_scores:
+            object_score_logits = self.pred_obj_score_head(hs[:, 0, :])
+        else:
+            # No score head: the object is taken as present (sigmoid(10) ~ 1).
+            object_score_logits = 10.0 * iou_pred.new_ones(iou_pred.shape[0], 1)
+        return masks, iou_pred, mask_tokens_out, object_score_logits
+
+    def _get_stability_scores(self, mask_logits: Tensor) -> Tensor:
+        """IoU between the masks thresholded at +delta and -delta: [B, K, H, W] -> [B, K]."""
+        mask_logits = mask_logits.flatten(-2)
+        delta = self.dynamic_multimask_stability_delta
+        area_i = torch.sum(mask_logits > delta, dim=-1).float()
+        area_u = torch.sum(mask_logits > -delta, dim=-1).float()
+        return torch.where(area_u > 0, area_i / area_u, 1.0)
+
+    def _dynamic_multimask_via_stability(
+        self, all_mask_logits: Tensor, all_iou_scores: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Single mask [B, 1, H, W] / IoU [B, 1], replaced by the best multimask output where it is unstable."""
+        multimask_logits = all_mask_logits[:, 1:]
+        multimask_iou = all_iou_scores[:, 1:]
+        best = torch.argmax(multimask_iou, dim=-1)
+        batch = torch.arange(multimask_iou.size(0), device=all_iou_scores.device)
+        best_logits = multimask_logits[batch, best].unsqueeze(1)
+        best_iou = multimask_iou[batch, best].unsqueeze(1)
+
+        single_logits = all_mask_logits[:, 0:1]
+        single_iou = all_iou_scores[:, 0:1]
+        is_stable = self._get_stability_scores(single_logits) >= self.dynamic_multimask_stability_thresh
+        mask_logits = torch.where(
+            is_stable[..., None, None].expand_as(single_logits), single_logits, best_logits
+        )
+        iou = torch.where(is_stable.expand_as(single_iou), single_iou, best_iou)
+        return mask_logits, iou

@@ -7,7 +7,6 @@ the raw decoder outputs with those of the original code.
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 from functools import cache
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mpgsam2.modeling.sam2.mask_decoder import MaskDecoder
 from mpgsam2.modeling.sam2.prompt_encoder import PromptEncoder
@@ -32,6 +30,9 @@ RENAMES = {
     "objfusion_module": "object_historical_fusion",
     "patch_linear": "context_patch_proj",
 }
+# The fixture's own inference intermediates carry ~1e-7 noise (the original code, rerun on them, differs from its
+# recorded decoder outputs by up to 9.5e-7 on the output tokens); the train clip reproduces bit for bit.
+PARITY_ATOL = 2e-6
 OUTPUT_NAMES = ("masks", "iou_pred", "sam_tokens", "object_score_logits")
 FIXTURE_NAMES = (
     "sam.decoder_multimask_logits",
@@ -157,21 +158,8 @@ def _run_frame(
     )
 
 
-@pytest.mark.parametrize(
-    ("prefix", "train", "backend", "atol"),
-    [
-        # The original's SAM attention restricts SDPA to the math kernel on the CPU (sdp_kernel context, flash
-        # off); with it the outputs agree to float32 noise. The default backend must still be within 1e-5.
-        ("", False, SDPBackend.MATH, 2e-6),
-        ("train.", True, SDPBackend.MATH, 2e-6),
-        ("", False, None, 1e-5),
-        ("train.", True, None, 1e-5),
-    ],
-    ids=["inference-math", "train-math", "inference-default-sdpa", "train-default-sdpa"],
-)
-def test_mask_decoder_matches_original_every_frame(
-    prefix: str, train: bool, backend: SDPBackend | None, atol: float
-) -> None:
+@pytest.mark.parametrize(("prefix", "train"), [("", False), ("train.", True)], ids=["inference", "train"])
+def test_mask_decoder_matches_original_every_frame(prefix: str, train: bool) -> None:
     # Train mode with dropout 0, as the fixture's training step (dropout is random and cannot be matched).
     prompt_encoder, decoder = _build_loaded(fusion_dropout=0.0)
     prompt_encoder.train(train)
@@ -180,13 +168,17 @@ def test_mask_decoder_matches_original_every_frame(
     num_frames = out[f"{prefix}sam.pix_feat_with_mem"].shape[0]
     assert f"{prefix}sam.obj_memory.frame0" not in out and f"{prefix}sam.obj_memory.frame1" in out
     for t in range(num_frames):
-        with torch.no_grad(), sdpa_kernel([backend]) if backend is not None else nullcontext():
+        with torch.no_grad():
             got = _run_frame(prompt_encoder, decoder, prefix, t)
         for name, fixture_name, value in zip(OUTPUT_NAMES, FIXTURE_NAMES, got):
             expected = out[prefix + fixture_name][t]
             assert value.shape == expected.shape, (name, t)
             torch.testing.assert_close(
-                value, expected, atol=atol, rtol=0, msg=lambda m, t=t, name=name: f"frame {t} {name}: {m}"
+                value,
+                expected,
+                atol=PARITY_ATOL,
+                rtol=0,
+                msg=lambda m, t=t, name=name: f"frame {t} {name}: {m}",
             )
 
 

@@ -1,0 +1,327 @@
+"""MPG-SAM 2: BEiT-3 multimodal encoding, the mask-prior generator, and SAM 2 tracking prompted by both.
+
+Three entry points:
+- ``MPGSAM2.forward``: a batch of clips, every frame segmented (training and whole-clip inference);
+- ``MPGSAM2.start_video`` -> ``VideoSession.track``: streaming inference (the global context is computed once
+  from all frames, then SAM 2 runs frame by frame holding only its memory window);
+- ``MPGSAM2.forward_images``: single images (RefCOCO pre-training).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from mpgsam2.modeling.beit3 import BEiT3
+from mpgsam2.modeling.config import MPGSAM2Config
+from mpgsam2.modeling.sam2.position_encoding import get_1d_sine_pe
+from mpgsam2.modeling.sam2.tracker import (
+    FrameFeatures,
+    FrameOutput,
+    FramePrompts,
+    SAM2Tracker,
+    TrackingState,
+    build_sam2_tracker,
+)
+
+
+class PostNormEncoderLayer(nn.Module):
+    """Transformer encoder layer, post-norm, ReLU FFN (DETR style), over a [N, B, D] sequence."""
+
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout)
+        self.linear1 = nn.Linear(dim, ffn_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(ffn_dim, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+
+    def forward(self, src: Tensor) -> Tensor:
+        """src: [N, B, D] -> [N, B, D]."""
+        # deviation: need_weights=False (no [heads, N, N] weight tensor is kept; the original materialised it,
+        # 12 GB at 100 frames); the output is the same attention.
+        attended = self.self_attn(src, src, src, need_weights=False)[0]
+        src = self.norm1(src + self.dropout1(attended))
+        hidden = self.linear2(self.dropout(F.relu(self.linear1(src))))
+        return self.norm2(src + self.dropout2(hidden))
+
+
+class MultiplicativeCrossAttention(nn.Module):
+    """Queries attend to a memory and are then MULTIPLIED by the result (no residual, no norm)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, num_heads)
+
+    def forward(self, query: Tensor, memory: Tensor) -> Tensor:
+        """query: [Nq, B, D]; memory: [Nk, B, D] -> [Nq, B, D]."""
+        return query * self.attn(query, memory, memory, need_weights=False)[0]
+
+
+@dataclass
+class PriorOutput:
+    """The mask-prior generator's results for B clips of T frames (G x G BEiT-3 patch grid, C SAM width).
+
+    prior_logits: [B, T, G, G]; global_context: [B, T, G*G, C] (with temporal position);
+    refined_token: [B, T, D] (class token after the multiplicative fusion).
+    """
+
+    prior_logits: Tensor
+    global_context: Tensor
+    refined_token: Tensor
+
+
+class MaskPriorGenerator(nn.Module):
+    """Turns BEiT-3's fused tokens into a coarse target mask per frame and into SAM 2's global context.
+
+    Args:
+        dim: BEiT-3 width D. context_dim: SAM 2 width C. num_heads, ffn_dim, dropout: the global self-attention.
+        use_global_attention: False skips the clip-wide patch self-attention (ablation).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        context_dim: int,
+        num_heads: int = 8,
+        ffn_dim: int | None = None,
+        dropout: float = 0.1,
+        use_global_attention: bool = True,
+    ) -> None:
+        super().__init__()
+        self.context_dim = context_dim
+        self.global_attn = (
+            PostNormEncoderLayer(dim, num_heads, ffn_dim or 4 * dim, dropout)
+            if use_global_attention
+            else None
+        )
+        self.token_refine = MultiplicativeCrossAttention(dim, num_heads)
+        self.token_proj = nn.Linear(dim, dim)
+        self.prior_head = nn.Linear(dim, 1)
+        self.context_proj = nn.Linear(dim, context_dim)
+
+    def forward(self, cls_token: Tensor, patch_tokens: Tensor, grid: tuple[int, int]) -> PriorOutput:
+        """cls_token: [B, T, D]; patch_tokens: [B, T, G*G, D] row-major over ``grid`` (G, G)."""
+        b, t, p, _ = patch_tokens.shape
+        h, w = grid
+        # every patch of every frame attends to every other: the clip-level pixel context
+        visual = rearrange(patch_tokens, "b t p d -> (t p) b d")
+        if self.global_attn is not None:
+            visual = self.global_attn(visual)
+        token = self.token_refine(rearrange(cls_token, "b t d -> t b d"), visual)
+        token = self.token_proj(rearrange(token, "t b d -> b t d"))
+        visual = rearrange(visual, "(t h w) b d -> b t h w d", t=t, h=h, w=w)
+        mask_features = visual * token[:, :, None, None, :]
+        prior_logits = self.prior_head(mask_features).squeeze(-1)
+        context = rearrange(self.context_proj(mask_features), "b t h w c -> b t (h w) c")
+        frame_pos = get_1d_sine_pe(
+            torch.arange(t, dtype=context.dtype, device=context.device), self.context_dim
+        )
+        context = context + frame_pos[None, :, None, :].to(context.dtype)
+        return PriorOutput(prior_logits=prior_logits, global_context=context, refined_token=token)
+
+
+@dataclass
+class ClipContext:
+    """Per-clip quantities computed before SAM 2 runs (B clips, T frames, L tokens, C SAM width, G grid).
+
+    priors: [B, T, 1, G, G] (sigmoid of prior logits); sparse_tokens: [B, T, 1, C]; text_feat: [B, T, L, C];
+    global_context: [B, T, G*G, C]; sentence_scores: [B, T] (the original's sentence scalar per frame).
+    """
+
+    prior: PriorOutput
+    priors: Tensor
+    sparse_tokens: Tensor
+    text_feat: Tensor
+    global_context: Tensor
+    sentence_scores: Tensor
+
+    def frame_prompts(self, t: int, use_dense_prior: bool, use_sparse_token: bool) -> FramePrompts:
+        return FramePrompts(
+            mask_prior=self.priors[:, t] if use_dense_prior else None,
+            sparse_token=self.sparse_tokens[:, t] if use_sparse_token else None,
+            text_feat=self.text_feat[:, t],
+            global_context=self.global_context,
+        )
+
+
+@dataclass
+class ClipOutput:
+    """pred_masks: [B, T, 1, S, S] mask logits at the SAM input size; sentence_scores: [B, T]."""
+
+    pred_masks: Tensor
+    sentence_scores: Tensor
+    context: ClipContext
+    frames: list[FrameOutput] = field(default_factory=list)
+
+
+class MPGSAM2(nn.Module):
+    """The MPG-SAM 2 model. Build with ``MPGSAM2(config)``; load weights with ``mpgsam2.weights``."""
+
+    def __init__(self, config: MPGSAM2Config) -> None:
+        super().__init__()
+        self.config = config
+        d, c = config.beit_dim, config.sam_dim
+        self.beit3 = BEiT3(**config.beit3)
+        self.mask_prior = MaskPriorGenerator(
+            d,
+            c,
+            num_heads=config.prior_num_heads,
+            ffn_dim=config.prior_ffn_dim,
+            dropout=config.dropout,
+            use_global_attention=config.use_global_pixel_attention,
+        )
+        self.sparse_prompt_mlp = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, c))
+        self.text_proj = nn.Linear(d, c)
+        self.sentence_head = nn.Linear(c, 1)
+        storage = None if config.memory_storage_dtype is None else getattr(torch, config.memory_storage_dtype)
+        sam2_cfg = dict(config.sam2)
+        sam2_cfg.setdefault("memory_storage_dtype", storage)
+        self.sam: SAM2Tracker = build_sam2_tracker(
+            sam2_cfg,
+            mask_decoder_kwargs={
+                "fusion_ffn_dim": config.fusion_ffn_dim,
+                "fusion_num_heads": config.fusion_num_heads,
+                "fusion_dropout": config.dropout,
+                "use_pixel_global_fusion": config.use_pixel_global_fusion,
+                "use_object_global_fusion": config.use_object_global_fusion,
+                "use_object_historical_fusion": config.use_object_historical_fusion,
+            },
+        )
+        if config.freeze_image_encoder:
+            self.sam.image_encoder.requires_grad_(False)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = self.beit3.grid_size
+        return (side, side) if isinstance(side, int) else tuple(side)
+
+    def train(self, mode: bool = True) -> MPGSAM2:
+        super().train(mode)
+        if self.config.freeze_image_encoder:
+            # frozen means frozen: no drop-path or other train-only behaviour in the image encoder either
+            self.sam.image_encoder.eval()
+        return self
+
+    # ------------------------------------------------------------------ multimodal context
+    def encode_context(
+        self, beit_frames: Tensor, text_ids: Tensor, text_padding_mask: Tensor | None
+    ) -> ClipContext:
+        """beit_frames: [B, T, 3, H, W]; text_ids: [B, L]; text_padding_mask: [B, L] (True = ignored)."""
+        b, t = beit_frames.shape[:2]
+        ids = text_ids.repeat_interleave(t, dim=0)
+        pad = None if text_padding_mask is None else text_padding_mask.repeat_interleave(t, dim=0)
+        tokens = self.beit3(beit_frames.flatten(0, 1), ids, pad)  # [(B T), 1 + P + L, D]
+        length = text_ids.shape[1]
+        num_patches = tokens.shape[1] - 1 - length
+        cls_token = tokens[:, 0].unflatten(0, (b, t))
+        patches = tokens[:, 1 : 1 + num_patches].unflatten(0, (b, t))
+        words = tokens[:, 1 + num_patches :]
+        prior = self.mask_prior(cls_token, patches, self.grid)
+        # the sparse prompt uses the raw class token (not the refined one), as the original
+        sparse = self.sparse_prompt_mlp(tokens[:, :1]).unflatten(0, (b, t))
+        text_feat = self.text_proj(words)
+        sentence = self.sentence_head(text_feat[:, 0]).view(b, t)
+        return ClipContext(
+            prior=prior,
+            priors=torch.sigmoid(prior.prior_logits).unsqueeze(2),
+            sparse_tokens=sparse,
+            text_feat=text_feat.unflatten(0, (b, t)),
+            global_context=prior.global_context,
+            sentence_scores=sentence,
+        )
+
+    def _image_features(self, sam_frames: Tensor) -> FrameFeatures:
+        if self.config.freeze_image_encoder:
+            with torch.no_grad():
+                return self.sam.forward_image(sam_frames)
+        return self.sam.forward_image(sam_frames)
+
+    # ------------------------------------------------------------------ clips
+    def forward(
+        self,
+        sam_frames: Tensor,
+        beit_frames: Tensor,
+        text_ids: Tensor,
+        text_padding_mask: Tensor | None = None,
+    ) -> ClipOutput:
+        """Segment every frame of B clips of T frames (frame 0 conditions, the rest are tracked).
+
+        sam_frames: [B, T, 3, S, S]; beit_frames: [B, T, 3, Hb, Wb]; text_ids / text_padding_mask: [B, L].
+        """
+        b, t = sam_frames.shape[:2]
+        context = self.encode_context(beit_frames, text_ids, text_padding_mask)
+        feats = self._image_features(sam_frames.flatten(0, 1))
+        state = self.sam.new_state(num_frames=t)
+        frames = []
+        for i in range(t):
+            frame_feats = feats.select(torch.arange(b, device=sam_frames.device) * t + i)
+            prompts = context.frame_prompts(i, self.config.use_dense_prior, self.config.use_sparse_token)
+            frames.append(self.sam.track_step(state, i, frame_feats, prompts))
+        pred = torch.stack([f.high_res_logits for f in frames], dim=1)
+        return ClipOutput(
+            pred_masks=pred, sentence_scores=context.sentence_scores, context=context, frames=frames
+        )
+
+    # ------------------------------------------------------------------ streaming
+    def start_video(
+        self, beit_frames: Tensor, text_ids: Tensor, text_padding_mask: Tensor | None = None
+    ) -> VideoSession:
+        """Begin streaming inference on one video: beit_frames [T, 3, Hb, Wb] (all frames), text_ids [L]."""
+        context = self.encode_context(
+            beit_frames.unsqueeze(0),
+            text_ids.unsqueeze(0),
+            None if text_padding_mask is None else text_padding_mask.unsqueeze(0),
+        )
+        return VideoSession(self, context, self.sam.new_state(num_frames=beit_frames.shape[0]))
+
+    # ------------------------------------------------------------------ images
+    def forward_images(
+        self,
+        sam_images: Tensor,
+        beit_images: Tensor,
+        text_ids: Tensor,
+        text_padding_mask: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Single-image path (RefCOCO): sam_images [B, 3, S, S], beit_images [B, 3, Hb, Wb], text [B, L].
+
+        Returns pred_masks [B, 1, S, S] logits and sentence_scores [B].
+        """
+        context = self.encode_context(beit_images.unsqueeze(1), text_ids, text_padding_mask)
+        feats = self._image_features(sam_images)
+        prompts = context.frame_prompts(0, self.config.use_dense_prior, self.config.use_sparse_token)
+        out = self.sam.forward_image_batch(feats, prompts)
+        return {"pred_masks": out["high_res_logits"], "sentence_scores": context.sentence_scores[:, 0]}
+
+
+class VideoSession:
+    """Streaming inference: call ``track(frame_idx, sam_frame)`` for frames 0, 1, 2, ... in order.
+
+    Only the SAM 2 memory window and the pointer window are held between calls; the multimodal context of the
+    whole video was computed once by ``MPGSAM2.start_video``.
+    """
+
+    def __init__(self, model: MPGSAM2, context: ClipContext, state: TrackingState) -> None:
+        self.model = model
+        self.context = context
+        self.state = state
+
+    @property
+    def num_frames(self) -> int:
+        return self.state.num_frames
+
+    def track(self, frame_idx: int, sam_frame: Tensor) -> FrameOutput:
+        """sam_frame: [3, S, S] -> this frame's output (``high_res_logits`` [1, 1, S, S])."""
+        if not 0 <= frame_idx < self.num_frames:
+            raise IndexError(f"frame {frame_idx} outside the video's {self.num_frames} frames")
+        feats = self.model._image_features(sam_frame.unsqueeze(0))
+        cfg = self.model.config
+        prompts = self.context.frame_prompts(frame_idx, cfg.use_dense_prior, cfg.use_sparse_token)
+        return self.model.sam.track_step(self.state, frame_idx, feats, prompts)

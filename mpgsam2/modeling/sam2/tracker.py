@@ -1,0 +1,617 @@
+"""SAM 2 as MPG-SAM 2 drives it: image features, memory-conditioned features, prompted heads and the memory bank.
+
+This replaces the original's ``SAM2Base`` + ``SAM2VideoPredictor`` pair with one module and an explicit
+``TrackingState``. The video predictor's bookkeeping (per-object dicts, temporary outputs, consolidation,
+"preflight") reduces, for MPG-SAM 2's use, to: frame 0 of a clip is the single conditioning frame, every other
+frame is tracked forward in order, each frame is prompted by its own mask prior, sparse token and text features.
+The state keeps only what later frames can read (the conditioning memory, the last ``num_maskmem - 1`` memories
+and the last ``max_obj_ptrs_in_encoder - 1`` object pointers), so memory stays flat over long videos.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.init import trunc_normal_
+
+from mpgsam2.modeling.sam2.common import MLP
+from mpgsam2.modeling.sam2.image_encoder import build_image_encoder
+from mpgsam2.modeling.sam2.mask_decoder import MaskDecoder
+from mpgsam2.modeling.sam2.memory_attention import build_memory_attention
+from mpgsam2.modeling.sam2.memory_encoder import build_memory_encoder
+from mpgsam2.modeling.sam2.position_encoding import get_1d_sine_pe
+from mpgsam2.modeling.sam2.prompt_encoder import PromptEncoder
+from mpgsam2.modeling.sam2.two_way_transformer import TwoWayTransformer
+
+# Logit written where the object-score head says the object is absent.
+NO_OBJ_SCORE = -1024.0
+
+
+@dataclass
+class FrameFeatures:
+    """Backbone features of a batch of frames (one frame per batch entry).
+
+    top: [B, C, E, E] stride-16 FPN level, before ``no_mem_embed`` or memory attention.
+    top_pos: [B, C, E, E] its sine position encoding.
+    high_res: [B, C/8, 4E, 4E] and [B, C/4, 2E, 2E] after the decoder's conv_s0 / conv_s1, or None.
+    """
+
+    top: Tensor
+    top_pos: Tensor
+    high_res: list[Tensor] | None
+
+    def select(self, index: Tensor | slice | int) -> FrameFeatures:
+        """The features of some batch entries (``index`` into dim 0)."""
+        pick = (lambda x: x[index : index + 1]) if isinstance(index, int) else (lambda x: x[index])
+        return FrameFeatures(
+            top=pick(self.top),
+            top_pos=pick(self.top_pos),
+            high_res=None if self.high_res is None else [pick(x) for x in self.high_res],
+        )
+
+
+@dataclass
+class FramePrompts:
+    """What MPG-SAM 2 gives SAM 2 for one frame (batch B of clips).
+
+    mask_prior: [B, 1, G, G] prior probabilities (dense prompt), or None.
+    sparse_token: [B, 1, C] multimodal class token (sparse prompt), or None.
+    text_feat: [B, L, C] word features of the expression for this frame.
+    global_context: [B, T, G*G, C] mask features of every frame of the clip (with temporal position).
+    """
+
+    mask_prior: Tensor | None
+    sparse_token: Tensor | None
+    text_feat: Tensor | None
+    global_context: Tensor | None
+
+
+@dataclass
+class FrameOutput:
+    """Everything one tracking step computes (B clips).
+
+    low_res_logits: [B, 1, 4E, 4E] chosen mask logits (``NO_OBJ_SCORE`` where the object is judged absent).
+    high_res_logits: [B, 1, S, S] the same upsampled to the SAM input size.
+    multimask_logits: [B, M, 4E, 4E] raw decoder masks; iou_pred: [B, M]; sam_tokens: [B, M', C].
+    object_score_logits: [B, 1]; obj_ptr: [B, C].
+    pix_feat_with_mem: [B, C, E, E] memory-conditioned image embedding fed to the decoder.
+    maskmem_features: [B, Cm, E, E] this frame's new memory before the storage cast, or None.
+    obj_memory / obj_memory_pos: [K, B, C] object pointers of earlier frames given to the decoder, or None.
+    """
+
+    frame_idx: int
+    low_res_logits: Tensor
+    high_res_logits: Tensor
+    multimask_logits: Tensor
+    iou_pred: Tensor
+    sam_tokens: Tensor
+    object_score_logits: Tensor
+    obj_ptr: Tensor
+    pix_feat_with_mem: Tensor
+    maskmem_features: Tensor | None = None
+    obj_memory: Tensor | None = None
+    obj_memory_pos: Tensor | None = None
+
+
+@dataclass
+class TrackingState:
+    """The memory bank of one tracking run (B clips tracked together).
+
+    num_frames: the clip length T; it sets the pointer window min(T, max_obj_ptrs_in_encoder) as in the
+    original. ``cond_*`` hold the conditioning frame; ``memories`` / ``obj_ptrs`` hold later frames and are
+    pruned to what future frames can still read.
+    """
+
+    num_frames: int
+    cond_frame_idx: int | None = None
+    cond_memory: Tensor | None = None
+    cond_obj_ptr: Tensor | None = None
+    memories: dict[int, Tensor] = field(default_factory=dict)
+    obj_ptrs: dict[int, Tensor] = field(default_factory=dict)
+    maskmem_pos_enc: Tensor | None = None
+
+    def num_stored_frames(self) -> int:
+        """How many frames' memories and pointers the state holds (for memory checks)."""
+        return len(set(self.memories) | set(self.obj_ptrs)) + (self.cond_frame_idx is not None)
+
+
+class SAM2Tracker(nn.Module):
+    """SAM 2 (2.0 or 2.1 semantics) with MPG-SAM 2's prompted mask decoder.
+
+    Sub-module and parameter names equal SAM 2's, so official checkpoints load under the ``sam.`` prefix.
+    The flags mirror the official config keys; see ``build_sam2_tracker`` for building from such a config.
+    """
+
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        memory_attention: nn.Module,
+        memory_encoder: nn.Module,
+        *,
+        num_maskmem: int = 7,
+        image_size: int = 1024,
+        backbone_stride: int = 16,
+        sigmoid_scale_for_mem_enc: float = 1.0,
+        sigmoid_bias_for_mem_enc: float = 0.0,
+        directly_add_no_mem_embed: bool = False,
+        use_high_res_features_in_sam: bool = False,
+        multimask_output_in_sam: bool = False,
+        multimask_min_pt_num: int = 1,
+        multimask_max_pt_num: int = 1,
+        multimask_output_for_tracking: bool = False,
+        use_multimask_token_for_obj_ptr: bool = False,
+        iou_prediction_use_sigmoid: bool = False,
+        memory_temporal_stride_for_eval: int = 1,
+        use_obj_ptrs_in_encoder: bool = False,
+        max_obj_ptrs_in_encoder: int = 16,
+        add_tpos_enc_to_obj_ptrs: bool = True,
+        proj_tpos_enc_in_obj_ptrs: bool = False,
+        use_signed_tpos_enc_to_obj_ptrs: bool = False,
+        only_obj_ptrs_in_the_past_for_eval: bool = False,
+        pred_obj_scores: bool = False,
+        pred_obj_scores_mlp: bool = False,
+        fixed_no_obj_ptr: bool = False,
+        soft_no_obj_ptr: bool = False,
+        use_mlp_for_obj_ptr_proj: bool = False,
+        no_obj_embed_spatial: bool = False,
+        mask_decoder_kwargs: Mapping[str, Any] | None = None,
+        memory_storage_dtype: torch.dtype | None = torch.bfloat16,
+    ) -> None:
+        super().__init__()
+        if proj_tpos_enc_in_obj_ptrs and not add_tpos_enc_to_obj_ptrs:
+            raise ValueError("proj_tpos_enc_in_obj_ptrs needs add_tpos_enc_to_obj_ptrs")
+        if fixed_no_obj_ptr and not (pred_obj_scores and use_obj_ptrs_in_encoder):
+            raise ValueError("fixed_no_obj_ptr needs pred_obj_scores and use_obj_ptrs_in_encoder")
+        self.image_encoder = image_encoder
+        self.memory_attention = memory_attention
+        self.memory_encoder = memory_encoder
+        self.hidden_dim = memory_attention.d_model
+        out_proj = getattr(memory_encoder, "out_proj", None)
+        self.mem_dim = out_proj.weight.shape[0] if isinstance(out_proj, nn.Conv2d) else self.hidden_dim
+        self.num_maskmem = num_maskmem
+        self.image_size = image_size
+        self.backbone_stride = backbone_stride
+        self.sigmoid_scale_for_mem_enc = sigmoid_scale_for_mem_enc
+        self.sigmoid_bias_for_mem_enc = sigmoid_bias_for_mem_enc
+        self.directly_add_no_mem_embed = directly_add_no_mem_embed
+        self.use_high_res_features_in_sam = use_high_res_features_in_sam
+        self.multimask_output_in_sam = multimask_output_in_sam
+        self.multimask_min_pt_num = multimask_min_pt_num
+        self.multimask_max_pt_num = multimask_max_pt_num
+        self.multimask_output_for_tracking = multimask_output_for_tracking
+        self.memory_temporal_stride_for_eval = memory_temporal_stride_for_eval
+        self.use_obj_ptrs_in_encoder = use_obj_ptrs_in_encoder
+        self.max_obj_ptrs_in_encoder = max_obj_ptrs_in_encoder
+        self.add_tpos_enc_to_obj_ptrs = add_tpos_enc_to_obj_ptrs
+        self.proj_tpos_enc_in_obj_ptrs = proj_tpos_enc_in_obj_ptrs
+        self.use_signed_tpos_enc_to_obj_ptrs = use_signed_tpos_enc_to_obj_ptrs
+        self.only_obj_ptrs_in_the_past_for_eval = only_obj_ptrs_in_the_past_for_eval
+        self.pred_obj_scores = pred_obj_scores
+        self.fixed_no_obj_ptr = fixed_no_obj_ptr
+        self.soft_no_obj_ptr = soft_no_obj_ptr
+        self.memory_storage_dtype = memory_storage_dtype
+
+        self.maskmem_tpos_enc = nn.Parameter(torch.zeros(num_maskmem, 1, 1, self.mem_dim))
+        self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, self.hidden_dim))
+        self.no_mem_pos_enc = nn.Parameter(torch.zeros(1, 1, self.hidden_dim))
+        if use_obj_ptrs_in_encoder:
+            # only used to encode an input mask without SAM, which MPG-SAM 2 never does; kept for the key layout
+            self.mask_downsample = nn.Conv2d(1, 1, kernel_size=4, stride=4)
+        if pred_obj_scores and use_obj_ptrs_in_encoder:
+            self.no_obj_ptr = nn.Parameter(torch.zeros(1, self.hidden_dim))
+        self.no_obj_embed_spatial = (
+            nn.Parameter(torch.zeros(1, self.mem_dim)) if no_obj_embed_spatial else None
+        )
+
+        embed_size = image_size // backbone_stride
+        self.sam_prompt_encoder = PromptEncoder(
+            embed_dim=self.hidden_dim,
+            image_embedding_size=(embed_size, embed_size),
+            input_image_size=(image_size, image_size),
+            mask_in_chans=16,
+        )
+        # parity: the decoder sizes are constants in SAM 2's _build_sam_heads, not config keys.
+        self.sam_mask_decoder = MaskDecoder(
+            transformer_dim=self.hidden_dim,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=self.hidden_dim, mlp_dim=2048, num_heads=8),
+            num_multimask_outputs=3,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+            use_high_res_features=use_high_res_features_in_sam,
+            iou_prediction_use_sigmoid=iou_prediction_use_sigmoid,
+            pred_obj_scores=pred_obj_scores,
+            pred_obj_scores_mlp=pred_obj_scores_mlp,
+            use_multimask_token_for_obj_ptr=use_multimask_token_for_obj_ptr,
+            **dict(mask_decoder_kwargs or {}),
+        )
+        if use_obj_ptrs_in_encoder:
+            if use_mlp_for_obj_ptr_proj:
+                self.obj_ptr_proj = MLP(self.hidden_dim, self.hidden_dim, self.hidden_dim, 3)
+            else:
+                self.obj_ptr_proj = nn.Linear(self.hidden_dim, self.hidden_dim)
+        else:
+            self.obj_ptr_proj = nn.Identity()
+        if proj_tpos_enc_in_obj_ptrs:
+            self.obj_ptr_tpos_proj = nn.Linear(self.hidden_dim, self.mem_dim)
+        else:
+            self.obj_ptr_tpos_proj = nn.Identity()
+        self.reset_learned_embeddings()
+
+    @torch.no_grad()
+    def reset_learned_embeddings(self) -> None:
+        """SAM 2's initialisation of the free embeddings (truncated normal, std 0.02)."""
+        for p in (self.maskmem_tpos_enc, self.no_mem_embed, self.no_mem_pos_enc):
+            trunc_normal_(p, std=0.02)
+        if hasattr(self, "no_obj_ptr"):
+            trunc_normal_(self.no_obj_ptr, std=0.02)
+        if self.no_obj_embed_spatial is not None:
+            trunc_normal_(self.no_obj_embed_spatial, std=0.02)
+
+    # ------------------------------------------------------------------ image features
+    def forward_image(self, images: Tensor) -> FrameFeatures:
+        """images: [N, 3, S, S] normalised frames -> their features (N frames in the batch dimension)."""
+        out = self.image_encoder(images)
+        fpn, pos = list(out["backbone_fpn"]), list(out["vision_pos_enc"])
+        high_res = None
+        if self.use_high_res_features_in_sam:
+            high_res = [self.sam_mask_decoder.conv_s0(fpn[0]), self.sam_mask_decoder.conv_s1(fpn[1])]
+        return FrameFeatures(top=fpn[-1], top_pos=pos[-1], high_res=high_res)
+
+    # ------------------------------------------------------------------ memory
+    def new_state(self, num_frames: int) -> TrackingState:
+        """An empty memory bank for a clip of ``num_frames`` frames."""
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be positive, got {num_frames}")
+        return TrackingState(num_frames=num_frames)
+
+    def _pointer_window(self, state: TrackingState) -> int:
+        return min(state.num_frames, self.max_obj_ptrs_in_encoder)
+
+    def _past_pointers(self, state: TrackingState, frame_idx: int, signed: bool) -> list[tuple[int, Tensor]]:
+        """(temporal offset, pointer [B, C]) of the conditioning frame, then of frames t-1, t-2, ... ."""
+        out: list[tuple[int, Tensor]] = []
+        cond = state.cond_frame_idx
+        use_cond = cond is not None and (
+            self.training or not self.only_obj_ptrs_in_the_past_for_eval or cond <= frame_idx
+        )
+        if use_cond:
+            out.append(((frame_idx - cond) if signed else abs(frame_idx - cond), state.cond_obj_ptr))
+        for t_diff in range(1, self._pointer_window(state)):
+            t = frame_idx - t_diff
+            if t < 0:
+                break
+            ptr = state.obj_ptrs.get(t)
+            if ptr is not None:
+                out.append((t_diff, ptr))
+        return out
+
+    def _memory_frames(self, state: TrackingState, frame_idx: int) -> list[tuple[int, Tensor]]:
+        """(t_pos, stored memory) for the conditioning frame (t_pos 0) and the previous frames (1..num_maskmem-1)."""
+        out: list[tuple[int, Tensor]] = [(0, state.cond_memory)]
+        stride = self.memory_temporal_stride_for_eval
+        for t_pos in range(1, self.num_maskmem):
+            t_rel = self.num_maskmem - t_pos
+            if t_rel == 1:
+                prev = frame_idx - 1
+            else:
+                prev = ((frame_idx - 2) // stride) * stride - (t_rel - 2) * stride
+            mem = state.memories.get(prev)
+            if mem is not None:
+                out.append((t_pos, mem))
+        return out
+
+    def _condition_on_memory(self, state: TrackingState, frame_idx: int, feats: FrameFeatures) -> Tensor:
+        """The top-level feature of this frame conditioned on the memory bank -> [B, C, E, E]."""
+        top = feats.top
+        b, c, h, w = top.shape
+        if state.cond_frame_idx is None:  # the initial conditioning frame sees no memory
+            if self.directly_add_no_mem_embed:
+                return top + self.no_mem_embed.view(1, c, 1, 1)
+            memory = self.no_mem_embed.expand(1, b, self.mem_dim)
+            memory_pos = self.no_mem_pos_enc.expand(1, b, self.mem_dim)
+            num_ptr_tokens = 0
+        else:
+            mems, mem_pos = [], []
+            pos_enc = state.maskmem_pos_enc.flatten(2).permute(2, 0, 1)
+            for t_pos, mem in self._memory_frames(state, frame_idx):
+                # parity: memories are stored in bfloat16 and read back at the feature dtype.
+                mems.append(mem.to(top.dtype).flatten(2).permute(2, 0, 1))
+                mem_pos.append(pos_enc + self.maskmem_tpos_enc[self.num_maskmem - t_pos - 1])
+            num_ptr_tokens = 0
+            if self.use_obj_ptrs_in_encoder:
+                pointers = self._past_pointers(state, frame_idx, signed=self.use_signed_tpos_enc_to_obj_ptrs)
+                if pointers:
+                    offsets, ptrs = zip(*pointers)
+                    obj_ptrs = torch.stack(ptrs, dim=0)  # [K, B, C]
+                    if self.add_tpos_enc_to_obj_ptrs:
+                        t_diff_max = self._pointer_window(state) - 1
+                        tpos_dim = c if self.proj_tpos_enc_in_obj_ptrs else self.mem_dim
+                        rel = torch.tensor(offsets, device=top.device, dtype=torch.float32) / t_diff_max
+                        obj_pos = self.obj_ptr_tpos_proj(get_1d_sine_pe(rel, dim=tpos_dim))
+                        obj_pos = obj_pos.unsqueeze(1).expand(-1, b, self.mem_dim)
+                    else:
+                        obj_pos = obj_ptrs.new_zeros(len(offsets), b, self.mem_dim)
+                    if self.mem_dim < c:  # each pointer becomes C / mem_dim memory tokens
+                        split = c // self.mem_dim
+                        obj_ptrs = (
+                            obj_ptrs.reshape(-1, b, split, self.mem_dim).permute(0, 2, 1, 3).flatten(0, 1)
+                        )
+                        obj_pos = obj_pos.repeat_interleave(split, dim=0)
+                    mems.append(obj_ptrs)
+                    mem_pos.append(obj_pos)
+                    num_ptr_tokens = obj_ptrs.shape[0]
+            memory = torch.cat(mems, dim=0)
+            memory_pos = torch.cat(mem_pos, dim=0)
+        curr = top.flatten(2).permute(2, 0, 1)
+        curr_pos = feats.top_pos.flatten(2).permute(2, 0, 1)
+        fused = self.memory_attention(
+            curr=curr,
+            memory=memory,
+            curr_pos=curr_pos,
+            memory_pos=memory_pos,
+            num_obj_ptr_tokens=num_ptr_tokens,
+        )
+        return fused.permute(1, 2, 0).reshape(b, c, h, w)
+
+    def _object_history(
+        self, state: TrackingState, frame_idx: int, batch: int
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """MPG-SAM 2's object-level historical context: past pointers [K, B, C] and their sine positions."""
+        if state.cond_frame_idx is None or not self.use_obj_ptrs_in_encoder:
+            return None, None
+        # parity: MPG-SAM 2 uses |t - t'| here whatever the SAM 2 version, normalised by the pointer window.
+        pointers = self._past_pointers(state, frame_idx, signed=False)
+        if not pointers:
+            return None, None
+        offsets, ptrs = zip(*pointers)
+        obj_memory = torch.stack(ptrs, dim=0)
+        t_diff_max = self._pointer_window(state) - 1
+        rel = torch.tensor(offsets, device=obj_memory.device, dtype=torch.float32) / t_diff_max
+        obj_pos = get_1d_sine_pe(rel, dim=self.hidden_dim).unsqueeze(1).expand(-1, batch, self.hidden_dim)
+        return obj_memory, obj_pos
+
+    def encode_memory(
+        self, feats: FrameFeatures, high_res_logits: Tensor, object_score_logits: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Memory of a frame from its raw top-level feature and its logits [B, 1, S, S].
+
+        Returns the memory features [B, Cm, E, E] and their position encoding [B, Cm, E, E].
+        """
+        mask_for_mem = torch.sigmoid(high_res_logits)
+        if self.sigmoid_scale_for_mem_enc != 1.0:
+            mask_for_mem = mask_for_mem * self.sigmoid_scale_for_mem_enc
+        if self.sigmoid_bias_for_mem_enc != 0.0:
+            mask_for_mem = mask_for_mem + self.sigmoid_bias_for_mem_enc
+        out = self.memory_encoder(feats.top, mask_for_mem, skip_mask_sigmoid=True)
+        features = out["vision_features"]
+        if self.no_obj_embed_spatial is not None:  # SAM 2.1: mark frames where the object is absent
+            absent = 1.0 - (object_score_logits > 0).to(features.dtype)
+            features = features + absent[..., None, None] * self.no_obj_embed_spatial[..., None, None]
+        return features, out["vision_pos_enc"][-1]
+
+    # ------------------------------------------------------------------ heads
+    def forward_heads(
+        self,
+        pix_feat: Tensor,
+        high_res: list[Tensor] | None,
+        prompts: FramePrompts,
+        *,
+        video_point_padding: bool,
+        multimask_output: bool,
+        obj_memory: Tensor | None = None,
+        obj_memory_pos: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Prompt encoder + MPG mask decoder + mask selection and object-score gating.
+
+        video_point_padding: the video path always hands the prompt encoder one padding point (label -1),
+        the image path none (parity: the two stages see different sparse layouts, spec §8).
+        """
+        b = pix_feat.shape[0]
+        device = pix_feat.device
+        points = None
+        if video_point_padding:
+            points = (
+                torch.zeros(b, 1, 2, device=device),
+                -torch.ones(b, 1, dtype=torch.int32, device=device),
+            )
+        mask_prompt = prompts.mask_prior
+        if mask_prompt is not None and mask_prompt.shape[-2:] != self.sam_prompt_encoder.mask_input_size:
+            mask_prompt = F.interpolate(
+                mask_prompt.float(),
+                size=self.sam_prompt_encoder.mask_input_size,
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
+        sparse, dense = self.sam_prompt_encoder(
+            points=points, boxes=None, masks=mask_prompt, text_embeds=prompts.sparse_token
+        )
+        context = prompts.global_context
+        masks, ious, tokens, obj_scores = self.sam_mask_decoder(
+            image_embeddings=pix_feat,
+            image_pe=self.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+            repeat_image=False,
+            high_res_features=high_res,
+            text_feat=prompts.text_feat,
+            global_context=context,
+            global_context_flat=None if context is None else context.flatten(1, 2),
+            obj_memory=obj_memory,
+            obj_memory_pos=obj_memory_pos,
+        )
+        return {"masks": masks, "ious": ious, "tokens": tokens, "object_score_logits": obj_scores}
+
+    def _select_and_gate(self, heads: dict[str, Tensor], multimask_output: bool) -> dict[str, Tensor]:
+        masks, ious, tokens, obj_scores = (
+            heads["masks"],
+            heads["ious"],
+            heads["tokens"],
+            heads["object_score_logits"],
+        )
+        b = masks.shape[0]
+        if self.pred_obj_scores:
+            # parity: the (unsupervised) object-score head hard-gates the masks.
+            present = obj_scores > 0
+            masks = torch.where(present[:, None, None], masks, NO_OBJ_SCORE)
+        masks = masks.float()
+        token = tokens[:, 0]
+        if multimask_output:
+            # parity: the (unsupervised) IoU head picks one of the multimask outputs on every frame.
+            best = torch.argmax(ious, dim=-1)
+            rows = torch.arange(b, device=masks.device)
+            low_res = masks[rows, best].unsqueeze(1)
+            if tokens.shape[1] > 1:
+                token = tokens[rows, best]
+        else:
+            low_res = masks
+        high_res = F.interpolate(
+            low_res, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+        )
+        obj_ptr = self.obj_ptr_proj(token)
+        if self.pred_obj_scores:
+            weight = torch.sigmoid(obj_scores) if self.soft_no_obj_ptr else (obj_scores > 0).float()
+            if self.fixed_no_obj_ptr:
+                obj_ptr = weight * obj_ptr
+            obj_ptr = obj_ptr + (1 - weight) * self.no_obj_ptr
+        return {"low_res": low_res, "high_res": high_res, "obj_ptr": obj_ptr, "masks": masks}
+
+    def _use_multimask(self, is_init_cond_frame: bool) -> bool:
+        num_pts = 0  # MPG-SAM 2 never clicks
+        return (
+            self.multimask_output_in_sam
+            and (is_init_cond_frame or self.multimask_output_for_tracking)
+            and (self.multimask_min_pt_num <= num_pts <= self.multimask_max_pt_num)
+        )
+
+    # ------------------------------------------------------------------ tracking
+    def track_step(
+        self, state: TrackingState, frame_idx: int, feats: FrameFeatures, prompts: FramePrompts
+    ) -> FrameOutput:
+        """Segment frame ``frame_idx`` of B clips and add it to the memory bank.
+
+        The first frame given to a fresh state becomes the conditioning frame (no memory); later frames must
+        come in increasing order.
+        """
+        is_init = state.cond_frame_idx is None
+        if not is_init and frame_idx <= max([state.cond_frame_idx, *state.memories, *state.obj_ptrs]):
+            raise ValueError(
+                f"frames must be tracked forward in order; got frame {frame_idx} after later ones"
+            )
+        pix_feat = self._condition_on_memory(state, frame_idx, feats)
+        obj_memory, obj_memory_pos = self._object_history(state, frame_idx, pix_feat.shape[0])
+        multimask = self._use_multimask(is_init)
+        heads = self.forward_heads(
+            pix_feat,
+            feats.high_res,
+            prompts,
+            video_point_padding=True,
+            multimask_output=multimask,
+            obj_memory=obj_memory,
+            obj_memory_pos=obj_memory_pos,
+        )
+        chosen = self._select_and_gate(heads, multimask)
+        maskmem = None
+        if self.num_maskmem > 0:
+            maskmem, maskmem_pos = self.encode_memory(feats, chosen["high_res"], heads["object_score_logits"])
+            stored = maskmem if self.memory_storage_dtype is None else maskmem.to(self.memory_storage_dtype)
+            if state.maskmem_pos_enc is None:
+                # the memory position encoding is the same for every frame: keep one copy
+                state.maskmem_pos_enc = maskmem_pos
+            if is_init:
+                state.cond_memory = stored
+            else:
+                state.memories[frame_idx] = stored
+        if is_init:
+            state.cond_frame_idx = frame_idx
+            state.cond_obj_ptr = chosen["obj_ptr"]
+        else:
+            state.obj_ptrs[frame_idx] = chosen["obj_ptr"]
+        self._prune(state, frame_idx)
+        return FrameOutput(
+            frame_idx=frame_idx,
+            low_res_logits=chosen["low_res"],
+            high_res_logits=chosen["high_res"],
+            multimask_logits=heads["masks"],
+            iou_pred=heads["ious"],
+            sam_tokens=heads["tokens"],
+            object_score_logits=heads["object_score_logits"],
+            obj_ptr=chosen["obj_ptr"],
+            pix_feat_with_mem=pix_feat,
+            maskmem_features=maskmem,
+            obj_memory=obj_memory,
+            obj_memory_pos=obj_memory_pos,
+        )
+
+    def _prune(self, state: TrackingState, last_frame: int) -> None:
+        """Drop memories and pointers that no frame after ``last_frame`` can read."""
+        stride = self.memory_temporal_stride_for_eval
+        next_frame = last_frame + 1
+        oldest_memory = min(
+            next_frame - 1, ((next_frame - 2) // stride) * stride - (self.num_maskmem - 3) * stride
+        )
+        for t in [t for t in state.memories if t < oldest_memory]:
+            del state.memories[t]
+        oldest_ptr = next_frame - (self._pointer_window(state) - 1)
+        for t in [t for t in state.obj_ptrs if t < oldest_ptr]:
+            del state.obj_ptrs[t]
+
+    # ------------------------------------------------------------------ image path
+    def forward_image_batch(self, feats: FrameFeatures, prompts: FramePrompts) -> dict[str, Tensor]:
+        """Single images (RefCOCO pre-training): no memory, single-mask output, no object-score gating.
+
+        Returns low-res logits [B, 1, 4E, 4E] and the upsampled [B, 1, S, S].
+        """
+        c = feats.top.shape[1]
+        pix_feat = feats.top
+        if self.directly_add_no_mem_embed:
+            pix_feat = pix_feat + self.no_mem_embed.view(1, c, 1, 1)
+        heads = self.forward_heads(
+            pix_feat, feats.high_res, prompts, video_point_padding=False, multimask_output=False
+        )
+        low_res = heads["masks"].float()
+        high_res = F.interpolate(
+            low_res, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+        )
+        return {"low_res_logits": low_res, "high_res_logits": high_res, "iou_pred": heads["ious"]}
+
+
+# Config keys of the official SAM 2 YAML that do not change what this module computes for MPG-SAM 2.
+_IGNORED_KEYS = {
+    # parity: MPG-SAM 2 comments out the "use the input mask as output" branch; priors always go through SAM.
+    "use_mask_input_as_output_without_sam",
+    "compile_image_encoder",
+    "binarize_mask_from_pts_for_mem_enc",  # only for click prompts
+    "non_overlap_masks_for_mem_enc",  # only with several objects per state
+    "add_all_frames_to_correct_as_cond",  # only for interactive corrections
+    "max_cond_frames_in_attn",  # MPG-SAM 2 has a single conditioning frame
+    "sam_mask_decoder_extra_args",
+}
+
+
+def build_sam2_tracker(
+    model_cfg: Mapping[str, Any], mask_decoder_kwargs: Mapping[str, Any] | None = None
+) -> SAM2Tracker:
+    """Build from a SAM 2 ``model`` config dict (see ``presets.sam2_model_config`` / ``apply_overrides``).
+
+    Unknown top-level keys are an error, so a typo in a config does not pass silently.
+    """
+    cfg = {k: v for k, v in model_cfg.items() if k != "_target_"}
+    image_encoder = build_image_encoder(cfg.pop("image_encoder"))
+    memory_attention = build_memory_attention(cfg.pop("memory_attention"))
+    memory_encoder = build_memory_encoder(cfg.pop("memory_encoder"))
+    for key in _IGNORED_KEYS:
+        cfg.pop(key, None)
+    extra = dict(cfg.pop("sam_mask_decoder_extra_args", None) or {})
+    extra.update(mask_decoder_kwargs or {})
+    known = set(SAM2Tracker.__init__.__code__.co_varnames)
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"unknown SAM 2 config keys: {', '.join(unknown)}")
+    return SAM2Tracker(image_encoder, memory_attention, memory_encoder, mask_decoder_kwargs=extra, **cfg)

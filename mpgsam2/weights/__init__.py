@@ -1,0 +1,63 @@
+"""Weight loading: checkpoint readers, rule-table key converters and a strict loader with a report.
+
+Typical use::
+
+    from mpgsam2.weights import load_checkpoint
+    report = load_checkpoint(model, "MPG-SAM2-large-ytvos/")             # HF folder of a released checkpoint
+    report = load_checkpoint(model, "sam2_hiera_large.pt", fmt="sam2")   # then "beit3_large_patch16_224.pth"
+"""
+
+from mpgsam2.weights.convert import (
+    BEIT3_IGNORE,
+    BEIT3_RULES,
+    MPG_DECODER_MODULES,
+    MPGSAM2_REVERSE_RULES,
+    MPGSAM2_RULES,
+    SAM2_RULES,
+    ConvertedStateDict,
+    apply_rules,
+    convert_beit3,
+    convert_mpgsam2,
+    convert_mpgsam2_to_original,
+    convert_sam2,
+    detect_format,
+    original_name,
+    our_name,
+    strip_prefix,
+)
+from mpgsam2.weights.io import CheckpointError, read_state_dict
+from mpgsam2.weights.loader import (
+    BEIT3_CHECKPOINT_GAPS,
+    SAM2_CHECKPOINT_GAPS,
+    LoadReport,
+    check_keys,
+    load_checkpoint,
+    load_into,
+)
+
+__all__ = [
+    "BEIT3_CHECKPOINT_GAPS",
+    "BEIT3_IGNORE",
+    "BEIT3_RULES",
+    "MPG_DECODER_MODULES",
+    "MPGSAM2_REVERSE_RULES",
+    "MPGSAM2_RULES",
+    "SAM2_CHECKPOINT_GAPS",
+    "SAM2_RULES",
+    "CheckpointError",
+    "ConvertedStateDict",
+    "LoadReport",
+    "apply_rules",
+    "check_keys",
+    "convert_beit3",
+    "convert_mpgsam2",
+    "convert_mpgsam2_to_original",
+    "convert_sam2",
+    "detect_format",
+    "load_checkpoint",
+    "load_into",
+    "original_name",
+    "our_name",
+    "read_state_dict",
+    "strip_prefix",
+]

@@ -239,10 +239,7 @@ class MPGSAM2(nn.Module):
         )
 
     def _image_features(self, sam_frames: Tensor) -> FrameFeatures:
-        if self.config.freeze_image_encoder:
-            with torch.no_grad():
-                return self.sam.forward_image(sam_frames)
-        return self.sam.forward_image(sam_frames)
+        return self.sam.forward_image(sam_frames, encoder_no_grad=self.config.freeze_image_encoder)
 
     # ------------------------------------------------------------------ clips
     def forward(

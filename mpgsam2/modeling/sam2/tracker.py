@@ -253,9 +253,17 @@ class SAM2Tracker(nn.Module):
             trunc_normal_(self.no_obj_embed_spatial, std=0.02)
 
     # ------------------------------------------------------------------ image features
-    def forward_image(self, images: Tensor) -> FrameFeatures:
-        """images: [N, 3, S, S] normalised frames -> their features (N frames in the batch dimension)."""
-        out = self.image_encoder(images)
+    def forward_image(self, images: Tensor, encoder_no_grad: bool = False) -> FrameFeatures:
+        """images: [N, 3, S, S] normalised frames -> their features (N frames in the batch dimension).
+
+        encoder_no_grad: run the (frozen) image encoder without autograd; the decoder's conv_s0 / conv_s1,
+        which the original trains, still get gradients.
+        """
+        if encoder_no_grad:
+            with torch.no_grad():
+                out = self.image_encoder(images)
+        else:
+            out = self.image_encoder(images)
         fpn, pos = list(out["backbone_fpn"]), list(out["vision_pos_enc"])
         high_res = None
         if self.use_high_res_features_in_sam:

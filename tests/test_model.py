@@ -1,0 +1,222 @@
+"""End-to-end model tests: parity command, streaming vs clip, bounded memory, gradients, full-size key layout."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mpgsam2 import parity
+from mpgsam2.modeling.config import MPGSAM2Config
+from mpgsam2.modeling.mpgsam2 import MPGSAM2
+from mpgsam2.weights import original_name
+
+
+def tiny_config(**kwargs) -> MPGSAM2Config:
+    """A very small random model (BEiT-3 width 32, SAM width 32, 64 px SAM input)."""
+    beit3 = dict(
+        embed_dim=32, num_heads=2, ffn_dim=64, num_layers=1, vocab_size=50, img_size=32, patch_size=8
+    )
+    overrides = [
+        "++model.image_size=64",
+        "++model.image_encoder.trunk.embed_dim=8",
+        "++model.image_encoder.trunk.num_heads=1",
+        "++model.image_encoder.trunk.stages=[1,1,1,1]",
+        "++model.image_encoder.trunk.global_att_blocks=[3]",
+        "++model.image_encoder.trunk.window_spec=[4,4,4,2]",
+        "++model.image_encoder.trunk.window_pos_embed_bkg_spatial_size=[2,2]",
+        "++model.image_encoder.neck.backbone_channel_list=[64,32,16,8]",
+        "++model.image_encoder.neck.d_model=32",
+        "++model.image_encoder.neck.position_encoding.num_pos_feats=32",
+        "++model.memory_attention.d_model=32",
+        "++model.memory_attention.num_layers=1",
+        "++model.memory_attention.layer.d_model=32",
+        "++model.memory_attention.layer.dim_feedforward=64",
+        "++model.memory_attention.layer.self_attention.embedding_dim=32",
+        "++model.memory_attention.layer.cross_attention.embedding_dim=32",
+        "++model.memory_attention.layer.cross_attention.kv_in_dim=16",
+        "++model.memory_encoder.out_dim=16",
+        "++model.memory_encoder.in_dim=32",
+        "++model.memory_encoder.position_encoding.num_pos_feats=16",
+        "++model.memory_encoder.mask_downsampler.embed_dim=32",
+        "++model.memory_encoder.fuser.layer.dim=32",
+    ] + kwargs.pop("extra_overrides", [])
+    cfg = MPGSAM2Config.from_presets("base", "sam2_hiera_t.yaml", overrides, **kwargs)
+    cfg.beit3.update(beit3)
+    return cfg
+
+
+def random_clip(model: MPGSAM2, frames: int, batch: int = 1, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    s = model.sam.image_size
+    hb = model.beit3.img_size if hasattr(model.beit3, "img_size") else 32
+    sam = torch.randn(batch, frames, 3, s, s, generator=g)
+    beit = torch.randn(batch, frames, 3, hb, hb, generator=g)
+    ids = torch.randint(4, 40, (batch, 7), generator=g)
+    ids[:, 0], ids[:, -1] = 0, 2
+    return sam, beit, ids, torch.zeros_like(ids, dtype=torch.bool)
+
+
+def test_parity_command_passes_and_saves(fixture_dir, tmp_path):
+    out = tmp_path / "ours.pt"
+    assert parity.main([str(fixture_dir), "--save", str(out)]) == 0
+    saved = torch.load(out, weights_only=True)
+    expected = torch.load(fixture_dir / "outputs.pt", weights_only=True)
+    assert set(expected) <= set(saved)
+    for name, value in expected.items():
+        assert saved[name].shape == value.shape, name
+
+
+def test_parity_compare_rejects_a_perturbed_output():
+    ref = torch.linspace(-1, 1, 100)
+    assert parity.compare(ref, ref + 5e-5)[1]
+    assert not parity.compare(ref, ref + 1e-3)[1]
+    mask = ref > 0
+    flipped = mask.clone()
+    flipped[50] = ~flipped[50]
+    probs = torch.sigmoid(ref)
+    assert not parity.compare(mask, flipped, probs)[1]  # ref[50] is far from the 0.5 boundary
+
+
+def test_streaming_equals_clip_forward(fixture_dir):
+    model = parity.build_model(fixture_dir).eval()
+    inputs = torch.load(fixture_dir / "inputs.pt", weights_only=True)
+    with torch.no_grad():
+        clip = model(
+            inputs["frames_sam"][None],
+            inputs["frames_beit"][None],
+            inputs["input_ids"][None],
+            inputs["text_padding_position"][None],
+        )
+        session = model.start_video(
+            inputs["frames_beit"], inputs["input_ids"], inputs["text_padding_position"]
+        )
+        streamed = [
+            session.track(t, inputs["frames_sam"][t]).high_res_logits for t in range(session.num_frames)
+        ]
+    streamed = torch.stack(streamed, dim=1)
+    assert torch.allclose(streamed, clip.pred_masks, atol=1e-6, rtol=0)
+    expected = torch.load(fixture_dir / "outputs.pt", weights_only=True)["pred_masks"]
+    assert torch.allclose(streamed[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_streaming_state_is_bounded_and_pruning_is_exact(monkeypatch):
+    torch.manual_seed(0)
+    cfg = tiny_config(extra_overrides=["++model.num_maskmem=3", "++model.max_obj_ptrs_in_encoder=4"])
+    model = MPGSAM2(cfg).eval()
+    frames = 12
+    sam, beit, ids, pad = random_clip(model, frames)
+    with torch.no_grad():
+        session = model.start_video(beit[0], ids[0], pad[0])
+        pruned = []
+        for t in range(frames):
+            pruned.append(session.track(t, sam[0, t]).high_res_logits)
+            # conditioning frame + (num_maskmem - 1) memories + (window - 1) pointers at most
+            assert len(session.state.memories) <= 2
+            assert len(session.state.obj_ptrs) <= 3
+        monkeypatch.setattr(type(model.sam), "_prune", lambda self, state, last: None)
+        session = model.start_video(beit[0], ids[0], pad[0])
+        full = [session.track(t, sam[0, t]).high_res_logits for t in range(frames)]
+        assert len(session.state.memories) == frames - 1
+    for a, b in zip(pruned, full):
+        assert torch.equal(a, b)
+
+
+def test_tracking_rejects_out_of_order_frames():
+    model = MPGSAM2(tiny_config()).eval()
+    sam, beit, ids, pad = random_clip(model, 3)
+    with torch.no_grad():
+        session = model.start_video(beit[0], ids[0], pad[0])
+        session.track(0, sam[0, 0])
+        session.track(1, sam[0, 1])
+        with pytest.raises(ValueError, match="forward in order"):
+            session.track(1, sam[0, 1])
+        with pytest.raises(IndexError):
+            session.track(3, sam[0, 2])
+
+
+def test_batched_clips_equal_single_clips():
+    torch.manual_seed(0)
+    model = MPGSAM2(tiny_config()).eval()
+    sam, beit, ids, pad = random_clip(model, 3, batch=2)
+    with torch.no_grad():
+        both = model(sam, beit, ids, pad).pred_masks
+        for b in range(2):
+            one = model(sam[b : b + 1], beit[b : b + 1], ids[b : b + 1], pad[b : b + 1]).pred_masks
+            assert torch.allclose(both[b : b + 1], one, atol=1e-5)
+
+
+def test_gradients_reach_exactly_the_parameters_the_original_trains(fixture_dir):
+    """Every trainable parameter gets a gradient except those the original's graph never reaches (listed by the
+    fixture); every frozen parameter gets none."""
+    model = parity.build_model(fixture_dir)
+    inputs = torch.load(fixture_dir / "inputs.pt", weights_only=True)
+    grads = parity.run_training_step(model, inputs, [])
+    assert torch.isfinite(grads["train.loss_total"])
+    meta = json.loads((fixture_dir / "config.json").read_text())
+    no_grad_original = set(meta["train"]["params_without_grad"])
+    for name, p in model.named_parameters():
+        if name.startswith("sam.image_encoder."):
+            assert not p.requires_grad and p.grad is None, name
+        elif original_name(name) in no_grad_original:
+            assert p.grad is None, f"{name} gets a gradient; the original's graph never reaches it"
+        else:
+            assert p.requires_grad and p.grad is not None, f"{name} gets no gradient"
+
+
+def test_image_path_shapes_and_gradient():
+    torch.manual_seed(0)
+    model = MPGSAM2(tiny_config()).train()
+    sam, beit, ids, pad = random_clip(model, 1, batch=3)
+    out = model.forward_images(sam[:, 0], beit[:, 0], ids, pad)
+    s = model.sam.image_size
+    assert out["pred_masks"].shape == (3, 1, s, s)
+    assert out["sentence_scores"].shape == (3,)
+    out["pred_masks"].mean().backward()
+    assert model.mask_prior.prior_head.weight.grad is not None
+    assert model.sam.sam_mask_decoder.output_hypernetworks_mlps[0].layers[0].weight.grad is not None
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "use_dense_prior",
+        "use_sparse_token",
+        "use_global_pixel_attention",
+        "use_pixel_global_fusion",
+        "use_object_global_fusion",
+        "use_object_historical_fusion",
+    ],
+)
+def test_each_ablation_switch_changes_the_model(name):
+    torch.manual_seed(0)
+    full = MPGSAM2(tiny_config()).eval()
+    torch.manual_seed(0)
+    ablated = MPGSAM2(tiny_config(**{name: False})).eval()
+    ablated.load_state_dict({k: v for k, v in full.state_dict().items() if k in ablated.state_dict()})
+    sam, beit, ids, pad = random_clip(full, 3)
+    with torch.no_grad():
+        a = full(sam, beit, ids, pad).pred_masks
+        b = ablated(sam, beit, ids, pad).pred_masks
+    assert not torch.allclose(a, b)
+
+
+def _meta_keys(config: MPGSAM2Config) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        model = MPGSAM2(config)
+    return model
+
+
+@pytest.mark.parametrize(
+    "variant,beit,sam2", [("large", "large", "sam2_hiera_l.yaml"), ("tiny", "base", "sam2_hiera_t.yaml")]
+)
+def test_full_size_model_has_the_released_key_layout(fixture_dir, variant, beit, sam2):
+    manifest = json.loads((fixture_dir / "full_size_keys.json").read_text())[variant]
+    model = _meta_keys(MPGSAM2Config.from_presets(beit, sam2))
+    ours = {original_name(k): tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {e["key"]: tuple(e["shape"]) for e in manifest["entries"]}
+    assert ours == theirs
+    assert sum(p.numel() for p in model.parameters()) == manifest["num_parameters"]
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == manifest["num_trainable_parameters"]

@@ -34,8 +34,12 @@ from mpgsam2.weights.loader import (
     load_checkpoint,
     load_into,
 )
+from mpgsam2.weights.pretrained import init_from_components, load_mpgsam2, save_mpgsam2
 
 __all__ = [
+    "init_from_components",
+    "load_mpgsam2",
+    "save_mpgsam2",
     "BEIT3_CHECKPOINT_GAPS",
     "BEIT3_IGNORE",
     "BEIT3_RULES",

@@ -21,7 +21,7 @@ from mpgsam2.modeling.config import load_config_file
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
 from mpgsam2.weights.convert import convert_beit3, convert_mpgsam2, convert_sam2
 from mpgsam2.weights.io import CheckpointError, read_state_dict
-from mpgsam2.weights.loader import LoadReport, load_into
+from mpgsam2.weights.loader import BEIT3_CHECKPOINT_GAPS, SAM2_CHECKPOINT_GAPS, LoadReport, load_into
 
 EXPORT_WEIGHTS = "model.safetensors"
 EXPORT_CONFIG = "config.json"
@@ -86,9 +86,8 @@ def init_from_components(
     reports = []
     if beit3 is not None:
         state = convert_beit3(read_state_dict(beit3))
-        reports.append(load_into(model, state, source=str(beit3), allow_missing=[r"^(?!beit3\.)"]))
+        reports.append(load_into(model, state, source=str(beit3), allow_missing=BEIT3_CHECKPOINT_GAPS))
     if sam2 is not None:
         state = convert_sam2(read_state_dict(sam2))
-        new_modules = r"^sam\.sam_mask_decoder\.(pixel_global_fusion|object_global_fusion|object_historical_fusion|context_patch_proj)\."
-        reports.append(load_into(model, state, source=str(sam2), allow_missing=[r"^(?!sam\.)", new_modules]))
+        reports.append(load_into(model, state, source=str(sam2), allow_missing=SAM2_CHECKPOINT_GAPS))
     return reports

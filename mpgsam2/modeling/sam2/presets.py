@@ -12,53 +12,15 @@ import ast
 import copy
 from typing import Any
 
-_TRUNKS: dict[str, dict[str, Any]] = {
-    "t": {
-        "embed_dim": 96,
-        "num_heads": 1,
-        "stages": [1, 2, 7, 2],
-        "global_att_blocks": [5, 7, 9],
-        "window_pos_embed_bkg_spatial_size": [7, 7],
-    },
-    "s": {
-        "embed_dim": 96,
-        "num_heads": 1,
-        "stages": [1, 2, 11, 2],
-        "global_att_blocks": [7, 10, 13],
-        "window_pos_embed_bkg_spatial_size": [7, 7],
-    },
-    "b+": {"embed_dim": 112, "num_heads": 2},
-    "l": {
-        "embed_dim": 144,
-        "num_heads": 2,
-        "stages": [2, 6, 36, 4],
-        "global_att_blocks": [23, 33, 43],
-        "window_pos_embed_bkg_spatial_size": [7, 7],
-        "window_spec": [8, 4, 16, 8],
-    },
-}
+from mpgsam2.modeling.sam2.image_encoder import image_encoder_config
+
+# The image-encoder sections (trunk + neck) live with the image encoder; these are the file-name size tags.
+_SIZES = {"t": "hiera_t", "s": "hiera_s", "b+": "hiera_b+", "l": "hiera_l"}
 
 
 def _base_model(size: str) -> dict[str, Any]:
-    trunk = copy.deepcopy(_TRUNKS[size])
-    c = trunk["embed_dim"]
     return {
-        "image_encoder": {
-            "scalp": 1,
-            "trunk": trunk,
-            "neck": {
-                "position_encoding": {
-                    "num_pos_feats": 256,
-                    "normalize": True,
-                    "scale": None,
-                    "temperature": 10000,
-                },
-                "d_model": 256,
-                "backbone_channel_list": [8 * c, 4 * c, 2 * c, c],
-                "fpn_top_down_levels": [2, 3],
-                "fpn_interp_model": "nearest",
-            },
-        },
+        "image_encoder": image_encoder_config(_SIZES[size]),
         "memory_attention": {
             "d_model": 256,
             "pos_enc_at_input": True,
@@ -146,10 +108,8 @@ def _sam21(model: dict[str, Any]) -> dict[str, Any]:
     return model
 
 
-_SIZE_NAMES = {"t": "t", "s": "s", "b+": "b+", "l": "l"}
-
 SAM2_CONFIG_NAMES: tuple[str, ...] = tuple(
-    [f"sam2_hiera_{s}.yaml" for s in _SIZE_NAMES] + [f"sam2.1_hiera_{s}.yaml" for s in _SIZE_NAMES]
+    [f"sam2_hiera_{s}.yaml" for s in _SIZES] + [f"sam2.1_hiera_{s}.yaml" for s in _SIZES]
 )
 
 
@@ -162,7 +122,7 @@ def sam2_model_config(name: str) -> dict[str, Any]:
     for version, builder in (("sam2.1_hiera_", _sam21), ("sam2_hiera_", lambda m: m)):
         if base.startswith(version):
             size = base[len(version) : -len(".yaml")]
-            if size in _TRUNKS:
+            if size in _SIZES:
                 return builder(_base_model(size))
     raise ValueError(f"unknown SAM 2 config {name!r}; known: {', '.join(SAM2_CONFIG_NAMES)}")
 

@@ -169,3 +169,27 @@ class RoPEAttention(Attention):
         q, k_rope = apply_rotary_enc(q, k[:, :, :num_k_rope], freqs, repeat_freqs_k=self.rope_k_repeat)
         k = torch.cat([k_rope, k[:, :, num_k_rope:]], dim=2)
         return self._attend(q, k, v)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: zeroes whole samples of a residual branch in training and rescales the rest.
+
+    Args:
+        drop_prob: probability of dropping a sample's branch.
+        scale_by_keep: divide the kept samples by ``1 - drop_prob``.
+    """
+
+    def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+        self.scale_by_keep = scale_by_keep
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [B, ...] -> [B, ...]."""
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep_prob = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep_prob)
+        if keep_prob > 0.0 and self.scale_by_keep:
+            mask.div_(keep_prob)
+        return x * mask

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mpgsam2.modeling.sam2.common import LayerNorm2d
+from mpgsam2.modeling.sam2.common import DropPath, LayerNorm2d
 from mpgsam2.modeling.sam2.position_encoding import PositionEmbeddingSine
 
 
@@ -61,24 +61,6 @@ class MaskDownSampler(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: [B, 1, H, W] -> [B, embed_dim, H / total_stride, W / total_stride]."""
         return self.encoder(x)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth per sample (training only), rescaled by the keep probability."""
-
-    def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True) -> None:
-        super().__init__()
-        self.drop_prob = drop_prob
-        self.scale_by_keep = scale_by_keep
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep_prob = 1 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep_prob)
-        if keep_prob > 0.0 and self.scale_by_keep:
-            mask.div_(keep_prob)
-        return x * mask
 
 
 class CXBlock(nn.Module):

@@ -220,3 +220,32 @@ def test_full_size_model_has_the_released_key_layout(fixture_dir, variant, beit,
     assert sum(p.numel() for p in model.parameters()) == manifest["num_parameters"]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable == manifest["num_trainable_parameters"]
+
+
+def test_sam21_semantics_track_and_train():
+    """SAM 2.1: projected signed pointer positions and the no-object spatial embedding take part."""
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    cfg21 = MPGSAM2Config.from_presets("base", "sam2.1_hiera_t.yaml", [])
+    cfg.sam2.update(
+        {
+            k: cfg21.sam2[k]
+            for k in (
+                "no_obj_embed_spatial",
+                "add_tpos_enc_to_obj_ptrs",
+                "proj_tpos_enc_in_obj_ptrs",
+                "use_signed_tpos_enc_to_obj_ptrs",
+            )
+        }
+    )
+    model = MPGSAM2(cfg).train()
+    assert model.sam.no_obj_embed_spatial is not None
+    # make the object-score head say "absent" everywhere so the no-object embedding is used
+    with torch.no_grad():
+        model.sam.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(-5.0)
+    sam, beit, ids, pad = random_clip(model, 3)
+    out = model(sam, beit, ids, pad)
+    assert torch.all(out.pred_masks == -1024.0)
+    (out.frames[-1].pix_feat_with_mem.sum() + out.pred_masks.sum()).backward()
+    assert model.sam.obj_ptr_tpos_proj.weight.grad is not None
+    assert model.sam.no_obj_embed_spatial.grad is not None

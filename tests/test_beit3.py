@@ -16,7 +16,7 @@ PREFIX = "mm_extractor.beit3."
 
 def _fixture_dir() -> Path:
     if not (FIXTURE / "config.json").is_file():
-        pytest.skip(f"parity fixture not found at {FIXTURE}")
+        pytest.fail(f"parity fixture not found at {FIXTURE}; the repository expects ../shared beside it")
     return FIXTURE
 
 

@@ -75,7 +75,7 @@ def _strip(cfg: dict) -> dict:
 @cache
 def _fixture() -> dict:
     if not (FIXTURE / "config.json").is_file():
-        pytest.skip(f"parity fixture not found at {FIXTURE}")
+        pytest.fail(f"parity fixture not found at {FIXTURE}; the repository expects ../shared beside it")
     from safetensors.torch import load_file
 
     cfg = json.loads((FIXTURE / "config.json").read_text())["sam2_config_resolved"]
@@ -322,7 +322,7 @@ def test_dropout_and_train_mode_do_not_change_eval_free_path() -> None:
 def _expected_keys(prefix: str) -> dict[str, list[int]]:
     path = FIXTURE / "full_size_keys.json"
     if not path.is_file():
-        pytest.skip(f"full_size_keys.json not found at {path}")
+        pytest.fail(f"full_size_keys.json not found at {path}")
     entries = json.loads(path.read_text())["large"]["entries"]
     return {e["key"][len(prefix) :]: e["shape"] for e in entries if e["key"].startswith(prefix)}
 

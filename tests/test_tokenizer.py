@@ -17,7 +17,7 @@ SPM = FIXTURE / "tiny_sentencepiece.model"
 @pytest.fixture(scope="module")
 def spm_path() -> Path:
     if not SPM.is_file():
-        pytest.skip(f"tiny sentencepiece model not found at {SPM}")
+        pytest.fail(f"tiny sentencepiece model not found at {SPM}")
     return SPM
 
 

@@ -61,66 +61,47 @@ def _rules(*pairs: tuple[str, str]) -> list[Rule]:
 
 # ------------------------------------------------------------------------------------------------------ MPG-SAM 2
 
-# Original EvfSamModel name -> our name. The four MPG decoder modules come before the generic visual_model rule.
-MPGSAM2_RULES: list[Rule] = _rules(
-    (r"mm_extractor\.beit3\.(.+)", r"beit3.\1"),
-    (r"visual_ifi\.(.+)", r"mask_prior.global_attn.\1"),
+# Original EvfSamModel prefix -> our prefix: the one table both directions are built from. Specific entries
+# (the four MPG decoder modules) come before the generic visual_model / sam entry.
+MPGSAM2_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("mm_extractor.beit3.", "beit3."),
+    ("visual_ifi.", "mask_prior.global_attn."),
     # The model wraps this nn.MultiheadAttention as `token_refine.attn` (multiplicative cross-attention).
-    (r"vmtoken\.multihead_attn\.(.+)", r"mask_prior.token_refine.attn.\1"),
-    (r"mask_linear\.(.+)", r"mask_prior.token_proj.\1"),
-    (r"mask_product\.(.+)", r"mask_prior.prior_head.\1"),
-    (r"meo_linear\.(.+)", r"mask_prior.context_proj.\1"),
-    (r"text_hidden_fcs\.0\.(\d+)\.(.+)", r"sparse_prompt_mlp.\1.\2"),
-    (r"text_feat_linear\.(.+)", r"text_proj.\1"),
-    (r"text2one_linear\.(.+)", r"sentence_head.\1"),
-    (
-        r"visual_model\.sam_mask_decoder\.vtlfusion_module\.(.+)",
-        r"sam.sam_mask_decoder.pixel_global_fusion.\1",
-    ),
-    (
-        r"visual_model\.sam_mask_decoder\.mmfusion_module\.(.+)",
-        r"sam.sam_mask_decoder.object_global_fusion.\1",
-    ),
-    (
-        r"visual_model\.sam_mask_decoder\.objfusion_module\.(.+)",
-        r"sam.sam_mask_decoder.object_historical_fusion.\1",
-    ),
-    (r"visual_model\.sam_mask_decoder\.patch_linear\.(.+)", r"sam.sam_mask_decoder.context_patch_proj.\1"),
-    # EVF-SAM renamed the memory-encoder layer scale `gamma` to `weight` (HF from_pretrained drops keys containing
-    # "gamma"); the tensor is the same, so map it back explicitly.
-    (
-        r"visual_model\.memory_encoder\.fuser\.layers\.(\d+)\.weight",
-        r"sam.memory_encoder.fuser.layers.\1.gamma",
-    ),
-    (r"visual_model\.(.+)", r"sam.\1"),
+    ("vmtoken.multihead_attn.", "mask_prior.token_refine.attn."),
+    ("mask_linear.", "mask_prior.token_proj."),
+    ("mask_product.", "mask_prior.prior_head."),
+    ("meo_linear.", "mask_prior.context_proj."),
+    ("text_hidden_fcs.0.", "sparse_prompt_mlp."),
+    ("text_feat_linear.", "text_proj."),
+    ("text2one_linear.", "sentence_head."),
+    ("visual_model.sam_mask_decoder.vtlfusion_module.", "sam.sam_mask_decoder.pixel_global_fusion."),
+    ("visual_model.sam_mask_decoder.mmfusion_module.", "sam.sam_mask_decoder.object_global_fusion."),
+    ("visual_model.sam_mask_decoder.objfusion_module.", "sam.sam_mask_decoder.object_historical_fusion."),
+    ("visual_model.sam_mask_decoder.patch_linear.", "sam.sam_mask_decoder.context_patch_proj."),
+    ("visual_model.", "sam."),
 )
 
-# Our name -> original EvfSamModel name (the inverse of MPGSAM2_RULES; `gamma` keeps its canonical name).
-MPGSAM2_REVERSE_RULES: list[Rule] = _rules(
-    (r"beit3\.(.+)", r"mm_extractor.beit3.\1"),
-    (r"mask_prior\.global_attn\.(.+)", r"visual_ifi.\1"),
-    (r"mask_prior\.token_refine\.attn\.(.+)", r"vmtoken.multihead_attn.\1"),
-    (r"mask_prior\.token_proj\.(.+)", r"mask_linear.\1"),
-    (r"mask_prior\.prior_head\.(.+)", r"mask_product.\1"),
-    (r"mask_prior\.context_proj\.(.+)", r"meo_linear.\1"),
-    (r"sparse_prompt_mlp\.(\d+)\.(.+)", r"text_hidden_fcs.0.\1.\2"),
-    (r"text_proj\.(.+)", r"text_feat_linear.\1"),
-    (r"sentence_head\.(.+)", r"text2one_linear.\1"),
-    (
-        r"sam\.sam_mask_decoder\.pixel_global_fusion\.(.+)",
-        r"visual_model.sam_mask_decoder.vtlfusion_module.\1",
+
+def _prefix_rules(pairs: tuple[tuple[str, str], ...], reverse: bool) -> list[Rule]:
+    return _rules(
+        *((re.escape(b if reverse else a) + "(.+)", (a if reverse else b) + r"\1") for a, b in pairs)
+    )
+
+
+# Original name -> ours. EVF-SAM renamed the memory-encoder layer scale `gamma` to `weight` (HF from_pretrained
+# drops keys containing "gamma"); the tensor is the same, so that alias maps back to `gamma` explicitly.
+MPGSAM2_RULES: list[Rule] = [
+    *_rules(
+        (
+            r"visual_model\.memory_encoder\.fuser\.layers\.(\d+)\.weight",
+            r"sam.memory_encoder.fuser.layers.\1.gamma",
+        )
     ),
-    (
-        r"sam\.sam_mask_decoder\.object_global_fusion\.(.+)",
-        r"visual_model.sam_mask_decoder.mmfusion_module.\1",
-    ),
-    (
-        r"sam\.sam_mask_decoder\.object_historical_fusion\.(.+)",
-        r"visual_model.sam_mask_decoder.objfusion_module.\1",
-    ),
-    (r"sam\.sam_mask_decoder\.context_patch_proj\.(.+)", r"visual_model.sam_mask_decoder.patch_linear.\1"),
-    (r"sam\.(.+)", r"visual_model.\1"),
-)
+    *_prefix_rules(MPGSAM2_PREFIXES, reverse=False),
+]
+
+# Our name -> original name (the inverse of MPGSAM2_RULES; `gamma` keeps its canonical name).
+MPGSAM2_REVERSE_RULES: list[Rule] = _prefix_rules(MPGSAM2_PREFIXES, reverse=True)
 
 # Prefixes that wrap every key of an EvfSamModel state dict: DeepSpeed (DDP inside) around ReferFormer, and
 # ReferFormer alone (main.py's model_without_ddp).

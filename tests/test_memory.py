@@ -14,58 +14,15 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from mpgsam2.modeling.sam2.memory_attention import MemoryAttention, build_memory_attention
 from mpgsam2.modeling.sam2.memory_encoder import CXBlock, MemoryEncoder, build_memory_encoder
 from mpgsam2.modeling.sam2.position_encoding import PositionEmbeddingSine
+from mpgsam2.modeling.sam2.presets import sam2_model_config
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original_parity"
 ATOL = 1e-5
 
 # Memory sections of sam2_hiera_l.yaml (the layout of the released large checkpoint).
-LARGE_MEMORY_ATTENTION = {
-    "d_model": 256,
-    "pos_enc_at_input": True,
-    "num_layers": 4,
-    "layer": {
-        "activation": "relu",
-        "dim_feedforward": 2048,
-        "dropout": 0.1,
-        "pos_enc_at_attn": False,
-        "d_model": 256,
-        "pos_enc_at_cross_attn_keys": True,
-        "pos_enc_at_cross_attn_queries": False,
-        "self_attention": {
-            "rope_theta": 10000.0,
-            "feat_sizes": [32, 32],
-            "embedding_dim": 256,
-            "num_heads": 1,
-            "downsample_rate": 1,
-            "dropout": 0.1,
-        },
-        "cross_attention": {
-            "rope_theta": 10000.0,
-            "feat_sizes": [32, 32],
-            "rope_k_repeat": True,
-            "embedding_dim": 256,
-            "num_heads": 1,
-            "downsample_rate": 1,
-            "dropout": 0.1,
-            "kv_in_dim": 64,
-        },
-    },
-}
-LARGE_MEMORY_ENCODER = {
-    "out_dim": 64,
-    "position_encoding": {"num_pos_feats": 64, "normalize": True, "scale": None, "temperature": 10000},
-    "mask_downsampler": {"kernel_size": 3, "stride": 2, "padding": 1},
-    "fuser": {
-        "layer": {
-            "dim": 256,
-            "kernel_size": 7,
-            "padding": 3,
-            "layer_scale_init_value": 1e-6,
-            "use_dwconv": True,
-        },
-        "num_layers": 2,
-    },
-}
+# The official SAM 2.0 Hiera-L sections (one source: the presets).
+LARGE_MEMORY_ATTENTION = sam2_model_config("sam2_hiera_l.yaml")["memory_attention"]
+LARGE_MEMORY_ENCODER = sam2_model_config("sam2_hiera_l.yaml")["memory_encoder"]
 
 
 def _strip(cfg: dict) -> dict:

@@ -249,3 +249,12 @@ def test_sam21_semantics_track_and_train():
     (out.frames[-1].pix_feat_with_mem.sum() + out.pred_masks.sum()).backward()
     assert model.sam.obj_ptr_tpos_proj.weight.grad is not None
     assert model.sam.no_obj_embed_spatial.grad is not None
+
+
+def test_train_mode_keeps_the_frozen_image_encoder_in_eval():
+    model = MPGSAM2(tiny_config()).train()
+    assert model.beit3.training and model.sam.memory_attention.training
+    assert not any(m.training for m in model.sam.image_encoder.modules())
+    assert not any(p.requires_grad for p in model.sam.image_encoder.parameters())
+    unfrozen = MPGSAM2(tiny_config(freeze_image_encoder=False)).train()
+    assert unfrozen.sam.image_encoder.training

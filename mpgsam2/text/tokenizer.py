@@ -150,5 +150,13 @@ class Beit3Tokenizer:
         # parity: the original derives the mask from the ids, not from the sequence lengths.
         return ids, ids != self.pad_id
 
+    def __getstate__(self) -> dict[str, object]:
+        # The sentencepiece processor is not picklable: ship the constructor arguments and reload in
+        # __setstate__ (DataLoader worker processes, spawn start method).
+        return {"spm_path": str(self.spm_path), "unk_as_pad": self.unk_as_pad}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__(Path(str(state["spm_path"])), unk_as_pad=bool(state["unk_as_pad"]))
+
     def __repr__(self) -> str:
         return f"Beit3Tokenizer(spm_path={str(self.spm_path)!r}, unk_as_pad={self.unk_as_pad})"

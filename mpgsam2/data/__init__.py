@@ -1,0 +1,48 @@
+"""Data pipeline: dataset readers, clip sampling, transforms, torch datasets and collation (plain PyTorch).
+
+See the data contract in the docstrings of :mod:`mpgsam2.data.records` (records), :mod:`mpgsam2.data.sources`
+(reader protocol), :mod:`mpgsam2.data.video_dataset` (items) and :mod:`mpgsam2.data.collate` (batches).
+"""
+
+from mpgsam2.data.collate import ReferringCollate
+from mpgsam2.data.errors import DatasetError
+from mpgsam2.data.records import (
+    ExpressionRecord,
+    VideoRecord,
+    swap_captions_within_video,
+    validate_path_component,
+    validate_video_id,
+)
+from mpgsam2.data.sampling import sample_clip_indices
+from mpgsam2.data.sources import (
+    ReferringVideoSource,
+    image_size,
+    load_json,
+    read_palette_mask,
+    read_rgb_frames,
+)
+from mpgsam2.data.transforms import ClipTransform, caption_flip
+from mpgsam2.data.video_dataset import ReferringClipDataset, ReferringVideoEvalDataset, normalize_caption
+from mpgsam2.data.ytvos import RefYTVOSSource
+
+__all__ = [
+    "ClipTransform",
+    "DatasetError",
+    "ExpressionRecord",
+    "RefYTVOSSource",
+    "ReferringClipDataset",
+    "ReferringCollate",
+    "ReferringVideoEvalDataset",
+    "ReferringVideoSource",
+    "VideoRecord",
+    "caption_flip",
+    "image_size",
+    "load_json",
+    "normalize_caption",
+    "read_palette_mask",
+    "read_rgb_frames",
+    "sample_clip_indices",
+    "swap_captions_within_video",
+    "validate_path_component",
+    "validate_video_id",
+]

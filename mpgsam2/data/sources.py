@@ -1,0 +1,193 @@
+"""The source protocol every dataset reader implements, and the file readers they share.
+
+A *source* is a dataset split seen as a list of :class:`~mpgsam2.data.records.ExpressionRecord` plus two readers
+(frames, masks). The torch datasets in :mod:`mpgsam2.data.video_dataset` work on any source, so adding a
+dataset means writing one reader (e.g. :mod:`mpgsam2.data.ytvos`) and nothing else.
+
+All readers raise :class:`~mpgsam2.data.errors.DatasetError` with the offending file first in the message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+from mpgsam2.data.errors import DatasetError
+from mpgsam2.data.records import ExpressionRecord, VideoRecord
+
+__all__ = [
+    "ReferringVideoSource",
+    "image_size",
+    "load_json",
+    "read_palette_mask",
+    "read_rgb_frames",
+]
+
+# PIL's errors for unreadable files: OSError (missing, truncated "image file is truncated", decoder errors,
+# UnidentifiedImageError), SyntaxError / ValueError (corrupt PNG chunks), DecompressionBombError (huge images).
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+@runtime_checkable
+class ReferringVideoSource(Protocol):
+    """A referring-video dataset split (Ref-YouTube-VOS, MeViS, Ref-DAVIS17 ...).
+
+    Attributes:
+        name: short identifier, e.g. ``"ytvos/train"``.
+        expressions: every expression of the split, in a fixed order.
+        has_masks: whether :meth:`read_masks` works (False for splits without public ground truth).
+    """
+
+    name: str
+    expressions: list[ExpressionRecord]
+    has_masks: bool
+
+    def read_frames(self, video: VideoRecord, indices: Sequence[int]) -> np.ndarray:
+        """Frames ``indices`` of ``video`` as uint8 (t, H, W, 3) RGB.
+
+        Raises:
+            DatasetError: naming the file if it is missing, truncated, undecodable or of another size.
+        """
+        ...
+
+    def read_masks(self, expression: ExpressionRecord, indices: Sequence[int]) -> np.ndarray:
+        """The expression's target in frames ``indices``: bool (t, H, W), the union of its objects.
+
+        Raises:
+            DatasetError: naming the file on a missing or bad annotation.
+        """
+        ...
+
+
+def load_json(path: str | Path, what: str) -> dict[str, object]:
+    """Reads a json file whose top level is an object.
+
+    Args:
+        path: the file.
+        what: what the file is, for messages (e.g. ``"Ref-YouTube-VOS expressions file"``).
+
+    Returns:
+        The decoded top-level object.
+
+    Raises:
+        DatasetError: the file is missing, unreadable, not valid JSON (position given) or not a JSON object.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path}: cannot read the {what}: {err}") from err
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DatasetError(
+            f"{path}: the {what} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
+        ) from err
+    if not isinstance(data, dict):
+        raise DatasetError(
+            f"{path}: the {what} must hold a JSON object at the top level, found {type(data).__name__}"
+        )
+    return data
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) of an image, read from its header only (the pixels are not decoded).
+
+    Raises:
+        DatasetError: the file is missing or not an image.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: image file not found") from None
+    except _PIL_ERRORS as err:
+        raise DatasetError(f"{path}: cannot read the image header: {err}") from err
+    return height, width
+
+
+def _load_image(path: Path, what: str) -> Image.Image:
+    """Opens and fully decodes an image (``load()`` makes truncated files fail here, not later)."""
+    try:
+        img = Image.open(path)
+        # Decode now: PIL is lazy, and with LOAD_TRUNCATED_IMAGES left False a truncated JPEG raises OSError here.
+        img.load()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: {what} not found") from None
+    except _PIL_ERRORS as err:
+        raise DatasetError(f"{path}: cannot decode the {what} (truncated or corrupt?): {err}") from err
+    return img
+
+
+def read_rgb_frames(paths: Sequence[str | Path]) -> np.ndarray:
+    """Reads frames that must all have one size.
+
+    Args:
+        paths: t image files (JPEG or anything PIL decodes; grey or CMYK images are converted to RGB).
+
+    Returns:
+        uint8 (t, H, W, 3) RGB.
+
+    Raises:
+        ValueError: ``paths`` is empty.
+        DatasetError: naming the file that is missing, truncated or undecodable, or whose size differs from the
+            first frame's.
+    """
+    if len(paths) == 0:
+        raise ValueError("read_rgb_frames needs at least one path")
+    frames = []
+    first: tuple[Path, tuple[int, int]] | None = None
+    for p in paths:
+        path = Path(p)
+        img = _load_image(path, "frame image")
+        with img:
+            rgb = np.asarray(img.convert("RGB"))
+        if first is None:
+            first = (path, rgb.shape[:2])
+        elif rgb.shape[:2] != first[1]:
+            raise DatasetError(
+                f"{path}: frame is {rgb.shape[1]}x{rgb.shape[0]} (WxH) but {first[0]} is "
+                f"{first[1][1]}x{first[1][0]}; all frames of a video must have one size"
+            )
+        frames.append(rgb)
+    return np.stack(frames)
+
+
+def read_palette_mask(path: str | Path, expected_size: tuple[int, int] | None) -> np.ndarray:
+    """Reads an indexed annotation PNG (DAVIS / YouTube-VOS style: pixel value = object id, 0 = background).
+
+    Args:
+        path: the PNG. Palette ("P") images give their palette indices; single-channel "L" images their values.
+        expected_size: (H, W) of the frame it annotates, or None to skip the check.
+
+    Returns:
+        uint8 (H, W) object ids.
+
+    Raises:
+        DatasetError: naming the file if it is missing, undecodable, not a palette / single-channel image (an
+            RGB rendering of the mask cannot be mapped back to object ids), or not of ``expected_size``.
+    """
+    path = Path(path)
+    img = _load_image(path, "annotation mask")
+    with img:
+        mode = img.mode
+        if mode not in ("P", "L"):
+            raise DatasetError(
+                f"{path}: annotation is a {mode!r} image, not a palette ('P') or single-channel ('L') PNG; "
+                "object ids are read from palette indices, so save the mask as an indexed PNG"
+            )
+        ids = np.asarray(img)
+    if expected_size is not None and ids.shape != tuple(expected_size):
+        raise DatasetError(
+            f"{path}: annotation is {ids.shape[1]}x{ids.shape[0]} (WxH) but its frame is "
+            f"{expected_size[1]}x{expected_size[0]}"
+        )
+    return ids.astype(np.uint8, copy=False)

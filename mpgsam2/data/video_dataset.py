@@ -1,0 +1,214 @@
+"""Torch datasets over any :class:`~mpgsam2.data.sources.ReferringVideoSource` (the data contract's items).
+
+- :class:`ReferringClipDataset`: training clips, one item per (expression, anchor frame) with anchors every
+  ``num_frames`` frames (spec §2.2 epoch definition), clip frames by spec §2.3.
+- :class:`ReferringVideoEvalDataset`: one item per expression with the whole video (spec §3.1).
+
+Original: ``datasets/ytvos.py`` / ``datasets/mevis.py`` (``__getitem__``) and ``inference_ytvos.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mpgsam2.data.records import ExpressionRecord
+from mpgsam2.data.sampling import sample_clip_indices
+from mpgsam2.data.sources import ReferringVideoSource
+from mpgsam2.data.transforms import ClipTransform
+
+__all__ = ["ReferringClipDataset", "ReferringVideoEvalDataset", "normalize_caption"]
+
+log = logging.getLogger(__name__)
+
+Item = dict[str, object]
+
+
+def normalize_caption(caption: str) -> str:
+    """Training caption clean-up: lower-cased, whitespace runs -> one space, stripped (parity: spec §1.1)."""
+    return " ".join(caption.lower().split())
+
+
+def _meta(expr: ExpressionRecord, indices: list[int], orig_size: tuple[int, int]) -> dict[str, object]:
+    return {
+        "video": expr.video.video_id,
+        "exp_id": expr.exp_id,
+        "frame_names": [expr.video.frame_names[i] for i in indices],
+        "frame_indices": list(indices),
+        "orig_size": orig_size,
+    }
+
+
+class ReferringClipDataset(Dataset):
+    """Training clips of a referring-video source.
+
+    Item ``i`` is the anchor ``k * num_frames`` of one expression (expressions in source order, anchors in
+    temporal order), so ``len = Σ_expressions ceil(n_frames / num_frames)``. Its clip indices come from
+    :func:`~mpgsam2.data.sampling.sample_clip_indices`, and the clip goes through ``transform``.
+
+    Resampling: when the object is in no frame of the clip (after the transform's resize, parity: the
+    original's ``Check``), a new dataset index is drawn uniformly and tried instead (parity: the original
+    draws ``random.randint(0, len - 1)``), so the returned item may belong to another expression; ``meta`` says
+    which. deviation: the original retries forever; here after ``max_resample`` failed attempts the last clip
+    is returned anyway with ``valid`` all False (a warning is logged), which the loss then sees as an empty
+    target.
+
+    Reproducibility: item ``i`` is a pure function of ``(seed, epoch, i)`` (clip, resampling and augmentation
+    draws all come from one generator seeded with them), independent of DataLoader workers and of the order in
+    which items are requested. Call :meth:`set_epoch` at the start of every epoch; DataLoader workers receive a
+    copy of the dataset when their iterator is created, so this works unless ``persistent_workers=True``.
+
+    Args:
+        source: the split; must have masks.
+        num_frames: T, frames per clip (5 for Ref-YTVOS, 8 for MeViS).
+        transform: usually ``ClipTransform(..., train=True)``.
+        seed: base seed.
+        max_resample: attempts after the first before giving up on finding the object.
+
+    Items (dict):
+        sam_frames: float32 (T, 3, S, S); beit_frames: float32 (T, 3, Hb, Hb); masks: float32 (T, S, S) 0/1;
+        valid: bool (T,) object present in the frame; caption: str (lower-cased, whitespace-normalised, then
+        left/right swapped if flipped); meta: dict(video, exp_id, frame_names, frame_indices, orig_size=(H, W)).
+    """
+
+    def __init__(
+        self,
+        source: ReferringVideoSource,
+        num_frames: int,
+        transform: ClipTransform,
+        seed: int = 0,
+        max_resample: int = 10,
+    ) -> None:
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if not source.has_masks:
+            raise ValueError(f"{source.name}: training needs ground-truth masks, but this source has none")
+        self.source = source
+        self.num_frames = num_frames
+        self.transform = transform
+        self.seed = seed
+        self.max_resample = max_resample
+        self.epoch = 0
+        clips_per_expr = [math.ceil(e.video.num_frames / num_frames) for e in source.expressions]
+        # _ends[k] = number of items of expressions 0..k; item i belongs to the first k with _ends[k] > i.
+        self._ends = np.cumsum(np.asarray(clips_per_expr, dtype=np.int64))
+        self._len = int(self._ends[-1]) if len(self._ends) else 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch's random draws (see the class docstring)."""
+        self.epoch = epoch
+
+    def locate(self, index: int) -> tuple[ExpressionRecord, int]:
+        """The expression and anchor frame of item ``index``."""
+        if not 0 <= index < self._len:
+            raise IndexError(f"index {index} out of range for {self._len} clips")
+        k = int(np.searchsorted(self._ends, index, side="right"))
+        start = int(self._ends[k - 1]) if k else 0
+        return self.source.expressions[k], (index - start) * self.num_frames
+
+    def __getitem__(self, index: int) -> Item:
+        if index < 0:
+            index += self._len
+        if not 0 <= index < self._len:
+            raise IndexError(f"index {index} out of range for {self._len} clips")
+        # A string seed is hashed with SHA-512 by `random`: stable across processes, runs and platforms.
+        rng = random.Random(f"clip/{self.seed}/{self.epoch}/{index}")
+        np_rng = np.random.default_rng(rng.getrandbits(64))
+        attempt_index = index
+        for attempt in range(self.max_resample + 1):
+            last = attempt == self.max_resample
+            expr, anchor = self.locate(attempt_index)
+            indices = sample_clip_indices(anchor, expr.video.num_frames, self.num_frames, rng)
+            masks = self.source.read_masks(expr, indices)
+            # An empty clip is rejected before its frames are decoded and augmented (unless it is the last try).
+            if masks.any() or last:
+                item = self._make_item(expr, indices, masks, np_rng)
+                if bool(item["valid"].any()):  # type: ignore[union-attr]
+                    return item
+            attempt_index = rng.randrange(self._len)
+        log.warning(
+            "%s: no clip with a visible object in %d attempts from item %d; using the last one (valid all False)",
+            self.source.name,
+            self.max_resample + 1,
+            index,
+        )
+        return item
+
+    def _make_item(
+        self, expr: ExpressionRecord, indices: list[int], masks: np.ndarray, np_rng: np.random.Generator
+    ) -> Item:
+        frames = self.source.read_frames(expr.video, indices)
+        orig_size = (int(frames.shape[1]), int(frames.shape[2]))
+        sam, beit, target, caption = self.transform(
+            frames, masks, normalize_caption(expr.caption), rng=np_rng
+        )
+        assert target is not None
+        return {
+            "sam_frames": sam,
+            "beit_frames": beit,
+            "masks": target,
+            "valid": target.flatten(1).any(1),
+            "caption": caption,
+            "meta": _meta(expr, indices, orig_size),
+        }
+
+
+class ReferringVideoEvalDataset(Dataset):
+    """Evaluation items: one per expression, the whole video, no augmentation (spec §3.1).
+
+    Args:
+        source: the split.
+        transform: ``ClipTransform(..., train=False)`` (a training transform is rejected).
+        max_frames: keep only the first ``max_frames`` frames of each video (smoke runs and debugging; the
+            benchmark protocols use every frame). None = all.
+
+    Items (dict): the training keys with T = number of frames (``frame_indices`` = 0..T-1) and the caption RAW
+    (parity: inference captions are not lower-cased, spec §1.1). When ``source.has_masks``: ``masks`` / ``valid``
+    from the ground truth and ``"orig_masks"``: bool (T, H, W) at the original resolution (for J&F); otherwise
+    ``masks`` are zeros and ``valid`` all False, and there is no ``"orig_masks"``.
+    """
+
+    def __init__(
+        self, source: ReferringVideoSource, transform: ClipTransform, max_frames: int | None = None
+    ) -> None:
+        if getattr(transform, "train", False):
+            raise ValueError("ReferringVideoEvalDataset needs a transform with train=False (no augmentation)")
+        if max_frames is not None and max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
+        self.source = source
+        self.transform = transform
+        self.max_frames = max_frames
+
+    def __len__(self) -> int:
+        return len(self.source.expressions)
+
+    def __getitem__(self, index: int) -> Item:
+        expr = self.source.expressions[index]
+        n = expr.video.num_frames if self.max_frames is None else min(self.max_frames, expr.video.num_frames)
+        indices = list(range(n))
+        frames = self.source.read_frames(expr.video, indices)
+        masks = self.source.read_masks(expr, indices) if self.source.has_masks else None
+        sam, beit, target, caption = self.transform(frames, masks, expr.caption)
+        item: Item = {
+            "sam_frames": sam,
+            "beit_frames": beit,
+            "caption": caption,
+            "meta": _meta(expr, indices, (int(frames.shape[1]), int(frames.shape[2]))),
+        }
+        if target is not None:
+            item["masks"] = target
+            item["valid"] = target.flatten(1).any(1)
+            item["orig_masks"] = torch.from_numpy(np.ascontiguousarray(masks))
+        else:
+            s = self.transform.sam_size
+            item["masks"] = torch.zeros(n, s, s)
+            item["valid"] = torch.zeros(n, dtype=torch.bool)
+        return item

@@ -1,0 +1,222 @@
+"""Ref-YouTube-VOS reader (original: ``datasets/ytvos.py`` for training, ``inference_ytvos.py`` for valid).
+
+Layout (the official release)::
+
+    <root>/meta_expressions/<split>/meta_expressions.json
+        {"videos": {<vid>: {"expressions": {<exp_id>: {"exp": str, "obj_id": "1"}}, "frames": [<name>, ...]}}}
+    <root>/<split>/JPEGImages/<vid>/<name>.jpg
+    <root>/<split>/Annotations/<vid>/<name>.png     palette PNG, object k = pixels of index k (train only)
+
+``<root>/<split>/meta.json`` (object categories) is not needed and not read. For ``split="valid"`` the official
+202-video set is the valid json minus the videos of ``meta_expressions/test/meta_expressions.json`` (spec §3.1);
+the valid json carries no ``obj_id``.
+
+Construction only parses the json (O(json), no file is stat-ed); missing or bad frames and masks are reported when
+they are read.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mpgsam2.data.errors import DatasetError
+from mpgsam2.data.records import ExpressionRecord, VideoRecord, validate_path_component, validate_video_id
+from mpgsam2.data.sources import image_size, load_json, read_palette_mask, read_rgb_frames
+
+__all__ = ["RefYTVOSSource"]
+
+log = logging.getLogger(__name__)
+
+_SPLITS = ("train", "valid")
+_INT_RE = re.compile(r"[0-9]+")
+
+
+class RefYTVOSSource:
+    """A Ref-YouTube-VOS split as a :class:`~mpgsam2.data.sources.ReferringVideoSource`.
+
+    Args:
+        root: the dataset folder (holding ``meta_expressions/``, ``train/``, ``valid/``).
+        split: ``"train"`` or ``"valid"``.
+        exclude_test: for ``"valid"``, drop the videos listed in ``meta_expressions/test/meta_expressions.json``
+            when that file exists (the 202-video competition valid set, as ``inference_ytvos.py``).
+
+    Attributes:
+        name: ``"ytvos/<split>"``.
+        expressions: one record per expression; videos in json order for train, sorted for valid (parity:
+            ``inference_ytvos.py`` sorts the video list), expressions in json order.
+        videos: the videos, same order.
+        has_masks: True iff ``<root>/<split>/Annotations`` exists and every expression has an ``obj_id``
+            (the released valid split has neither).
+        expressions_file: the json that was read.
+
+    Raises:
+        ValueError: unknown split.
+        DatasetError: naming the json (and the video / expression) when it is missing, not JSON, lacks
+            ``videos`` / ``frames`` / ``expressions`` / ``exp``, has an ``obj_id`` that is not a positive integer
+            (string), an unsafe video id, expression id or frame name, or no ``obj_id`` in the train split.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", exclude_test: bool = True) -> None:
+        if split not in _SPLITS:
+            raise ValueError(f"Ref-YouTube-VOS split must be one of {_SPLITS}, got {split!r}")
+        self.root = Path(root)
+        self.split = split
+        self.name = f"ytvos/{split}"
+        self.expressions_file = self.root / "meta_expressions" / split / "meta_expressions.json"
+        self.frames_dir = self.root / split / "JPEGImages"
+        self.annotations_dir = self.root / split / "Annotations"
+
+        videos_json = _videos_of(self.expressions_file)
+        video_ids = list(videos_json)
+        if split == "valid":
+            test_file = self.root / "meta_expressions" / "test" / "meta_expressions.json"
+            if exclude_test and test_file.is_file():
+                test_ids = set(_videos_of(test_file))
+                video_ids = [v for v in video_ids if v not in test_ids]
+                log.info(
+                    "%s: %d valid videos after removing %d test videos",
+                    self.name,
+                    len(video_ids),
+                    len(test_ids),
+                )
+            video_ids.sort()  # parity: inference_ytvos.py iterates sorted(valid - test)
+
+        self.videos: list[VideoRecord] = []
+        self.expressions: list[ExpressionRecord] = []
+        for vid in video_ids:
+            video, expressions = self._parse_video(vid, videos_json[vid])
+            self.videos.append(video)
+            self.expressions.extend(expressions)
+        self.has_masks = self.annotations_dir.is_dir() and all(e.obj_ids for e in self.expressions)
+        # video id -> object ids present in any of its annotations (filled lazily, see _check_objects_exist).
+        self._present_ids: dict[str, frozenset[int]] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"RefYTVOSSource(root={str(self.root)!r}, split={self.split!r}, videos={len(self.videos)}, "
+            f"expressions={len(self.expressions)}, has_masks={self.has_masks})"
+        )
+
+    # ----------------------------------------------------------------------------------------------- parsing
+
+    def _parse_video(self, vid: str, entry: object) -> tuple[VideoRecord, list[ExpressionRecord]]:
+        src = self.expressions_file
+        validate_video_id(vid, src)
+        if not isinstance(entry, dict):
+            raise DatasetError(f"{src}: video {vid!r}: expected an object, found {type(entry).__name__}")
+        frames = entry.get("frames")
+        if not isinstance(frames, list) or not frames:
+            raise DatasetError(
+                f"{src}: video {vid!r}: 'frames' must be a non-empty list of frame names, found {frames!r:.80}"
+            )
+        for name in frames:
+            validate_path_component(name, f"video {vid!r}: frame name", src)
+        if len(set(frames)) != len(frames):
+            raise DatasetError(f"{src}: video {vid!r}: 'frames' lists a frame twice")
+        # parity: datasets/ytvos.py sorts the names (zero-padded, so this is temporal order).
+        names = tuple(sorted(frames))
+        video = VideoRecord(
+            video_id=vid,
+            frame_names=names,
+            frame_paths=tuple(self.frames_dir / vid / f"{n}.jpg" for n in names),
+        )
+
+        expressions = entry.get("expressions")
+        if not isinstance(expressions, dict):
+            raise DatasetError(f"{src}: video {vid!r}: missing 'expressions' object")
+        records = []
+        for exp_id, exp in expressions.items():
+            where = f"{src}: video {vid!r}, expression {exp_id!r}"
+            validate_path_component(exp_id, f"video {vid!r}: expression id", src)
+            if not isinstance(exp, dict):
+                raise DatasetError(f"{where}: expected an object, found {type(exp).__name__}")
+            caption = exp.get("exp")
+            if not isinstance(caption, str):
+                raise DatasetError(f"{where}: missing the sentence 'exp' (a string), found {caption!r}")
+            if "obj_id" in exp:
+                obj_ids: tuple[int, ...] = (_parse_obj_id(exp["obj_id"], where),)
+            elif self.split == "train":
+                raise DatasetError(f"{where}: missing 'obj_id' (required in the train split)")
+            else:
+                obj_ids = ()  # the released valid json has no object ids
+            records.append(ExpressionRecord(video=video, exp_id=exp_id, caption=caption, obj_ids=obj_ids))
+        return video, records
+
+    # ----------------------------------------------------------------------------------------------- reading
+
+    def read_frames(self, video: VideoRecord, indices: Sequence[int]) -> np.ndarray:
+        """Frames ``indices`` of ``video``: uint8 (t, H, W, 3) RGB (DatasetError naming a bad file)."""
+        return read_rgb_frames([video.frame_paths[i] for i in indices])
+
+    def mask_path(self, video: VideoRecord, index: int) -> Path:
+        """The annotation PNG of frame ``index`` of ``video``."""
+        return self.annotations_dir / video.video_id / f"{video.frame_names[index]}.png"
+
+    def read_masks(self, expression: ExpressionRecord, indices: Sequence[int]) -> np.ndarray:
+        """The expression's object in frames ``indices``: bool (t, H, W).
+
+        Each annotation must be a palette PNG of its frame's size. When the object is in none of the requested
+        frames, the video's other annotations are checked once (then cached): an object id that appears in no
+        annotation of the video raises, since such an expression can never be trained on.
+
+        Raises:
+            DatasetError: the split has no annotations or the expression no object id (naming the folder /
+                json), or a bad annotation file (naming it), or an object absent from the whole video (naming the
+                video's annotation folder).
+        """
+        video = expression.video
+        if not self.has_masks:
+            raise DatasetError(
+                f"{self.annotations_dir}: split {self.split!r} has no usable annotations (folder missing, or "
+                f"{self.expressions_file} has no obj_id); masks cannot be read"
+            )
+        masks = []
+        for i in indices:
+            ids = read_palette_mask(self.mask_path(video, i), image_size(video.frame_paths[i]))
+            masks.append(np.isin(ids, expression.obj_ids))
+        out = np.stack(masks) if masks else np.zeros((0, 0, 0), dtype=bool)
+        if not out.any():
+            self._check_objects_exist(expression)
+        return out
+
+    def _check_objects_exist(self, expression: ExpressionRecord) -> None:
+        video = expression.video
+        present = self._present_ids.get(video.video_id)
+        if present is None:
+            found: set[int] = set()
+            for i in range(video.num_frames):
+                found.update(np.unique(read_palette_mask(self.mask_path(video, i), None)).tolist())
+            present = frozenset(found - {0})
+            self._present_ids[video.video_id] = present
+        if not present.intersection(expression.obj_ids):
+            raise DatasetError(
+                f"{self.annotations_dir / video.video_id}: object id(s) {list(expression.obj_ids)} of expression "
+                f"{expression.exp_id!r} (video {video.video_id!r}, {self.expressions_file}) appear in none of the "
+                f"video's {video.num_frames} annotations (object ids found: {sorted(present)})"
+            )
+
+
+def _videos_of(path: Path) -> dict[str, object]:
+    data = load_json(path, "Ref-YouTube-VOS expressions file")
+    videos = data.get("videos")
+    if not isinstance(videos, dict):
+        raise DatasetError(f"{path}: missing the top-level 'videos' object (found keys {sorted(data)[:5]})")
+    return videos
+
+
+def _parse_obj_id(value: object, where: str) -> int:
+    # The release stores ids as strings ("1"); plain integers are accepted too.
+    if isinstance(value, int) and not isinstance(value, bool):
+        obj_id = value
+    elif isinstance(value, str) and _INT_RE.fullmatch(value):
+        obj_id = int(value)
+    else:
+        raise DatasetError(f"{where}: 'obj_id' must be an integer string such as \"1\", found {value!r}")
+    if not 1 <= obj_id <= 255:
+        raise DatasetError(f"{where}: 'obj_id' {obj_id} is outside the palette's object range 1..255")
+    return obj_id

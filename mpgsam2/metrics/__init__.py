@@ -1,0 +1,141 @@
+"""Evaluation metrics: J&F (region similarity J, boundary F-measure F) for referring video segmentation.
+
+``JFMetric`` is a torchmetrics ``Metric`` that scores one expression per (T, H, W) mask pair and averages
+per-expression means, as the MeViS and DAVIS-2017 evaluations do; the functions below are the per-frame
+scores it is built on (definitions in :mod:`mpgsam2.metrics.jf`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from mpgsam2.metrics.jf import (
+    DEFAULT_BOUND_TH,
+    MaskLike,
+    _as_bool_numpy,
+    _boundary_f_measure_np,
+    _check_bound_th,
+    _region_similarity_np,
+    boundary_f_measure,
+    boundary_tolerance,
+    disk,
+    region_similarity,
+    seg_to_boundary,
+)
+
+__all__ = [
+    "JFMetric",
+    "boundary_f_measure",
+    "boundary_tolerance",
+    "disk",
+    "region_similarity",
+    "seg_to_boundary",
+]
+
+
+class JFMetric(Metric):
+    """J&F over expressions, following the MeViS / DAVIS-2017 protocol.
+
+    For each expression, J (region IoU) and F (boundary F-measure with tolerance ``bound_th`` x image
+    diagonal) are computed per frame as the official ``db_eval_iou`` / ``db_eval_boundary``
+    (davisvideochallenge/davis2017-evaluation ``davis2017/metrics.py``), then averaged over the frames of
+    that expression. ``compute()`` averages the per-expression means over all expressions and returns
+    ``{"j", "f", "jf"}`` with ``jf = (j + f) / 2``, as Python floats in [0, 1].
+
+    States are sums (of per-expression mean J, of per-expression mean F, and the number of expressions)
+    reduced with ``"sum"``, so a DDP sync gives exactly the single-process result (up to float64
+    summation order). They are float64; do not cast the metric to a lower precision.
+
+    Args:
+        bound_th: boundary tolerance, a fraction of the image diagonal if < 1, else pixels.
+        per_expression: also keep each expression's J and F (``"cat"`` states); ``compute()`` then adds
+            ``"j_per_expression"`` and ``"f_per_expression"`` lists, in update order (rank by rank after a
+            DDP sync, not dataset order).
+        **kwargs: passed to ``torchmetrics.Metric``.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    j_sum: Tensor
+    f_sum: Tensor
+    num_expressions: Tensor
+
+    def __init__(
+        self, bound_th: float = DEFAULT_BOUND_TH, per_expression: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        _check_bound_th(bound_th)
+        self.bound_th = bound_th
+        self.per_expression = per_expression
+        zero = torch.tensor(0.0, dtype=torch.float64)
+        self.add_state("j_sum", zero.clone(), dist_reduce_fx="sum")
+        self.add_state("f_sum", zero.clone(), dist_reduce_fx="sum")
+        self.add_state("num_expressions", zero.clone(), dist_reduce_fx="sum")
+        if per_expression:
+            self.add_state("j_per_expression", [], dist_reduce_fx="cat")
+            self.add_state("f_per_expression", [], dist_reduce_fx="cat")
+        # The metric dtype is what torchmetrics gives a rank with no updates as its empty "cat" state;
+        # float64 matches the other ranks' values so that the all-gather works.
+        self.set_dtype(torch.float64)
+
+    def update(self, preds: MaskLike, target: MaskLike) -> None:
+        """Add expressions.
+
+        Args:
+            preds: (T, H, W) masks of one expression, or (B, T, H, W) for B expressions. Bool, or any dtype
+                where non-zero is foreground (as the MeViS evaluation reads its PNGs).
+            target: ground truth of the same shape.
+        """
+        if tuple(preds.shape) != tuple(target.shape):
+            raise ValueError(
+                f"JFMetric.update: preds and target must have the same shape, got preds "
+                f"{tuple(preds.shape)} and target {tuple(target.shape)}"
+            )
+        if preds.ndim not in (3, 4):
+            raise ValueError(
+                f"JFMetric.update: expected masks of shape (T, H, W) or (B, T, H, W), got {tuple(preds.shape)}"
+            )
+        if any(size == 0 for size in preds.shape[-3:]):
+            raise ValueError(f"JFMetric.update: T, H and W must be non-zero, got {tuple(preds.shape)}")
+        p, t = _as_bool_numpy(preds), _as_bool_numpy(target)
+        if p.ndim == 3:
+            p, t = p[None], t[None]
+        j = np.array([_region_similarity_np(pb, tb).mean() for pb, tb in zip(p, t)], dtype=np.float64)
+        f = np.array(
+            [_boundary_f_measure_np(pb, tb, self.bound_th).mean() for pb, tb in zip(p, t)], dtype=np.float64
+        )
+        self.j_sum += float(j.sum())
+        self.f_sum += float(f.sum())
+        self.num_expressions += len(j)
+        if self.per_expression:
+            self.j_per_expression.append(torch.from_numpy(j).to(self.device))
+            self.f_per_expression.append(torch.from_numpy(f).to(self.device))
+
+    def compute(self) -> dict[str, Any]:
+        """Mean over expressions of the per-expression mean J and F.
+
+        Returns:
+            ``{"j": float, "f": float, "jf": float}``, plus ``"j_per_expression"`` and
+            ``"f_per_expression"`` (lists of float) when ``per_expression=True``.
+
+        Raises:
+            RuntimeError: no expression was added (on any process).
+        """
+        n = float(self.num_expressions)
+        if n == 0:
+            raise RuntimeError("JFMetric.compute() called before update()")
+        j = float(self.j_sum) / n
+        f = float(self.f_sum) / n
+        out: dict[str, Any] = {"j": j, "f": f, "jf": (j + f) / 2}
+        if self.per_expression:
+            out["j_per_expression"] = dim_zero_cat(self.j_per_expression).tolist()
+            out["f_per_expression"] = dim_zero_cat(self.f_per_expression).tolist()
+        return out

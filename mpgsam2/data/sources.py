@@ -118,11 +118,15 @@ def _load_image(path: Path, what: str) -> Image.Image:
     """Opens and fully decodes an image (``load()`` makes truncated files fail here, not later)."""
     try:
         img = Image.open(path)
-        # Decode now: PIL is lazy, and with LOAD_TRUNCATED_IMAGES left False a truncated JPEG raises OSError here.
-        img.load()
     except FileNotFoundError:
         raise DatasetError(f"{path}: {what} not found") from None
     except _PIL_ERRORS as err:
+        raise DatasetError(f"{path}: cannot decode the {what} (not an image?): {err}") from err
+    try:
+        # Decode now: PIL is lazy, and with LOAD_TRUNCATED_IMAGES left False a truncated JPEG raises OSError here.
+        img.load()
+    except _PIL_ERRORS as err:
+        img.close()
         raise DatasetError(f"{path}: cannot decode the {what} (truncated or corrupt?): {err}") from err
     return img
 

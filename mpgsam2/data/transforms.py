@@ -21,8 +21,8 @@ Evaluation (``train=False``): resize and normalise only.
 Implementation notes. Images are resized with PIL's bilinear filter (parity: the original's torchvision
 ``Resize`` on PIL images is exactly this call, antialiased when shrinking; OpenCV / albumentations' bilinear
 resize does not antialias and would feed the model differently filtered 224² views). Masks use torch's
-``nearest`` mode as the original. The photometric stage is a few vectorised numpy operations, applied to the
-whole (T, H, W, 3) clip at once.
+``nearest`` mode as the original. The photometric stage works on the whole (T, H, W, 3) clip at once, with
+OpenCV's float RGB <-> HSV conversion as the original (opencv-python-headless, albumentations' dependency).
 
 Randomness: pass ``rng`` (a ``numpy.random.Generator`` or an int seed) to :meth:`ClipTransform.__call__` for
 reproducible output; :class:`~mpgsam2.data.video_dataset.ReferringClipDataset` does so, deriving it from
@@ -35,6 +35,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -124,32 +125,6 @@ def sample_photometric(rng: np.random.Generator) -> PhotometricParams:
     return PhotometricParams(brightness, contrast, contrast_first, saturation, hue, perm)
 
 
-def _rgb_to_hsv(x: np.ndarray) -> np.ndarray:
-    """float [..., 3] RGB in [0, 255] -> H in degrees [0, 360), S in [0, 1], V in [0, 255] (OpenCV's float HSV)."""
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    v = x.max(-1)
-    d = v - x.min(-1)
-    s = np.where(v > 0, d / np.maximum(v, 1e-12), 0.0)
-    dd = np.where(d > 0, d, 1.0)
-    h = np.where(
-        v == r,
-        60.0 * (g - b) / dd,
-        np.where(v == g, 120.0 + 60.0 * (b - r) / dd, 240.0 + 60.0 * (r - g) / dd),
-    )
-    h = np.where(d > 0, np.mod(h, 360.0), 0.0)
-    return np.stack([h, s, v], axis=-1).astype(np.float32)
-
-
-def _hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`_rgb_to_hsv`."""
-    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-    channels = []
-    for n in (5.0, 3.0, 1.0):  # R, G, B
-        k = np.mod(n + h / 60.0, 6.0)
-        channels.append(v - v * s * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0))
-    return np.stack(channels, axis=-1).astype(np.float32)
-
-
 def photometric_distort(frames: np.ndarray, params: PhotometricParams) -> np.ndarray:
     """Applies one photometric draw identically to every frame.
 
@@ -169,12 +144,15 @@ def photometric_distort(frames: np.ndarray, params: PhotometricParams) -> np.nda
     if params.saturation is not None or params.hue is not None:
         # parity note: the original converts RGB data with OpenCV's BGR2HSV, i.e. H is measured on a mirrored
         # hue circle; with a hue shift symmetric around 0 the distribution of results is the same.
-        hsv = _rgb_to_hsv(x)
+        # OpenCV's float HSV: H in degrees [0, 360), S in [0, 1], V = max(R, G, B). cvtColor takes 2-D images, so
+        # the clip is viewed as one (T * H, W) image (the conversion is per pixel).
+        t, h, w, _ = x.shape
+        hsv = cv2.cvtColor(np.ascontiguousarray(x).reshape(t * h, w, 3), cv2.COLOR_RGB2HSV)
         if params.saturation is not None:
             hsv[..., 1] = np.clip(hsv[..., 1] * params.saturation, 0.0, 1.0)
         if params.hue is not None:
             hsv[..., 0] = np.mod(hsv[..., 0] + params.hue, 360.0)
-        x = np.clip(_hsv_to_rgb(hsv), 0.0, 255.0)
+        x = np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).reshape(t, h, w, 3), 0.0, 255.0)
     if params.contrast is not None and not params.contrast_first:
         x = np.clip(x * params.contrast, 0.0, 255.0)
     if params.channel_perm is not None:
@@ -195,10 +173,12 @@ def to_normalized_view(frames: np.ndarray, size: int) -> Tensor:
     resized = np.stack(
         [np.asarray(Image.fromarray(f).resize((size, size), Image.Resampling.BILINEAR)) for f in frames]
     )
-    out = torch.from_numpy(resized).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return out.sub_(mean).div_(std).contiguous()
+    # Transpose the uint8 data (cheap), then one float conversion and two in-place ops:
+    # (x / 255 - mean) / std == (x - 255 mean) * (1 / (255 std)).
+    out = torch.from_numpy(np.ascontiguousarray(resized.transpose(0, 3, 1, 2))).float()
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
+    inv_std = 1.0 / (torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0)
+    return out.sub_(mean).mul_(inv_std)
 
 
 def resize_masks(masks: np.ndarray, size: int) -> Tensor:

@@ -305,7 +305,7 @@ def test_load_json_requires_an_object(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------- records
 
 
-@pytest.mark.parametrize("bad", ["", ".", "..", "../x", "a/b", "/abs", "a\\b", "C:\\x", "x\x00", 3])
+@pytest.mark.parametrize("bad", ["", ".", "..", "../x", "a/b", "/abs", "a\\b", "C:\\x", "C:x", "x\x00", 3])
 def test_validate_video_id_rejects_unsafe_ids(bad: object) -> None:
     with pytest.raises(DatasetError) as err:
         validate_video_id(bad, "meta.json")
@@ -317,11 +317,16 @@ def test_validate_video_id_accepts_plain_names(good: str) -> None:
     assert validate_video_id(good, "meta.json") == good
 
 
-def test_video_record_validates_its_id() -> None:
+def test_records_validate_their_ids() -> None:
     with pytest.raises(DatasetError):
         VideoRecord("../escape", ("00000",), (Path("x.jpg"),))
     with pytest.raises(ValueError, match="2 frame names but 1 paths"):
         VideoRecord("ok", ("a", "b"), (Path("a.jpg"),))
+    with pytest.raises(DatasetError, match="frame name '../a'"):
+        VideoRecord("ok", ("../a",), (Path("a.jpg"),))
+    video = VideoRecord("ok", ("a",), (Path("a.jpg"),))
+    with pytest.raises(DatasetError, match="expression id '..'"):
+        ExpressionRecord(video, "..", "caption", (1,))
 
 
 def test_swap_captions_within_video(train_root: Path) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 from mpgsam2.data.errors import DatasetError
 
@@ -27,8 +27,8 @@ __all__ = [
 def validate_path_component(value: object, what: str, source_file: str | Path | None = None) -> str:
     """Checks that ``value`` can be used as one file or folder name inside an output folder.
 
-    Rejects non-strings, ``''``, ``'.'``, ``'..'``, anything containing ``'/'``, ``'\\'`` or NUL, and absolute
-    paths (POSIX or Windows, e.g. ``'C:x'``).
+    Rejects non-strings, ``''``, ``'.'``, ``'..'``, anything containing ``'/'``, ``'\\'`` or NUL (so no
+    absolute or nested path), and Windows drive prefixes (``'C:x'``).
 
     Args:
         value: the identifier read from a dataset file.
@@ -51,8 +51,8 @@ def validate_path_component(value: object, what: str, source_file: str | Path | 
         reason = "contains a path separator"
     elif "\x00" in value:
         reason = "contains a NUL character"
-    elif PurePosixPath(value).is_absolute() or PureWindowsPath(value).drive or PureWindowsPath(value).root:
-        reason = "is an absolute path"
+    elif len(value) >= 2 and value[1] == ":" and value[0].isascii() and value[0].isalpha():
+        reason = "starts with a drive letter"  # 'C:x' is relative to drive C's current folder on Windows
     if reason is not None:
         raise DatasetError(
             f"{prefix}{what} {value!r} {reason}; it must be usable as a single folder or file name"
@@ -80,7 +80,10 @@ class VideoRecord:
     frame_paths: tuple[Path, ...]
 
     def __post_init__(self) -> None:
+        # Readers validate with the source file named first; this is the backstop for any other constructor.
         validate_video_id(self.video_id)
+        for name in self.frame_names:
+            validate_path_component(name, f"video {self.video_id!r}: frame name")
         if len(self.frame_names) != len(self.frame_paths):
             raise ValueError(
                 f"video {self.video_id!r}: {len(self.frame_names)} frame names but {len(self.frame_paths)} paths"
@@ -108,6 +111,9 @@ class ExpressionRecord:
     exp_id: str
     caption: str
     obj_ids: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        validate_path_component(self.exp_id, f"video {self.video.video_id!r}: expression id")
 
 
 def swap_captions_within_video(

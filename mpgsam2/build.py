@@ -8,7 +8,7 @@ plain values, so it is equally usable from Python.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 from mpgsam2.modeling.config import MPGSAM2Config
@@ -19,7 +19,16 @@ __all__ = ["ConfigError", "build_model", "sam2_config_name"]
 
 logger = logging.getLogger(__name__)
 
-_SAM2_SIZES = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l", "t": "t", "s": "s", "b+": "b+", "l": "l"}
+_SAM2_SIZES = {
+    "tiny": "t",
+    "small": "s",
+    "base_plus": "b+",
+    "large": "l",
+    "t": "t",
+    "s": "s",
+    "b+": "b+",
+    "l": "l",
+}
 _SAM2_VERSIONS = {"2.0": "sam2", "2.1": "sam2.1"}
 _WEIGHT_KINDS = ("mpgsam2", "beit3", "sam2")
 
@@ -52,8 +61,10 @@ def build_model(
     Args:
         beit3: ``BEiT3`` constructor arguments (embed_dim, num_heads, ffn_dim, num_layers, vocab_size,
             img_size, patch_size).
-        sam2: ``{"size": "t"|"s"|"b+"|"l", "version": "2.0"|"2.1", "overrides": ["++model.key=value", ...]}``;
-            the overrides edit the official config (e.g. the tiny test size).
+        sam2: ``{"size": "t"|"s"|"b+"|"l", "version": "2.0"|"2.1", "overrides": ["++model.key=value", ...],
+            "settings": {"dotted.key": value}}``; both edit the official config (e.g. the tiny test size),
+            ``settings`` after ``overrides`` (a dict, so an experiment can change one key without restating
+            the size's list).
         weights: ``{"mpgsam2": path, "beit3": path, "sam2": path}``, each optional. ``mpgsam2`` (a full model:
             our export or a released MPG-SAM 2 checkpoint) excludes the other two, which are the original's
             training start (official BEiT-3 ``.pth`` and SAM 2 ``.pt``). Loading is strict: see
@@ -66,11 +77,15 @@ def build_model(
         ConfigError: an unknown option, size or version, or conflicting weights.
     """
     sam2 = dict(sam2)
-    unknown = set(sam2) - {"size", "version", "overrides"}
+    unknown = set(sam2) - {"size", "version", "overrides", "settings"}
     if unknown:
-        raise ConfigError(f"model.sam2 has unknown keys {sorted(unknown)}; expected size, version, overrides")
+        raise ConfigError(
+            f"model.sam2 has unknown keys {sorted(unknown)}; expected size, version, overrides, settings"
+        )
     name = sam2_config_name(str(sam2.get("size", "l")), str(sam2.get("version", "2.0")))
-    sam2_dict = apply_overrides(sam2_model_config(name), [str(o) for o in sam2.get("overrides") or ()])
+    overrides = [str(o) for o in sam2.get("overrides") or ()]
+    overrides += [f"++model.{k}={_yaml_value(v)}" for k, v in dict(sam2.get("settings") or {}).items()]
+    sam2_dict = apply_overrides(sam2_model_config(name), overrides)
     fields = set(MPGSAM2Config.__dataclass_fields__) - {"beit3", "sam2", "extra"}
     bad = set(options) - fields
     if bad:
@@ -79,6 +94,16 @@ def build_model(
     model = MPGSAM2(config)
     _load_weights(model, dict(weights or {}), hf_gamma_compat)
     return model
+
+
+def _yaml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_yaml_value(v) for v in value) + "]"
+    return str(value)
 
 
 def _load_weights(model: MPGSAM2, weights: dict[str, str | None], hf_gamma_compat: bool) -> None:

@@ -47,11 +47,23 @@ def sentence_similarity_loss(logits: Tensor, targets: Tensor, sentence_scores: T
     return F.mse_loss(pred_sim, target_sim)
 
 
+def prior_loss(prior_logits: Tensor, targets: Tensor) -> Tensor:
+    """Binary cross-entropy of the coarse mask prior against the target's coverage of each prior cell.
+
+    prior_logits: [B, T, G, G]; targets: [B, T, H, W] in {0, 1} -> scalar (mean over cells).
+    """
+    coverage = F.adaptive_avg_pool2d(targets.to(prior_logits.dtype), prior_logits.shape[-2:])
+    return F.binary_cross_entropy_with_logits(prior_logits, coverage)
+
+
 @dataclass
 class LossWeights:
+    """Loss weights. ``prior`` = 0 is the original (spec §2.5: the prior gets no direct loss)."""
+
     mask: float = 2.0
     dice: float = 5.0
     sim: float = 2.0
+    prior: float = 0.0
 
 
 class MPGSAM2Criterion(nn.Module):
@@ -59,7 +71,8 @@ class MPGSAM2Criterion(nn.Module):
 
     forward(pred_masks [B, T, 1, H, W] logits, sentence_scores [B, T], target_masks [B, T, H, W] in {0, 1},
     valid [B, T] (object present), num_valid: the valid-frame count to divide by; pass the count averaged over
-    processes under DDP, as the original did; default: this batch's count) -> dict of scalars.
+    processes under DDP, as the original did; default: this batch's count; prior_logits [B, T, G, G]: needed
+    when ``weights.prior`` > 0) -> dict of scalars (loss_mask, loss_dice, loss_sim, [loss_prior,] loss_total).
     """
 
     def __init__(
@@ -77,6 +90,7 @@ class MPGSAM2Criterion(nn.Module):
         target_masks: Tensor,
         valid: Tensor,
         num_valid: float | Tensor | None = None,
+        prior_logits: Tensor | None = None,
     ) -> dict[str, Tensor]:
         if pred_masks.dim() != 5 or pred_masks.shape[2] != 1:
             raise ValueError(f"pred_masks must be [B, T, 1, H, W], got {tuple(pred_masks.shape)}")
@@ -98,4 +112,13 @@ class MPGSAM2Criterion(nn.Module):
             sentence_scores.flatten().float(),
         )
         total = self.weights.mask * loss_mask + self.weights.dice * loss_dice + self.weights.sim * loss_sim
-        return {"loss_mask": loss_mask, "loss_dice": loss_dice, "loss_sim": loss_sim, "loss_total": total}
+        losses = {"loss_mask": loss_mask, "loss_dice": loss_dice, "loss_sim": loss_sim}
+        if self.weights.prior:
+            if prior_logits is None:
+                raise ValueError("LossWeights.prior > 0 needs prior_logits [B, T, G, G]")
+            # deviation: optional direct supervision of the mask prior (off by default). From random weights
+            # it is what makes a small model learn to read the sentence within minutes (the CPU demo).
+            losses["loss_prior"] = prior_loss(prior_logits.float(), targets)
+            total = total + self.weights.prior * losses["loss_prior"]
+        losses["loss_total"] = total
+        return losses

@@ -1,0 +1,6 @@
+"""One LightningDataModule per dataset, thin over ``mpgsam2.data`` (no parsing happens here)."""
+
+from data_modules.base import ReferringVideoDataModule
+from data_modules.synthetic import SyntheticDataModule
+
+__all__ = ["ReferringVideoDataModule", "SyntheticDataModule"]

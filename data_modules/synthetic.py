@@ -1,0 +1,37 @@
+"""The embedded default dataset: synthetic referring videos in the Ref-YouTube-VOS layout (generated on first use)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from data_modules.base import ReferringVideoDataModule
+from mpgsam2.data import ReferringVideoSource, RefYTVOSSource
+from mpgsam2.data.synthetic import SyntheticConfig, generate_synthetic_ytvos
+
+__all__ = ["SyntheticDataModule"]
+
+
+class SyntheticDataModule(ReferringVideoDataModule):
+    """Generates the synthetic dataset under ``root`` (deterministic from ``generator``'s seed; skipped when it
+    exists) and reads it with the Ref-YouTube-VOS reader. Its tokenizer is ``root/tokenizer.model``.
+
+    Args:
+        root: dataset folder.
+        generator: ``SyntheticConfig`` fields (seed, number of videos, frames, image size, objects per video).
+        **kwargs: see :class:`ReferringVideoDataModule`.
+    """
+
+    def __init__(self, root: str, generator: dict | None = None, **kwargs: object) -> None:
+        self.root = Path(root)
+        self.generator_config = SyntheticConfig(**(generator or {}))
+        kwargs.setdefault("tokenizer_path", str(self.root / "tokenizer.model"))
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+
+    def prepare_data(self) -> None:
+        generate_synthetic_ytvos(self.root, self.generator_config)
+
+    def train_source(self) -> ReferringVideoSource:
+        return RefYTVOSSource(self.root, "train")
+
+    def val_source(self) -> ReferringVideoSource:
+        return RefYTVOSSource(self.root, "valid")

@@ -1,0 +1,220 @@
+"""The Lightning system: a thin wrapper that trains and evaluates an ``MPGSAM2`` (the only model-side file that
+imports Lightning).
+
+Training follows spec §2: clip forward, focal + Dice + area losses normalised by the valid-frame count averaged
+over processes, AdamW with the original's two learning-rate groups (given here as ``{pattern, lr}`` entries).
+Validation runs each expression over its whole video (spec §3.1) and accumulates J&F at the original resolution.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from mpgsam2.inference.predictor import predict_expression
+from mpgsam2.metrics import JFMetric
+from mpgsam2.modeling.mpgsam2 import MPGSAM2
+
+__all__ = ["RVOSLitModule", "build_param_groups"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_KEY = "mpgsam2"  # checkpoint["mpgsam2"] = {"config": resolved run config, "model_config": ...}
+
+
+def build_param_groups(
+    model: nn.Module, groups: Sequence[Mapping[str, Any]], base_lr: float | None = None
+) -> list[dict[str, Any]]:
+    """Split the trainable parameters into optimizer groups by regular expressions on their names.
+
+    Args:
+        model: the module whose ``named_parameters`` are grouped (frozen ones are left out).
+        groups: ``[{"pattern": regex, "lr": float, ...}, ...]``; extra keys (e.g. weight_decay) go to the group.
+            A parameter joins the group whose pattern ``re.search``-es its name; the rest form a last group
+            with the optimizer's default learning rate (``base_lr`` when given).
+
+    Raises:
+        ValueError: a pattern matches no trainable parameter, or a parameter matches two patterns.
+    """
+    compiled = []
+    for i, spec in enumerate(groups):
+        if "pattern" not in spec:
+            raise ValueError(f"param_groups[{i}] needs a 'pattern' key, got {dict(spec)}")
+        compiled.append((re.compile(str(spec["pattern"])), {k: v for k, v in spec.items() if k != "pattern"}))
+    members: list[list[Tensor]] = [[] for _ in compiled]
+    rest: list[Tensor] = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        hits = [i for i, (regex, _) in enumerate(compiled) if regex.search(name)]
+        if len(hits) > 1:
+            patterns = [groups[i]["pattern"] for i in hits]
+            raise ValueError(f"parameter {name!r} matches more than one param_groups pattern: {patterns}")
+        (members[hits[0]] if hits else rest).append(param)
+    for i, params in enumerate(members):
+        if not params:
+            raise ValueError(f"param_groups pattern {groups[i]['pattern']!r} matches no trainable parameter")
+    out = [{"params": params, **options} for params, (_, options) in zip(members, compiled)]
+    if rest:
+        out.append({"params": rest} if base_lr is None else {"params": rest, "lr": base_lr})
+    return out
+
+
+class RVOSLitModule(L.LightningModule):
+    """Trains and evaluates MPG-SAM 2 on referring-video batches (see ``mpgsam2.data`` for the batch keys).
+
+    Args:
+        model: the network.
+        criterion: ``MPGSAM2Criterion`` (or any module with its signature).
+        optimizer: a factory ``optimizer(param_groups) -> Optimizer`` (a Hydra ``_partial_``).
+        scheduler: optional factory ``scheduler(optimizer) -> LRScheduler``; ``None`` = constant LR, as the
+            original (its ``lr_drop`` never took effect, spec §2.2).
+        scheduler_interval: "step" or "epoch".
+        param_groups: ``[{pattern, lr}, ...]`` (see :func:`build_param_groups`).
+        eval_chunk_size: frames per independent inference chunk in validation/prediction (None = whole video).
+        run_config: the resolved run configuration as plain containers; stored in every checkpoint so that
+            ``eval.py ckpt=...`` can rebuild the model.
+    """
+
+    def __init__(
+        self,
+        model: MPGSAM2,
+        criterion: nn.Module,
+        optimizer: Callable[[Iterable[dict[str, Any]]], Optimizer],
+        scheduler: Callable[[Optimizer], Any] | None = None,
+        scheduler_interval: str = "step",
+        param_groups: Sequence[Mapping[str, Any]] = (),
+        eval_chunk_size: int | None = None,
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if scheduler_interval not in ("step", "epoch"):
+            raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
+        self.model = model
+        self.criterion = criterion
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.param_group_specs = [dict(g) for g in param_groups]
+        self.eval_chunk_size = eval_chunk_size
+        self.run_config = run_config or {}
+        self.val_jf = JFMetric()
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        vocab = getattr(datamodule, "tokenizer_vocab_size", None)
+        model_vocab = int(self.model.config.beit3["vocab_size"])
+        if vocab is not None and vocab > model_vocab:
+            raise ValueError(
+                f"the tokenizer ({getattr(datamodule, 'tokenizer_path', '?')}) produces ids up to {vocab - 1}, but "
+                f"the model's BEiT-3 vocabulary has {model_vocab} entries; set model.beit3.vocab_size >= {vocab}"
+            )
+
+    # ------------------------------------------------------------------ training
+    def forward(self, batch: Mapping[str, Any]) -> Tensor:
+        """Mask logits (B, T, 1, S, S) for a collated clip batch."""
+        return self.model(
+            batch["sam_frames"], batch["beit_frames"], batch["text_ids"], batch["text_padding_mask"]
+        ).pred_masks
+
+    def _num_valid(self, valid: Tensor) -> Tensor:
+        # parity: the original divides by the valid-frame count averaged over processes (spec §2.5)
+        count = valid.sum().to(torch.float32)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            count = count.clone()
+            dist.all_reduce(count)
+            count = count / dist.get_world_size()
+        return count.clamp(min=1)
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        out = self.model(
+            batch["sam_frames"], batch["beit_frames"], batch["text_ids"], batch["text_padding_mask"]
+        )
+        valid = batch["valid"]
+        losses = self.criterion(
+            out.pred_masks,
+            out.sentence_scores,
+            batch["masks"],
+            valid,
+            num_valid=self._num_valid(valid),
+            prior_logits=out.context.prior.prior_logits,
+        )
+        size = valid.shape[0]
+        self.log("train/loss", losses["loss_total"], prog_bar=True, batch_size=size)
+        for name, value in losses.items():
+            if name != "loss_total":
+                self.log(f"train/{name}", value, batch_size=size)
+        return {"loss": losses["loss_total"], "pred_masks": out.pred_masks.detach()}
+
+    # ------------------------------------------------------------------ evaluation
+    def predict_batch(self, batch: Mapping[str, Any]) -> list[Tensor]:
+        """Whole-video predictions for each expression of an evaluation batch: a list of (T, H, W) logits at
+        each expression's original size."""
+        results = []
+        for i, meta in enumerate(batch["meta"]):
+            pred = predict_expression(
+                self.model,
+                batch["sam_frames"][i],
+                batch["beit_frames"][i],
+                batch["text_ids"][i],
+                batch["text_padding_mask"][i],
+                tuple(meta["orig_size"]),
+                chunk_size=self.eval_chunk_size,
+            )
+            results.append(pred.logits)
+        return results
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        if "orig_masks" not in batch:
+            raise ValueError("validation needs ground truth: the validation source has no masks")
+        for logits, target in zip(self.predict_batch(batch), batch["orig_masks"]):
+            self.val_jf.update(logits > 0, target.bool().cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        result = self.val_jf.compute()
+        self.val_jf.reset()
+        for key in ("j", "f", "jf"):
+            self.log(f"val/{key}", float(result[key]), prog_bar=key == "jf", sync_dist=False)
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Per expression: ``{"meta": ..., "logits": (T, H, W) float32}`` for the submission writers."""
+        return [
+            {"meta": meta, "logits": logits} for meta, logits in zip(batch["meta"], self.predict_batch(batch))
+        ]
+
+    # ------------------------------------------------------------------ optimisation and checkpoints
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(build_param_groups(self.model, self.param_group_specs))
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # plain containers only, so the file loads with torch.load(weights_only=True)
+        checkpoint[CHECKPOINT_KEY] = {
+            "config": self.run_config,
+            "model_config": _plain(self.model.config.to_dict()),
+        }
+
+
+def _plain(value: Any) -> Any:
+    """Recursively turn a config value into JSON-like containers (tuples to lists, dtypes to strings)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

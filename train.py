@@ -1,0 +1,92 @@
+"""Train MPG-SAM 2: ``python train.py experiment=<name> [key=value ...]`` (configs in ``conf/``).
+
+Builds the model, the data module, the Lightning system, callbacks, loggers and the trainer from the composed
+config; trains (``ckpt_path=`` resumes); then validates the final weights, writes ``<run dir>/metrics.json`` and
+prints ``val/jf=<value>`` as the last line.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mpgsam2.utils import parameter_counts, write_json_atomic
+
+log = logging.getLogger("train")
+
+
+def build_components(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
+    """Model, data module and Lightning system from a composed config (``cfg.model``, ``cfg.data``,
+    ``cfg.system``). The resolved config is stored in the system so that every checkpoint carries it."""
+    model = instantiate(cfg.model)
+    datamodule = instantiate(
+        cfg.data, sam_size=model.sam.image_size, beit_size=int(model.config.beit3["img_size"])
+    )
+    system = instantiate(cfg.system, model=model)
+    # set after instantiation: instantiate() would try to build the `_target_`s inside the stored config
+    system.run_config = OmegaConf.to_container(cfg, resolve=True)
+    return system, datamodule
+
+
+def build_trainer(cfg: DictConfig, callbacks_cfg: Any, logger_cfg: Any) -> L.Trainer:
+    """The trainer with the configured callbacks and loggers (each group is a dict of ``_target_`` entries)."""
+    callbacks = [instantiate(c) for c in (callbacks_cfg or {}).values() if c is not None]
+    loggers = [instantiate(c) for c in (logger_cfg or {}).values() if c is not None]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def finish_loggers(trainer: L.Trainer) -> None:
+    """Close W&B runs (an open run would hang a Hydra multirun)."""
+    for lg in trainer.loggers:
+        experiment = getattr(lg, "_experiment", None)
+        if experiment is not None and hasattr(experiment, "finish"):
+            experiment.finish()
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Train and/or validate as configured; returns the final validation metrics (empty when not validated)."""
+    L.seed_everything(cfg.seed, workers=True)
+    system, datamodule = build_components(cfg)
+    trainer = build_trainer(cfg, cfg.get("callbacks"), cfg.get("logger"))
+    output_dir = Path(cfg.paths.output_dir)
+    metrics: dict[str, float] = {}
+    try:
+        hparams = {**OmegaConf.to_container(cfg, resolve=True), **parameter_counts(system.model)}
+        for lg in trainer.loggers:
+            lg.log_hyperparams(hparams)
+        if cfg.train:
+            trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+            final = output_dir / "checkpoints" / "final.ckpt"
+            trainer.save_checkpoint(final)
+            log.info("final checkpoint: %s", final)
+        if cfg.validate and not trainer.fast_dev_run:
+            results = trainer.validate(system, datamodule=datamodule, verbose=False)
+            metrics = {k.split("/", 1)[1]: float(v) for k, v in results[0].items() if k.startswith("val/")}
+            if trainer.is_global_zero:
+                record = {**metrics, "global_step": trainer.global_step}
+                if cfg.train:
+                    record["checkpoint"] = str(output_dir / "checkpoints" / "final.ckpt")
+                write_json_atomic(output_dir / "metrics.json", record)
+    finally:
+        finish_loggers(trainer)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = run(cfg)
+    if "jf" in metrics:
+        # the last line of a run (and Hydra multirun / sweep objective)
+        print(f"val/jf={metrics['jf']:.4f}", flush=True)
+        return metrics["jf"]
+    return None
+
+
+if __name__ == "__main__":
+    main()

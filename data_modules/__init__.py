@@ -2,5 +2,6 @@
 
 from data_modules.base import ReferringVideoDataModule
 from data_modules.synthetic import SyntheticDataModule
+from data_modules.ytvos import RefYTVOSDataModule
 
-__all__ = ["ReferringVideoDataModule", "SyntheticDataModule"]
+__all__ = ["RefYTVOSDataModule", "ReferringVideoDataModule", "SyntheticDataModule"]

@@ -1,0 +1,42 @@
+"""Compose the Hydra configs in-process for tests, at tiny size and with outputs under a temporary folder."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+# a synthetic dataset small enough for a training step in a second
+TINY_SYNTHETIC = [
+    "data.generator.num_train_videos=3",
+    "data.generator.num_valid_videos=2",
+    "data.generator.num_frames=4",
+    "data.batch_size=2",
+]
+
+
+@contextmanager
+def hydra_config_dir():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        yield
+    GlobalHydra.instance().clear()
+
+
+def compose_config(
+    name: str, overrides: list[str], tmp_path: Path, data_dir: Path | None = None
+) -> DictConfig:
+    """Compose ``conf/<name>.yaml`` with ``overrides``; resolve the Hydra-runtime paths to ``tmp_path``."""
+    with hydra_config_dir():
+        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=False)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(tmp_path)
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.data_dir = str(data_dir or tmp_path / "data")
+        cfg.paths.log_dir = str(tmp_path / "logs")
+    return cfg

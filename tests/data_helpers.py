@@ -177,3 +177,159 @@ def write_ytvos_dataset(
         }
         test_path.write_text(json.dumps({"videos": test_meta}, indent=1))
     return root
+
+
+# ------------------------------------------------------------------------------------------------ RefCOCO family
+#
+# ``write_refcoco_dataset`` produces ReferFormer's converted layout read by :class:`mpgsam2.data.RefCOCOSource`::
+#
+#     <root>/train2014/<file_name>.jpg
+#     <root>/<name>/instances_<name>_<split>.json     one "images" entry + one annotation per (object, sentence)
+#
+# The objects of REFCOCO_OBJECTS are axis-aligned boxes (half-open rows/cols), stored as polygons, compressed RLE
+# or uncompressed RLE; a polygon [x0, y0, x1, y0, x1, y1, x0, y1] rasterises (pycocotools) to exactly rows
+# y0..y1-1, cols x0..x1-1, so :func:`expected_refcoco_mask` is exact for every encoding.
+
+# file name -> (COCO image id, (H, W))
+REFCOCO_IMAGES: dict[str, tuple[int, tuple[int, int]]] = {
+    "COCO_train2014_000000000011.jpg": (11, (20, 28)),
+    "COCO_train2014_000000000022.jpg": (22, (24, 32)),
+    "COCO_train2014_000000000033.jpg": (33, (18, 24)),
+}
+
+# COCO annotation id -> (file name, boxes (y0, y1, x0, x1), encoding)
+REFCOCO_OBJECTS: dict[int, tuple[str, tuple[tuple[int, int, int, int], ...], str]] = {
+    1101: ("COCO_train2014_000000000011.jpg", ((2, 8, 2, 10),), "polygon"),
+    1102: ("COCO_train2014_000000000011.jpg", ((10, 16, 18, 26),), "rle"),
+    2201: ("COCO_train2014_000000000022.jpg", ((3, 9, 4, 12), (14, 20, 4, 10)), "polygon"),
+    2202: ("COCO_train2014_000000000022.jpg", ((5, 15, 20, 30),), "uncompressed_rle"),
+    3301: ("COCO_train2014_000000000033.jpg", ((4, 12, 6, 16),), "rle"),
+}
+
+
+def default_refcoco_samples(name: str, split: str) -> list[tuple[int, str]]:
+    """(COCO annotation id, sentence) per sample of the tiny ``name``/``split`` (5 / 3 / 2 train samples for
+    refcoco / refcoco+ / refcocog, 3 val samples each)."""
+    if split != "train":
+        return [(1102, "The Right one"), (1101, "left  one"), (3301, "the only box")]
+    return {
+        "refcoco": [
+            (1101, "The box on the LEFT"),
+            (1101, "left  box"),
+            (1102, "the box on the right"),
+            (2201, "two boxes at the left"),
+            (2202, "bright box on the rightmost side"),
+        ],
+        "refcoco+": [(1102, "lower one"), (2202, "tall box"), (3301, "the box")],
+        "refcocog": [(2201, "the pair of boxes on the left side"), (3301, "a single box in the middle")],
+    }[name]
+
+
+def expected_refcoco_mask(ann_id: int) -> np.ndarray:
+    """bool (H, W): the object ``ann_id`` of REFCOCO_OBJECTS in its image."""
+    file_name, boxes, _ = REFCOCO_OBJECTS[ann_id]
+    out = np.zeros(REFCOCO_IMAGES[file_name][1], dtype=bool)
+    for y0, y1, x0, x1 in boxes:
+        out[y0:y1, x0:x1] = True
+    return out
+
+
+def _refcoco_segmentation(ann_id: int) -> object:
+    from pycocotools import mask as coco_mask
+
+    _, boxes, encoding = REFCOCO_OBJECTS[ann_id]
+    mask = expected_refcoco_mask(ann_id)
+    if encoding == "polygon":
+        polys = [[x0, y0, x1, y0, x1, y1, x0, y1] for y0, y1, x0, x1 in boxes]
+        # plus a degenerate 2-point polygon (some COCO annotations have them): it covers nothing
+        return [*polys, [0, 0, 1, 1]]
+    if encoding == "rle":
+        rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+        return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+    # uncompressed: column-major run lengths starting with background
+    flat = mask.flatten(order="F").astype(np.int8)
+    changes = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]]))).tolist()
+    counts = np.diff([0] + changes).tolist()
+    assert sum(counts) == mask.size
+    return {"size": list(mask.shape), "counts": counts}
+
+
+def _refcoco_image(file_name: str) -> np.ndarray:
+    image_id, (h, w) = REFCOCO_IMAGES[file_name]
+    img = np.zeros((h, w, 3), dtype=np.uint8)
+    img[..., 0] = np.linspace(0, 200, w, dtype=np.float32)[None, :].astype(np.uint8)
+    img[..., 1] = np.linspace(0, 200, h, dtype=np.float32)[:, None].astype(np.uint8)
+    img[..., 2] = 3 * image_id
+    for ann_id, (f, _, _) in REFCOCO_OBJECTS.items():
+        if f == file_name:
+            img[expected_refcoco_mask(ann_id)] = OBJECT_COLORS[1 + ann_id % 4]
+    return img
+
+
+def write_refcoco_dataset(
+    root: str | Path,
+    name: str = "refcoco",
+    split: str = "train",
+    samples: Iterable[tuple[int, str]] | None = None,
+) -> Path:
+    """Writes one tiny converted RefCOCO-family json under ``root`` (and the train2014 images if missing).
+
+    Args:
+        root: the ``coco`` folder (created if needed).
+        name: ``"refcoco"``, ``"refcoco+"`` or ``"refcocog"`` (only names the folder and file).
+        split: the split (only names the file).
+        samples: (COCO annotation id of REFCOCO_OBJECTS, sentence) per sample, in order; default
+            :func:`default_refcoco_samples`.
+
+    Returns:
+        The json written. Sample k (from 1) gets image entry id and annotation id k, as the conversion does.
+    """
+    root = Path(root)
+    (root / "train2014").mkdir(parents=True, exist_ok=True)
+    for file_name in REFCOCO_IMAGES:
+        path = root / "train2014" / file_name
+        if not path.exists():
+            Image.fromarray(_refcoco_image(file_name)).save(path, quality=95)
+    samples = default_refcoco_samples(name, split) if samples is None else list(samples)
+    images, annotations = [], []
+    for k, (ann_id, sentence) in enumerate(samples, start=1):
+        file_name, boxes, _ = REFCOCO_OBJECTS[ann_id]
+        image_id, (h, w) = REFCOCO_IMAGES[file_name]
+        images.append(
+            {
+                "file_name": file_name,
+                "height": h,
+                "width": w,
+                "original_id": image_id,
+                "id": k,
+                "caption": sentence,
+                "dataset_name": name,
+            }
+        )
+        y0, y1, x0, x1 = boxes[0]
+        annotations.append(
+            {
+                "segmentation": _refcoco_segmentation(ann_id),
+                "area": int(expected_refcoco_mask(ann_id).sum()),
+                "iscrowd": 0,
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "image_id": k,
+                "category_id": 1,
+                "id": k,
+                "original_id": ann_id,
+            }
+        )
+    data = {"info": {}, "licenses": [], "images": images, "annotations": annotations, "categories": []}
+    path = root / name / f"instances_{name}_{split}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+__all__ += [
+    "REFCOCO_IMAGES",
+    "REFCOCO_OBJECTS",
+    "default_refcoco_samples",
+    "expected_refcoco_mask",
+    "write_refcoco_dataset",
+]

@@ -46,3 +46,25 @@ __all__ = [
     "validate_path_component",
     "validate_video_id",
 ]
+
+from mpgsam2.data.refcoco import (  # noqa: E402 - appended section (RefCOCO family)
+    REFCOCO_SPLITS,
+    RefCOCOSample,
+    RefCOCOSource,
+    ReferringImageCollate,
+    ReferringImageDataset,
+    ReferringImageEvalDataset,
+    decode_segmentation,
+    swap_captions_within_image,
+)
+
+__all__ += [
+    "REFCOCO_SPLITS",
+    "RefCOCOSample",
+    "RefCOCOSource",
+    "ReferringImageCollate",
+    "ReferringImageDataset",
+    "ReferringImageEvalDataset",
+    "decode_segmentation",
+    "swap_captions_within_image",
+]

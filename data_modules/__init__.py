@@ -5,3 +5,7 @@ from data_modules.synthetic import SyntheticDataModule
 from data_modules.ytvos import RefYTVOSDataModule
 
 __all__ = ["RefYTVOSDataModule", "ReferringVideoDataModule", "SyntheticDataModule"]
+
+from data_modules.refcoco import RefCOCODataModule  # noqa: E402 - appended section
+
+__all__ += ["RefCOCODataModule"]

@@ -118,6 +118,28 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _compressed_runs(data: bytes) -> list[int] | None:
+    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``), None if cut short."""
+    runs: list[int] = []
+    p, n = 0, len(data)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            if p >= n:
+                return None
+            c = data[p] - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        runs.append(x)
+    return runs
+
+
 def decode_segmentation(segmentation: object, height: int, width: int, where: str) -> np.ndarray:
     """Decodes one COCO ``segmentation`` to a bool (height, width) mask.
 
@@ -170,7 +192,16 @@ def decode_segmentation(segmentation: object, height: int, width: int, where: st
                 )
             rle = coco_mask.frPyObjects(segmentation, height, width)
         elif isinstance(counts, (str, bytes)):
-            rle = {"size": [height, width], "counts": counts.encode() if isinstance(counts, str) else counts}
+            data = counts.encode() if isinstance(counts, str) else counts
+            runs = _compressed_runs(data)
+            # pycocotools accepts runs that stop short of the image (the rest silently becomes background)
+            if runs is None or min(runs, default=0) < 0 or sum(runs) != height * width:
+                total = "invalid" if runs is None or min(runs, default=0) < 0 else f"{sum(runs)} pixels"
+                raise DatasetError(
+                    f"{where}: cannot decode the compressed RLE: its runs give {total}, the image has "
+                    f"{height}x{width} = {height * width}"
+                )
+            rle = {"size": [height, width], "counts": data}
         else:
             raise DatasetError(
                 f"{where}: RLE 'counts' must be a string or a list, found {type(counts).__name__}"

@@ -1,0 +1,95 @@
+"""RefCOCO / RefCOCO+ / RefCOCOg (ReferFormer's converted layout; see ``mpgsam2.data.refcoco``): the image
+pre-training stage (spec §2.1 stage 1): the training splits concatenated, one item per (image, sentence), T = 1.
+
+Every batch carries ``batch["image_batch"] = True`` so that the Lightning module can run the model's batched
+image path (``MPGSAM2.forward_images``, spec §1.7) instead of the video path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+
+from data_modules.base import ReferringVideoDataModule
+from mpgsam2.data import (
+    ClipTransform,
+    RefCOCOSource,
+    ReferringImageCollate,
+    ReferringImageDataset,
+    ReferringImageEvalDataset,
+)
+from mpgsam2.text.tokenizer import Beit3Tokenizer
+
+__all__ = ["RefCOCODataModule"]
+
+
+class RefCOCODataModule(ReferringVideoDataModule):
+    """Args:
+    root: the folder holding ``train2014/`` and ``refcoco/``, ``refcoco+/``, ``refcocog/`` (ReferFormer's
+        ``data/coco``; a folder holding them in ``coco/`` works too).
+    names: the datasets whose ``train_split`` is concatenated for training (stage 1: all three).
+    train_split: "train".
+    val_name / val_split: the split used for validation and prediction (default ``refcoco/val``).
+    val_batch_size: images per validation batch (default ``batch_size``).
+    photometric: default False (spec §2.4: no photometric distortion for RefCOCO).
+    num_frames: must be 1 (images).
+    **kwargs: see ReferringVideoDataModule (tokenizer_path, sam_size, beit_size, batch_size, num_workers,
+        hflip_p, seed, swap_expressions: validate with the caption of another object of the same image).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        names: Sequence[str] = ("refcoco", "refcoco+", "refcocog"),
+        train_split: str = "train",
+        val_name: str = "refcoco",
+        val_split: str = "val",
+        val_batch_size: int | None = None,
+        photometric: bool = False,
+        num_frames: int = 1,
+        **kwargs: object,
+    ) -> None:
+        if num_frames != 1:
+            raise ValueError(f"RefCOCO items are single images: num_frames must be 1, got {num_frames}")
+        if not names:
+            raise ValueError("names must list at least one of refcoco, refcoco+, refcocog")
+        self.root = Path(root)
+        self.names = tuple(names)
+        self.train_split = train_split
+        self.val_name = val_name
+        self.val_split = val_split
+        super().__init__(num_frames=1, photometric=photometric, **kwargs)  # type: ignore[arg-type]
+        self.val_batch_size = val_batch_size or self.batch_size
+        self.train_dataset: ReferringImageDataset | None = None  # type: ignore[assignment]
+        self.val_dataset: ReferringImageEvalDataset | None = None  # type: ignore[assignment]
+        self._collate: ReferringImageCollate | None = None
+
+    @property
+    def collate(self) -> ReferringImageCollate:
+        if self._collate is None:
+            self._collate = ReferringImageCollate(Beit3Tokenizer(Path(self.tokenizer_path)))
+        return self._collate
+
+    def train_sources(self) -> list[RefCOCOSource]:
+        return [RefCOCOSource(self.root, name, self.train_split) for name in self.names]
+
+    def val_source(self) -> RefCOCOSource:  # type: ignore[override]
+        return RefCOCOSource(self.root, self.val_name, self.val_split)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_dataset is None:
+            transform = ClipTransform(
+                self.sam_size, self.beit_size, train=True, hflip_p=self.hflip_p, photometric=self.photometric
+            )
+            self.train_dataset = ReferringImageDataset(self.train_sources(), transform, seed=self.seed)
+        if stage in (None, "fit", "validate", "test", "predict") and self.val_dataset is None:
+            self.val_dataset = ReferringImageEvalDataset(
+                self.val_source(), self.eval_transform(), swap_captions=self.swap_expressions, seed=self.seed
+            )
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_dataset is not None, "call setup('validate') first"
+        # every item has T = 1 and the same view sizes, so validation batches may hold several images
+        return self._loader(self.val_dataset, shuffle=False, batch_size=self.val_batch_size)

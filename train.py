@@ -38,6 +38,8 @@ def build_trainer(cfg: DictConfig, callbacks_cfg: Any, logger_cfg: Any) -> L.Tra
     """The trainer with the configured callbacks and loggers (each group is a dict of ``_target_`` entries)."""
     callbacks = [instantiate(c) for c in (callbacks_cfg or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (logger_cfg or {}).values() if c is not None]
+    if not loggers:  # `logger=none`: the learning-rate monitor has nowhere to write
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 

@@ -68,3 +68,20 @@ __all__ += [
     "decode_segmentation",
     "swap_captions_within_image",
 ]
+
+from mpgsam2.data.davis import (  # noqa: E402 - appended section (Ref-DAVIS17)
+    DAVIS_ANNOTATORS,
+    NUM_DAVIS_ANNOTATORS,
+    RefDAVISSource,
+    davis_annotator,
+)
+from mpgsam2.data.mevis import MEVIS_SPLITS, MeViSSource  # noqa: E402 - appended section (MeViS)
+
+__all__ += [
+    "DAVIS_ANNOTATORS",
+    "MEVIS_SPLITS",
+    "NUM_DAVIS_ANNOTATORS",
+    "MeViSSource",
+    "RefDAVISSource",
+    "davis_annotator",
+]

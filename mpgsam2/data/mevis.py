@@ -1,0 +1,379 @@
+"""MeViS reader (original: ``datasets/mevis.py`` for training, ``inference_mevis.py`` for valid; the official
+evaluation is ``tools/eval_mevis.py`` of henghuiding/MeViS).
+
+Layout (the official release, henghuiding/MeViS README "File Structure")::
+
+    <root>/<split>/meta_expressions.json       split in train, valid_u, valid
+        {"videos": {<vid>: {"expressions": {<exp_id>: {"exp": str, "obj_id": [int, ...],
+                                                         "anno_id": [int, ...]}},
+                            "frames": [<name>, ...]}}}
+    <root>/<split>/JPEGImages/<vid>/<name>.jpg
+    <root>/<split>/mask_dict.json               train and valid_u only
+        {<anno_id as str>: [COCO RLE {"size": [H, W], "counts": str} or null, one per frame of the video]}
+
+One expression may refer to several objects: its target is the union of the masks of its ``anno_id`` s
+(spec §2.4). ``null`` means the object is not in that frame. The per-frame lists follow the order of the video's
+``frames`` list in the json (``tools/eval_mevis.py`` and ``inference_mevis.py`` index them that way).
+
+``mask_dict.json`` of the train split is large (GBs): it is read once, lazily (first :meth:`MeViSSource.read_masks`
+or :meth:`MeViSSource.load_masks`), and kept in a compact form (one bytes string and two small arrays per
+annotation) that forked DataLoader workers share and that pickles quickly for spawned ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as coco_mask
+
+from mpgsam2.data.errors import DatasetError
+from mpgsam2.data.records import ExpressionRecord, VideoRecord, validate_path_component, validate_video_id
+from mpgsam2.data.sources import image_size, load_json, read_rgb_frames
+
+__all__ = ["MEVIS_SPLITS", "MeViSSource", "rle_counts"]
+
+log = logging.getLogger(__name__)
+
+MEVIS_SPLITS = ("train", "valid_u", "valid")
+_SPLITS_WITH_MASKS = ("train", "valid_u")
+_INT_RE = re.compile(r"[0-9]+")
+
+
+@dataclass(frozen=True)
+class _AnnoRLE:
+    """One annotation's masks over the frames of its video, compactly.
+
+    sizes: int32 (n, 2) RLE (H, W) per frame, (-1, -1) where the object is absent (null);
+    offsets: int64 (n + 1,) frame k's compressed counts are ``counts[offsets[k]:offsets[k + 1]]``.
+    """
+
+    sizes: np.ndarray
+    offsets: np.ndarray
+    counts: bytes
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+
+class MeViSSource:
+    """A MeViS split as a :class:`~mpgsam2.data.sources.ReferringVideoSource`.
+
+    Args:
+        root: the dataset folder (holding ``train/``, ``valid_u/``, ``valid/``).
+        split: ``"train"``, ``"valid_u"`` (public ground truth, scored locally) or ``"valid"`` (server).
+
+    Attributes:
+        name: ``"mevis/<split>"``.
+        expressions: one record per expression, ``obj_ids`` = its ``anno_id`` s (the union is the target; empty for
+            ``valid``, whose ids are not used). Videos in json order for train (parity: ``datasets/mevis.py``),
+            sorted for valid / valid_u (parity: ``inference_mevis.py``); expressions in json order.
+        videos: the videos, same order; frames in the json's order (see the module docstring).
+        has_masks: True for train and valid_u, False for valid.
+        expressions_file / mask_file / frames_dir: the files read.
+
+    Raises:
+        ValueError: unknown split.
+        DatasetError: naming the json (and the video / expression) when it is missing, not JSON, lacks
+            ``videos`` / ``frames`` / ``expressions`` / ``exp`` / ``anno_id`` (train, valid_u), has an
+            ``anno_id`` that is not an integer, an unsafe video id, expression id or frame name, a frame listed
+            twice; or naming ``mask_dict.json`` when it is missing for train / valid_u.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train") -> None:
+        if split not in MEVIS_SPLITS:
+            raise ValueError(f"MeViS split must be one of {MEVIS_SPLITS}, got {split!r}")
+        self.root = Path(root)
+        self.split = split
+        self.name = f"mevis/{split}"
+        split_dir = self.root / split
+        self.expressions_file = split_dir / "meta_expressions.json"
+        self.mask_file = split_dir / "mask_dict.json"
+        self.frames_dir = split_dir / "JPEGImages"
+        self.has_masks = split in _SPLITS_WITH_MASKS
+
+        data = load_json(self.expressions_file, "MeViS expressions file")
+        videos_json = data.get("videos")
+        if not isinstance(videos_json, dict):
+            raise DatasetError(
+                f"{self.expressions_file}: missing the top-level 'videos' object (found keys {sorted(data)[:5]})"
+            )
+        video_ids = list(videos_json)
+        if split != "train":
+            video_ids.sort()  # parity: inference_mevis.py iterates sorted(videos)
+
+        self.videos: list[VideoRecord] = []
+        self.expressions: list[ExpressionRecord] = []
+        # (video id, exp id) -> the mask_dict keys of its anno_ids, spelled as in the json (parity: str(x)).
+        self._anno_keys: dict[tuple[str, str], tuple[str, ...]] = {}
+        for vid in video_ids:
+            video, expressions = self._parse_video(vid, videos_json[vid])
+            self.videos.append(video)
+            self.expressions.extend(expressions)
+        if self.has_masks and not self.mask_file.is_file():
+            raise DatasetError(
+                f"{self.mask_file}: MeViS mask file not found; split {split!r} needs it for its ground truth"
+            )
+        self._masks: dict[str, _AnnoRLE] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"MeViSSource(root={str(self.root)!r}, split={self.split!r}, videos={len(self.videos)}, "
+            f"expressions={len(self.expressions)}, has_masks={self.has_masks})"
+        )
+
+    # ----------------------------------------------------------------------------------------------- parsing
+
+    def _parse_video(self, vid: str, entry: object) -> tuple[VideoRecord, list[ExpressionRecord]]:
+        src = self.expressions_file
+        validate_video_id(vid, src)
+        if not isinstance(entry, dict):
+            raise DatasetError(f"{src}: video {vid!r}: expected an object, found {type(entry).__name__}")
+        frames = entry.get("frames")
+        if not isinstance(frames, list) or not frames:
+            raise DatasetError(
+                f"{src}: video {vid!r}: 'frames' must be a non-empty list of frame names, found {frames!r:.80}"
+            )
+        for name in frames:
+            validate_path_component(name, f"video {vid!r}: frame name", src)
+        if len(set(frames)) != len(frames):
+            raise DatasetError(f"{src}: video {vid!r}: 'frames' lists a frame twice")
+        # deviation: json order, not sorted(frames) as datasets/mevis.py. The mask_dict lists are indexed by the
+        # json position (tools/eval_mevis.py, inference_mevis.py); the release's names are zero-padded and
+        # already sorted, so the two agree on it.
+        names = tuple(frames)
+        video = VideoRecord(
+            video_id=vid,
+            frame_names=names,
+            frame_paths=tuple(self.frames_dir / vid / f"{n}.jpg" for n in names),
+        )
+
+        expressions = entry.get("expressions")
+        if not isinstance(expressions, dict):
+            raise DatasetError(f"{src}: video {vid!r}: missing 'expressions' object")
+        records = []
+        for exp_id, exp in expressions.items():
+            where = f"{src}: video {vid!r}, expression {exp_id!r}"
+            validate_path_component(exp_id, f"video {vid!r}: expression id", src)
+            if not isinstance(exp, dict):
+                raise DatasetError(f"{where}: expected an object, found {type(exp).__name__}")
+            caption = exp.get("exp")
+            if not isinstance(caption, str):
+                raise DatasetError(f"{where}: missing the sentence 'exp' (a string), found {caption!r}")
+            obj_ids: tuple[int, ...] = ()
+            if self.has_masks:
+                keys, obj_ids = _parse_anno_ids(exp.get("anno_id"), where)
+                self._anno_keys[(vid, exp_id)] = keys
+            records.append(ExpressionRecord(video=video, exp_id=exp_id, caption=caption, obj_ids=obj_ids))
+        return video, records
+
+    # ----------------------------------------------------------------------------------------------- masks
+
+    def load_masks(self) -> None:
+        """Reads ``mask_dict.json`` once (no-op when already loaded), keeping only the annotations that the
+        expressions refer to.
+
+        Raises:
+            DatasetError: naming ``mask_dict.json`` when the split has no masks, the file is missing or not a
+                JSON object, an expression's ``anno_id`` is not in it, an annotation is not a list with one entry
+                per frame of its video, or an entry is neither null nor a COCO RLE object.
+        """
+        if self._masks is not None:
+            return
+        if not self.has_masks:
+            raise DatasetError(
+                f"{self.mask_file}: split {self.split!r} has no public ground truth; masks cannot be read"
+            )
+        log.info("%s: loading %s", self.name, self.mask_file)
+        raw = load_json(self.mask_file, "MeViS mask file")
+        masks: dict[str, _AnnoRLE] = {}
+        for expr in self.expressions:
+            video = expr.video
+            for key in self._anno_keys[(video.video_id, expr.exp_id)]:
+                anno = masks.get(key)
+                if anno is None:
+                    if key not in raw:
+                        raise DatasetError(
+                            f"{self.mask_file}: no annotation {key!r}, referred to by expression {expr.exp_id!r} "
+                            f"of video {video.video_id!r} in {self.expressions_file}"
+                        )
+                    anno = masks[key] = _compact(raw[key], self.mask_file, key)
+                if len(anno) != video.num_frames:
+                    raise DatasetError(
+                        f"{self.mask_file}: annotation {key!r} has {len(anno)} frame entries but video "
+                        f"{video.video_id!r} (expression {expr.exp_id!r}) has {video.num_frames} frames in "
+                        f"{self.expressions_file}"
+                    )
+        self._masks = masks
+
+    def read_frames(self, video: VideoRecord, indices: Sequence[int]) -> np.ndarray:
+        """Frames ``indices`` of ``video``: uint8 (t, H, W, 3) RGB (DatasetError naming a bad file)."""
+        return read_rgb_frames([video.frame_paths[i] for i in indices])
+
+    def anno_keys(self, expression: ExpressionRecord) -> tuple[str, ...]:
+        """The ``mask_dict.json`` keys of the expression's objects."""
+        key = (expression.video.video_id, expression.exp_id)
+        return self._anno_keys.get(key, tuple(str(i) for i in expression.obj_ids))
+
+    def read_masks(self, expression: ExpressionRecord, indices: Sequence[int]) -> np.ndarray:
+        """The expression's target in frames ``indices``: bool (t, H, W), the union of its annotations
+        (all False where every one of them is null). Loads ``mask_dict.json`` on the first call.
+
+        Raises:
+            DatasetError: see :meth:`load_masks`; naming ``mask_dict.json`` when an RLE's size differs from its
+                frame's or its counts are corrupt; naming the frame when its header cannot be read.
+        """
+        self.load_masks()
+        assert self._masks is not None
+        video = expression.video
+        keys = self.anno_keys(expression)
+        out = []
+        for i in indices:
+            h, w = image_size(video.frame_paths[i])
+            mask = np.zeros((h, w), dtype=bool)
+            for key in keys:
+                anno = self._masks.get(key)
+                if anno is None:  # a record that was not built by this source
+                    raise DatasetError(
+                        f"{self.mask_file}: no annotation {key!r} (expression {expression.exp_id!r} of video "
+                        f"{video.video_id!r})"
+                    )
+                rh, rw = (int(v) for v in anno.sizes[i])
+                if rh < 0:
+                    continue  # null: the object is not in this frame
+                where = f"{self.mask_file}: annotation {key!r}, frame {i} ({video.video_id}/{video.frame_names[i]})"
+                if (rh, rw) != (h, w):
+                    raise DatasetError(
+                        f"{where}: RLE size is {rw}x{rh} (WxH) but the frame {video.frame_paths[i]} is {w}x{h}"
+                    )
+                try:
+                    mask |= _decode_rle(anno.counts[anno.offsets[i] : anno.offsets[i + 1]], h, w)
+                except ValueError as err:
+                    raise DatasetError(f"{where}: corrupt RLE counts: {err}") from err
+            out.append(mask)
+        return np.stack(out) if out else np.zeros((0, 0, 0), dtype=bool)
+
+
+def _parse_anno_ids(value: object, where: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """``anno_id`` -> (mask_dict keys as the original spells them, ``str(x)``; the ids as integers)."""
+    if not isinstance(value, list):
+        raise DatasetError(f"{where}: 'anno_id' must be a list of annotation ids, found {value!r:.80}")
+    keys, ids = [], []
+    for x in value:
+        if isinstance(x, int) and not isinstance(x, bool) and x >= 0:
+            ids.append(x)
+        elif isinstance(x, str) and _INT_RE.fullmatch(x):
+            ids.append(int(x))
+        else:
+            raise DatasetError(f"{where}: 'anno_id' entries must be non-negative integers, found {x!r}")
+        keys.append(str(x))
+    if len(set(keys)) != len(keys):
+        raise DatasetError(f"{where}: 'anno_id' lists an annotation twice: {value!r}")
+    return tuple(keys), tuple(ids)
+
+
+def _compact(entries: object, path: Path, key: str) -> _AnnoRLE:
+    """Validates one annotation's json list and packs it into an :class:`_AnnoRLE`."""
+    if not isinstance(entries, list):
+        raise DatasetError(
+            f"{path}: annotation {key!r} must be a list of per-frame RLEs, found {type(entries).__name__}"
+        )
+    sizes = np.full((len(entries), 2), -1, dtype=np.int32)
+    offsets = np.zeros(len(entries) + 1, dtype=np.int64)
+    parts: list[bytes] = []
+    for k, rle in enumerate(entries):
+        if rle is not None:
+            size = rle.get("size") if isinstance(rle, dict) else None
+            counts = rle.get("counts") if isinstance(rle, dict) else None
+            if (
+                not isinstance(size, list)
+                or len(size) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+            ):
+                raise DatasetError(
+                    f"{path}: annotation {key!r}, frame {k}: expected null or a COCO RLE object with "
+                    f"'size': [H, W] and 'counts', found {json.dumps(rle)[:80]}"
+                )
+            h, w = size
+            if isinstance(counts, str) and counts.isascii():
+                packed = counts.encode("ascii")
+            elif isinstance(counts, list) and all(isinstance(c, int) and c >= 0 for c in counts):
+                # Uncompressed RLE (counts as a list): pack it as pycocotools does, after checking its length
+                # (pycocotools does not, and decoding a too-long run overflows its buffer).
+                if sum(counts) != h * w:
+                    raise DatasetError(
+                        f"{path}: annotation {key!r}, frame {k}: RLE counts cover {sum(counts)} pixels, "
+                        f"not {h}x{w} = {h * w}"
+                    )
+                packed = coco_mask.frPyObjects({"size": [h, w], "counts": counts}, h, w)["counts"]
+            else:
+                raise DatasetError(
+                    f"{path}: annotation {key!r}, frame {k}: RLE 'counts' must be an ASCII string or a list of "
+                    f"non-negative integers, found {json.dumps(counts)[:80]}"
+                )
+            sizes[k] = (h, w)
+            parts.append(packed)
+        offsets[k + 1] = offsets[k] + (len(parts[-1]) if rle is not None else 0)
+    return _AnnoRLE(sizes=sizes, offsets=offsets, counts=b"".join(parts))
+
+
+def rle_counts(counts: bytes | str) -> np.ndarray:
+    """Decodes COCO's compressed RLE string into its run lengths (pycocotools' ``rleFrString``, vectorised).
+
+    pycocotools trusts the string: runs longer than the image write past its buffer. Readers check
+    ``rle_counts(s).sum() == H * W`` before using a string.
+
+    Args:
+        counts: the ``"counts"`` string of a compressed RLE.
+
+    Returns:
+        int64 (m,) run lengths, alternating background / foreground, starting with background.
+
+    Raises:
+        ValueError: a character outside the alphabet, a string that ends inside a number, an over-long number,
+            or a negative run.
+    """
+    data = counts.encode("utf-8") if isinstance(counts, str) else bytes(counts)
+    c = np.frombuffer(data, dtype=np.uint8).astype(np.int64) - 48
+    if c.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    bad = np.flatnonzero((c < 0) | (c >= 64))
+    if bad.size:
+        p = int(bad[0])
+        raise ValueError(f"character {chr(data[p])!r} at {p} is not an RLE digit")
+    # Each number is a little-endian run of 5-bit groups; bit 0x20 says "more groups follow".
+    last = (c & 0x20) == 0
+    if not last[-1]:
+        raise ValueError("the string ends inside a run length")
+    ends = np.flatnonzero(last)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends - starts + 1
+    if lengths.max() > 12:  # 60 bits; real runs need at most 7 groups
+        raise ValueError(f"a run length spans {int(lengths.max())} characters")
+    k = np.arange(c.size) - np.repeat(starts, lengths)  # group position within its number
+    x = np.add.reduceat((c & 0x1F) << (5 * k), starts)
+    negative = (c[ends] & 0x10) != 0  # sign bit of the last group
+    x[negative] -= np.left_shift(1, 5 * lengths[negative])
+    # Runs after the second are stored as differences to the run two before: a running sum per parity.
+    out = x.copy()
+    out[2::2] = np.cumsum(x[2::2])
+    out[3::2] = x[1] + np.cumsum(x[3::2]) if x.size > 3 else x[3::2]
+    if (out < 0).any():
+        m = int(np.flatnonzero(out < 0)[0])
+        raise ValueError(f"negative run length {int(out[m])} (run {m})")
+    return out
+
+
+def _decode_rle(counts: bytes, height: int, width: int) -> np.ndarray:
+    """bool (H, W) from a compressed RLE whose runs cover exactly H * W pixels (column-major, as COCO)."""
+    runs = rle_counts(counts)
+    total = int(runs.sum())
+    if total != height * width:
+        raise ValueError(f"the runs cover {total} pixels, not {height}x{width} = {height * width}")
+    values = (np.arange(len(runs)) % 2).astype(bool)
+    return np.repeat(values, runs).reshape(width, height).T

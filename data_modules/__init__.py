@@ -9,3 +9,8 @@ __all__ = ["RefYTVOSDataModule", "ReferringVideoDataModule", "SyntheticDataModul
 from data_modules.refcoco import RefCOCODataModule  # noqa: E402 - appended section
 
 __all__ += ["RefCOCODataModule"]
+
+from data_modules.davis import RefDAVISDataModule  # noqa: E402 - appended section
+from data_modules.mevis import MeViSDataModule  # noqa: E402 - appended section
+
+__all__ += ["MeViSDataModule", "RefDAVISDataModule"]

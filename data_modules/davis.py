@@ -1,0 +1,31 @@
+"""Ref-DAVIS17 (ReferFormer's converted layout; see ``mpgsam2.data.davis``): valid for evaluation (the paper does
+not train on it; the train split is supported all the same)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from data_modules.base import ReferringVideoDataModule
+from mpgsam2.data import RefDAVISSource, ReferringVideoSource
+
+__all__ = ["RefDAVISDataModule"]
+
+
+class RefDAVISDataModule(ReferringVideoDataModule):
+    """Args: root: the converted ``ref-davis`` folder (``train/``, ``valid/``, ``meta_expressions/``);
+    annotator: keep only this annotator set's expressions (0..3) or all (None); val_split: the split used for
+    validation/prediction ("valid"); **kwargs: see ReferringVideoDataModule."""
+
+    def __init__(
+        self, root: str, annotator: int | None = None, val_split: str = "valid", **kwargs: object
+    ) -> None:
+        self.root = Path(root)
+        self.annotator = annotator
+        self.val_split = val_split
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+
+    def train_source(self) -> ReferringVideoSource:
+        return RefDAVISSource(self.root, "train", self.annotator)
+
+    def val_source(self) -> ReferringVideoSource:
+        return RefDAVISSource(self.root, self.val_split, self.annotator)

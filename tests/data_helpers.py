@@ -333,3 +333,257 @@ __all__ += [
     "expected_refcoco_mask",
     "write_refcoco_dataset",
 ]
+
+
+# ------------------------------------------------------------------------------------------------ MeViS
+#
+# ``write_mevis_dataset`` produces the MeViS layout read by :class:`mpgsam2.data.MeViSSource`::
+#
+#     <root>/<split>/meta_expressions.json   {"videos": {vid: {"expressions": {id: {"exp", "obj_id", "anno_id"}},
+#                                                              "frames": [...]}}}
+#     <root>/<split>/JPEGImages/<vid>/<frame>.jpg
+#     <root>/<split>/mask_dict.json          {str(anno_id): [COCO RLE (counts as str) or null per frame]}
+#
+# Annotation ids are global over the split (as in the release); annotation k is drawn like object k of the
+# Ref-YTVOS writer, so :func:`expected_mask` gives each one and :func:`expected_union_mask` an expression's target.
+
+
+def mevis_frame_names(num_frames: int) -> list[str]:
+    """MeViS / DAVIS style names of consecutive frames: ``"00000", "00001", ...``."""
+    return [f"{i:05d}" for i in range(num_frames)]
+
+
+def default_mevis_videos() -> dict[str, dict]:
+    """Two videos: ``mv_a`` (6 frames; annotation 1 everywhere, annotation 2 only in frames 1-3; expression
+    ``"0"`` refers to both), ``mv_b`` (4 frames of 20x28; annotation 3 only in frames 0-1, null afterwards)."""
+    return {
+        "mv_a": {
+            "num_frames": 6,
+            "objects": {1: None, 2: [1, 2, 3]},
+            "expressions": {
+                "0": ("the two squares moving to the right", [1, 2]),
+                "1": ("The red square", [1]),
+                "2": ("the blue square that appears and leaves", [2]),
+            },
+        },
+        "mv_b": {
+            "num_frames": 4,
+            "size": (20, 28),
+            "objects": {3: [0, 1]},
+            "expressions": {"0": ("a green square that disappears", [3])},
+        },
+    }
+
+
+def expected_union_mask(
+    video: Mapping, anno_ids: Iterable[int], t: int, frame_size: tuple[int, int] = DEFAULT_FRAME_SIZE
+) -> np.ndarray:
+    """bool (H, W): the union of :func:`expected_mask` over ``anno_ids`` in frame ``t`` of a video spec."""
+    size = tuple(video.get("size", frame_size))
+    out = np.zeros(size, dtype=bool)
+    for anno_id in anno_ids:
+        out |= expected_mask(video, anno_id, t, frame_size)
+    return out
+
+
+def write_mevis_dataset(
+    root: str | Path,
+    split: str = "train",
+    videos: Mapping[str, Mapping] | None = None,
+    *,
+    masks: bool = True,
+    frame_size: tuple[int, int] = DEFAULT_FRAME_SIZE,
+) -> Path:
+    """Writes a tiny MeViS split under ``root`` (other splits already there are kept).
+
+    Args:
+        root: dataset folder (created if needed).
+        split: ``"train"``, ``"valid_u"`` or ``"valid"`` (only a folder name here).
+        videos: ``{video_id: spec}``; default :func:`default_mevis_videos`. A spec holds ``"num_frames"`` (int,
+            default 5), optional ``"size"`` (H, W), ``"objects"``: ``{anno_id (>= 1): list of frame indices where
+            visible, or None for all}``, ``"expressions"``: ``{exp_id: (caption, [anno_id, ...])}``.
+        masks: write ``mask_dict.json`` and the expressions' ``obj_id`` / ``anno_id`` (the valid split has
+            neither file nor used ids).
+        frame_size: default (H, W).
+
+    Returns:
+        ``root`` as a Path.
+    """
+    from pycocotools import mask as coco_mask
+
+    root = Path(root)
+    videos = default_mevis_videos() if videos is None else videos
+    meta: dict[str, dict] = {}
+    mask_dict: dict[str, list] = {}
+    for b, (vid, spec) in enumerate(videos.items()):
+        names = mevis_frame_names(spec.get("num_frames", 5))
+        size = tuple(spec.get("size", frame_size))
+        frames_dir = root / split / "JPEGImages" / vid
+        frames_dir.mkdir(parents=True, exist_ok=True)
+        for anno_id in spec.get("objects", {}):
+            mask_dict[str(anno_id)] = []
+        for t, name in enumerate(names):
+            ids = np.zeros(size, dtype=np.uint8)
+            for anno_id in spec.get("objects", {}):
+                m = expected_mask(spec, anno_id, t, frame_size)
+                ids[m] = anno_id
+                rle = None
+                if m.any():
+                    rle = coco_mask.encode(np.asfortranarray(m.astype(np.uint8)))
+                    rle = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+                mask_dict[str(anno_id)].append(rle)
+            Image.fromarray(_frame(size, ids, 40 + 30 * b)).save(frames_dir / f"{name}.jpg", quality=95)
+        expressions = {}
+        for exp_id, (caption, anno_ids) in spec.get("expressions", {}).items():
+            exp: dict[str, object] = {"exp": caption}
+            if masks:
+                # The release pairs each anno_id with a per-video object index.
+                exp["obj_id"] = list(range(len(anno_ids)))
+                exp["anno_id"] = list(anno_ids)
+            expressions[exp_id] = exp
+        meta[vid] = {"expressions": expressions, "frames": names}
+    (root / split / "meta_expressions.json").write_text(json.dumps({"videos": meta}, indent=1))
+    if masks:
+        (root / split / "mask_dict.json").write_text(json.dumps(mask_dict))
+    return root
+
+
+# ------------------------------------------------------------------------------------------------ Ref-DAVIS17
+#
+# ``write_davis_dataset`` produces ReferFormer's converted layout read by :class:`mpgsam2.data.RefDAVISSource`::
+#
+#     <root>/meta_expressions/<split>/meta_expressions.json   expression i = annotator i % 4 of object i // 4
+#     <root>/<split>/JPEGImages/<vid>/<%05d>.jpg
+#     <root>/<split>/Annotations/<vid>/<%05d>.png             palette PNG, pixel value = object id
+#     <root>/<split>/meta.json                                {"videos": {vid: {"objects": {"1": {"category"}}}}}
+
+
+def davis_captions(obj_id: int) -> list[str]:
+    """The four annotator sets' captions of object ``obj_id`` in :func:`default_davis_videos`."""
+    return [
+        f"object {obj_id} as annotator one sees it first",
+        f"object {obj_id} over the whole video by annotator one",
+        f"object {obj_id} at first for annotator two",
+        f"object {obj_id} in all frames for annotator two",
+    ]
+
+
+def default_davis_videos() -> dict[str, dict]:
+    """Two videos: ``dv_a`` (5 frames; object 1 everywhere, object 2 only in frames 0-2), ``dv_b`` (3 frames of
+    20x28, object 1). Every object has four expressions (:func:`davis_captions`)."""
+    return {
+        "dv_a": {
+            "num_frames": 5,
+            "objects": {1: None, 2: [0, 1, 2]},
+            "expressions": {1: davis_captions(1), 2: davis_captions(2)},
+        },
+        "dv_b": {
+            "num_frames": 3,
+            "size": (20, 28),
+            "objects": {1: None},
+            "expressions": {1: davis_captions(1)},
+        },
+    }
+
+
+def write_davis_dataset(
+    root: str | Path,
+    split: str = "valid",
+    videos: Mapping[str, Mapping] | None = None,
+    *,
+    annotations: bool = True,
+    frame_size: tuple[int, int] = DEFAULT_FRAME_SIZE,
+) -> Path:
+    """Writes a tiny converted Ref-DAVIS17 split under ``root`` (other splits already there are kept).
+
+    Args:
+        root: dataset folder (created if needed).
+        split: ``"valid"`` or ``"train"``.
+        videos: ``{video_id: spec}``; default :func:`default_davis_videos`. A spec holds ``"num_frames"``,
+            optional ``"size"``, ``"objects"`` (as :func:`write_ytvos_dataset`) and ``"expressions"``:
+            ``{obj_id: [caption of annotator set 0, 1, 2, 3]}``, numbered as the converter does (per object in
+            ``obj_id`` order, the four sets interleaved: expression ``4 * j + k`` is set k of the j-th object).
+        annotations: write ``<split>/Annotations``.
+        frame_size: default (H, W).
+
+    Returns:
+        ``root`` as a Path.
+    """
+    from mpgsam2.data.synthetic import davis_palette
+
+    root = Path(root)
+    videos = default_davis_videos() if videos is None else videos
+    meta: dict[str, dict] = {}
+    objects_meta: dict[str, dict] = {}
+    for b, (vid, spec) in enumerate(videos.items()):
+        names = mevis_frame_names(spec.get("num_frames", 5))
+        size = tuple(spec.get("size", frame_size))
+        frames_dir = root / split / "JPEGImages" / vid
+        frames_dir.mkdir(parents=True, exist_ok=True)
+        if annotations:
+            (root / split / "Annotations" / vid).mkdir(parents=True, exist_ok=True)
+        for t, name in enumerate(names):
+            ids = np.zeros(size, dtype=np.uint8)
+            for obj_id in spec.get("objects", {}):
+                ids[expected_mask(spec, obj_id, t, frame_size)] = obj_id
+            Image.fromarray(_frame(size, ids, 40 + 30 * b)).save(frames_dir / f"{name}.jpg", quality=95)
+            if annotations:
+                png = Image.fromarray(ids)
+                png.putpalette(davis_palette())
+                png.save(root / split / "Annotations" / vid / f"{name}.png")
+        expressions = {}
+        for j, obj_id in enumerate(sorted(spec.get("expressions", {}))):
+            for k, caption in enumerate(spec["expressions"][obj_id]):
+                expressions[str(4 * j + k)] = {"exp": caption, "obj_id": str(obj_id)}
+        meta[vid] = {"expressions": expressions, "frames": names}
+        objects_meta[vid] = {"objects": {str(o): {"category": "square"} for o in spec.get("objects", {})}}
+    json_path = root / "meta_expressions" / split / "meta_expressions.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({"videos": meta}, indent=1))
+    (root / split / "meta.json").write_text(json.dumps({"videos": objects_meta}, indent=1))
+    return root
+
+
+__all__ += [
+    "davis_captions",
+    "default_davis_videos",
+    "default_mevis_videos",
+    "expected_union_mask",
+    "mevis_frame_names",
+    "write_davis_dataset",
+    "write_mevis_dataset",
+]
+
+
+# ------------------------------------------------------------------------------------------------ tiny model
+
+
+def tiny_video_model():
+    """The tiny MPG-SAM 2 of ``conf/model/{beit3,sam2}/tiny.yaml`` (random weights, seed 0, image encoder
+    trainable); its views are ``model.sam.image_size`` and ``model.config.beit3["img_size"]`` pixels."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from mpgsam2.build import build_model
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "model"
+    beit3 = OmegaConf.to_container(OmegaConf.load(conf / "beit3" / "tiny.yaml"))
+    sam2 = OmegaConf.to_container(OmegaConf.load(conf / "sam2" / "tiny.yaml"))
+    torch.manual_seed(0)
+    return build_model(beit3=beit3, sam2=sam2, freeze_image_encoder=False)
+
+
+def video_training_step(model, batch: Mapping):
+    """One forward + backward of ``model`` on a collated video batch; returns the total loss (a scalar tensor)."""
+    from mpgsam2.losses import MPGSAM2Criterion
+
+    model.train()
+    out = model(batch["sam_frames"], batch["beit_frames"], batch["text_ids"], batch["text_padding_mask"])
+    loss = MPGSAM2Criterion()(out.pred_masks, out.sentence_scores, batch["masks"], batch["valid"])[
+        "loss_total"
+    ]
+    loss.backward()
+    return loss
+
+
+__all__ += ["tiny_video_model", "video_training_step"]

@@ -21,6 +21,10 @@ The target of a sample is the union of its annotations' masks (the conversion wr
 decoded with pycocotools: polygon lists, compressed RLE (``counts`` a string) and uncompressed RLE (``counts`` a
 list of run lengths, column-major).
 
+deviation: the original drops ``iscrowd`` annotations (the sample is then redrawn for lack of a target); here
+every annotation of the sample is its target, whatever its crowd flag. The original also redraws samples whose
+box is degenerate; :class:`ReferringImageDataset` redraws those whose mask is empty at the SAM resolution.
+
 Memory: the three training files hold about 321k samples whose polygons would be millions of Python floats per
 process (and DataLoader workers copy whatever their reference counts touch). Each sample is therefore pickled
 into one flat byte buffer at load time and unpickled when it is read.

@@ -161,6 +161,7 @@ def test_mevis_masks_index_the_json_frame_order(root: Path) -> None:
     assert src.read_masks(_expr(src, "mv_b", "0"), [0, 3]).sum(axis=(1, 2)).tolist() == [0, 25]
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools' decode under numpy 2
 def test_rle_counts_matches_pycocotools() -> None:
     rng = np.random.default_rng(0)
     for trial in range(50):

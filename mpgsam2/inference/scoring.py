@@ -1,0 +1,389 @@
+"""Scoring folders of predicted PNGs against a source with ground truth (any method's output, or ours).
+
+Two layouts:
+
+- ``"ytvos"`` / ``"mevis"`` (expressions): ``<pred>/<video>/<exp_id>/<frame>.png``, optionally under a top
+  ``Annotations/`` folder (the Ref-YouTube-VOS zip). Any non-zero grey value is foreground. Each expression is
+  scored over its frames with :class:`~mpgsam2.metrics.JFMetric` (per-frame ``db_eval_iou`` /
+  ``db_eval_boundary``, mean over frames, then over expressions), which is what MeViS ``tools/eval_mevis.py``
+  computes for valid_u.
+- ``"davis"``: ``<pred>/anno_<k>/<video>/<frame>.png`` palette PNGs (index = object, 0 = background), scored per
+  annotator set with the DAVIS-2017 **unsupervised** evaluation (davisvideochallenge/davis2017-evaluation, the
+  ``eval_davis.py`` the original runs, spec §3.3): per video, every predicted object (palette index
+  1..max, at most 20) against every ground-truth object, per-frame J and F (void pixels, index 255 of the
+  ground truth, excluded), Hungarian assignment maximising the mean over frames of (J + F) / 2; then per matched
+  ground-truth object the mean over frames; J and F are the means over all objects of the split; J&F their mean.
+  The reported numbers are the means over the four annotator sets, given with each set's.
+
+``pred`` may also be a ``.zip`` holding either layout (e.g. the ``submission.zip`` eval.py writes).
+A missing PNG is an error naming it (deviation: ``eval_mevis.py`` scores a missing video as J = F = 0; a
+partial folder should not pass silently).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy.optimize import linear_sum_assignment
+
+from mpgsam2.data.errors import DatasetError
+from mpgsam2.data.records import ExpressionRecord, VideoRecord
+from mpgsam2.data.sources import ReferringVideoSource
+from mpgsam2.metrics import JFMetric, boundary_f_measure, region_similarity
+from mpgsam2.metrics.jf import DEFAULT_BOUND_TH
+
+__all__ = [
+    "DAVIS_MAX_PROPOSALS",
+    "LAYOUTS",
+    "PredictionFiles",
+    "davis_unsupervised_scores",
+    "score_davis",
+    "score_expressions",
+    "score_predictions",
+]
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("ytvos", "mevis", "davis")
+DAVIS_MAX_PROPOSALS = 20  # parity: davis2017 evaluation refuses more predicted objects per video
+DAVIS_VOID = 255
+NUM_DAVIS_ANNOTATORS = 4
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+class PredictionFiles:
+    """Read access to a folder or ``.zip`` of prediction PNGs by relative path.
+
+    Args:
+        root: a folder, or a ``.zip`` file.
+        strip_annotations: look inside a top-level ``Annotations/`` folder when there is one (the Ref-YouTube-VOS
+            submission layout).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], strip_annotations: bool = False) -> None:
+        self.root = Path(root)
+        self._zip: zipfile.ZipFile | None = None
+        self._prefix = ""
+        if self.root.is_file() and zipfile.is_zipfile(self.root):
+            self._zip = zipfile.ZipFile(self.root)
+            names = [n for n in self._zip.namelist() if not n.endswith("/")]
+            self._names = set(names)
+            if strip_annotations and names and all(n.startswith("Annotations/") for n in names):
+                self._prefix = "Annotations/"
+        elif self.root.is_dir():
+            if strip_annotations and (self.root / "Annotations").is_dir():
+                self.root = self.root / "Annotations"
+        else:
+            raise DatasetError(f"{self.root}: predictions not found (expected a folder of PNGs or a .zip)")
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+
+    def __enter__(self) -> PredictionFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def where(self, rel: PurePosixPath) -> str:
+        """The path of ``rel`` for messages."""
+        if self._zip is not None:
+            return f"{self.root}:{self._prefix}{rel}"
+        return str(self.root.joinpath(*rel.parts))
+
+    def has_dir(self, rel: PurePosixPath) -> bool:
+        if self._zip is not None:
+            head = f"{self._prefix}{rel}/"
+            return any(n.startswith(head) for n in self._names)
+        return self.root.joinpath(*rel.parts).is_dir()
+
+    def open(self, rel: PurePosixPath) -> Image.Image:
+        """The decoded image at ``rel``.
+
+        Raises:
+            DatasetError: missing or undecodable, naming the file.
+        """
+        where = self.where(rel)
+        try:
+            if self._zip is not None:
+                name = f"{self._prefix}{rel}"
+                if name not in self._names:
+                    raise FileNotFoundError(name)
+                img = Image.open(io.BytesIO(self._zip.read(name)))
+            else:
+                img = Image.open(self.root.joinpath(*rel.parts))
+            img.load()
+        except FileNotFoundError:
+            raise DatasetError(f"{where}: prediction PNG not found") from None
+        except _PIL_ERRORS as err:
+            raise DatasetError(f"{where}: cannot decode the prediction PNG: {err}") from err
+        return img
+
+
+def _check_size(img: Image.Image, size: tuple[int, int], where: str) -> None:
+    if (img.height, img.width) != tuple(size):
+        raise DatasetError(
+            f"{where}: prediction is {img.width}x{img.height} (WxH) but its frame is {size[1]}x{size[0]}"
+        )
+
+
+def _read_foreground(files: PredictionFiles, rel: PurePosixPath, size: tuple[int, int]) -> np.ndarray:
+    """bool (H, W): any non-zero grey value (as ``cv2.imread(..., IMREAD_GRAYSCALE) != 0`` in eval_mevis.py)."""
+    with files.open(rel) as img:
+        _check_size(img, size, files.where(rel))
+        if img.mode not in ("1", "L", "I", "I;16", "F"):
+            img = img.convert("L")  # palette and colour PNGs: their grey level, as OpenCV reads them
+        return np.asarray(img) != 0
+
+
+def _read_labels(files: PredictionFiles, rel: PurePosixPath, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W) palette indices of a Ref-DAVIS17 prediction."""
+    with files.open(rel) as img:
+        where = files.where(rel)
+        _check_size(img, size, where)
+        if img.mode not in ("P", "L"):
+            raise DatasetError(
+                f"{where}: prediction is a {img.mode!r} image; Ref-DAVIS17 predictions must be palette ('P') or "
+                "single-channel ('L') PNGs whose values are object indices"
+            )
+        return np.asarray(img).astype(np.uint8, copy=False)
+
+
+def _frame_count(video: VideoRecord, max_frames: int | None) -> int:
+    return video.num_frames if max_frames is None else min(max_frames, video.num_frames)
+
+
+def _frame_size(source: ReferringVideoSource, video: VideoRecord) -> tuple[int, int]:
+    return tuple(source.read_frames(video, [0]).shape[1:3])  # type: ignore[return-value]
+
+
+def _require_masks(source: ReferringVideoSource) -> None:
+    if not source.has_masks:
+        raise DatasetError(
+            f"{getattr(source, 'expressions_file', source.name)}: split {source.name!r} has no public ground truth; "
+            "it can only be scored by the benchmark's server (write a submission instead)"
+        )
+
+
+# ------------------------------------------------------------------------------------------------ expressions
+
+
+def score_expressions(
+    pred: str | os.PathLike[str],
+    source: ReferringVideoSource,
+    *,
+    max_frames: int | None = None,
+    bound_th: float = DEFAULT_BOUND_TH,
+) -> dict[str, Any]:
+    """J&F of ``<pred>/<video>/<exp_id>/<frame>.png`` over the expressions of ``source`` (see the module docstring).
+
+    Args:
+        pred: the folder (or zip); a top-level ``Annotations/`` folder is entered.
+        source: the split with ground truth.
+        max_frames: score only the first N frames of each video (when only those were predicted).
+        bound_th: boundary tolerance of F.
+
+    Returns:
+        ``{"j", "f", "jf", "num_expressions"}``.
+
+    Raises:
+        DatasetError: the source has no masks, or a prediction PNG is missing, undecodable or of another size
+            than its frame (naming it).
+    """
+    _require_masks(source)
+    metric = JFMetric(bound_th=bound_th)
+    sizes: dict[str, tuple[int, int]] = {}
+    with PredictionFiles(pred, strip_annotations=True) as files:
+        for expr in source.expressions:
+            video = expr.video
+            n = _frame_count(video, max_frames)
+            target = source.read_masks(expr, range(n))
+            size = sizes.setdefault(video.video_id, tuple(target.shape[1:]))  # type: ignore[arg-type]
+            preds = np.stack(
+                [
+                    _read_foreground(files, PurePosixPath(video.video_id, expr.exp_id, f"{name}.png"), size)
+                    for name in video.frame_names[:n]
+                ]
+            )
+            metric.update(preds, target)
+    if not source.expressions:
+        raise DatasetError(f"{getattr(source, 'expressions_file', source.name)}: no expression to score")
+    return {**metric.compute(), "num_expressions": len(source.expressions)}
+
+
+# ------------------------------------------------------------------------------------------------ DAVIS
+
+
+def davis_unsupervised_scores(
+    gt_objects: np.ndarray,
+    pred_labels: np.ndarray,
+    void: np.ndarray | None = None,
+    *,
+    bound_th: float = DEFAULT_BOUND_TH,
+    where: str = "prediction",
+) -> tuple[np.ndarray, np.ndarray]:
+    """DAVIS-2017 unsupervised scores of one video (``DAVISEvaluation._evaluate_unsupervised``).
+
+    Args:
+        gt_objects: bool (N, T, H, W), ground-truth object k in ``gt_objects[k]``.
+        pred_labels: uint8 (T, H, W) predicted palette indices; objects 1..max (empty ones included).
+        void: bool (T, H, W) pixels excluded from J and F, or None.
+        where: names the predictions in errors.
+
+    Returns:
+        (J, F): float64 (N,), for each ground-truth object the mean over frames of its matched prediction's
+        per-frame J and F (the assignment maximises the sum over objects of mean (J + F) / 2; with fewer
+        predictions than objects, empty predictions fill in).
+
+    Raises:
+        DatasetError: more than 20 predicted objects (the evaluation's limit), naming ``where``.
+    """
+    n_gt = gt_objects.shape[0]
+    if n_gt == 0:
+        return np.zeros(0), np.zeros(0)
+    n_pred = int(pred_labels.max()) if pred_labels.size else 0
+    if n_pred > DAVIS_MAX_PROPOSALS:
+        raise DatasetError(
+            f"{where}: palette index {n_pred} found; the DAVIS-2017 unsupervised evaluation allows at most "
+            f"{DAVIS_MAX_PROPOSALS} predicted objects per video"
+        )
+    keep = None if void is None else ~void
+    n_rows = max(n_pred, n_gt)  # parity: missing predictions are zero-padded up to the ground-truth count
+    num_frames = gt_objects.shape[1]
+    j = np.zeros((n_rows, n_gt, num_frames))
+    f = np.zeros((n_rows, n_gt, num_frames))
+    for r in range(n_rows):
+        pred = pred_labels == r + 1
+        if keep is not None:
+            pred &= keep  # void pixels count for neither mask (gt objects never contain them)
+        for g in range(n_gt):
+            j[r, g] = region_similarity(pred, gt_objects[g]).numpy()
+            f[r, g] = boundary_f_measure(pred, gt_objects[g], bound_th).numpy()
+    rows, cols = linear_sum_assignment(-(j.mean(axis=2) + f.mean(axis=2)) / 2)
+    # one matched prediction per ground-truth object (the assignment covers every column as n_rows >= n_gt)
+    j_obj, f_obj = np.zeros(n_gt), np.zeros(n_gt)
+    j_obj[cols] = j[rows, cols].mean(axis=1)
+    f_obj[cols] = f[rows, cols].mean(axis=1)
+    return j_obj, f_obj
+
+
+def _davis_ground_truth(
+    source: ReferringVideoSource, video: VideoRecord, exprs: Sequence[ExpressionRecord], n: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(objects bool (N, T, H, W), void bool (T, H, W) or None) of one video."""
+    read_ids = getattr(source, "read_object_masks", None)
+    if read_ids is not None:
+        # parity: davis2017 DAVIS.get_all_masks: index 255 is void, the objects are 1..max of the first frame
+        ids = np.asarray(read_ids(video, range(n)))
+        void = ids == DAVIS_VOID
+        first = ids[0][~void[0]]
+        count = int(first.max()) if first.size else 0
+        return np.stack([ids == k for k in range(1, count + 1)]) if count else np.zeros(
+            (0, *ids.shape), bool
+        ), void
+    # deviation: a source without the raw annotation ids gives the objects its expressions refer to (no void)
+    by_object: dict[int, ExpressionRecord] = {}
+    for expr in exprs:
+        for obj in expr.obj_ids:
+            by_object.setdefault(obj, replace(expr, obj_ids=(obj,)))
+    masks = [source.read_masks(by_object[k], range(n)) for k in sorted(by_object)]
+    if not masks:
+        return np.zeros((0, n, 0, 0), bool), None
+    return np.stack(masks), None
+
+
+def score_davis(
+    pred: str | os.PathLike[str],
+    source: ReferringVideoSource,
+    *,
+    annotators: Iterable[int] = range(NUM_DAVIS_ANNOTATORS),
+    max_frames: int | None = None,
+    bound_th: float = DEFAULT_BOUND_TH,
+) -> dict[str, Any]:
+    """Ref-DAVIS17: the DAVIS-2017 unsupervised evaluation of ``<pred>/anno_<k>/`` for each annotator set.
+
+    Args:
+        pred: the folder (or zip) holding ``anno_0`` ... ``anno_3``.
+        source: the split with ground truth (any annotator view of it: only its videos and masks are used).
+            With ``read_object_masks(video, indices)`` (the Ref-DAVIS17 reader) the raw annotation ids give the
+            objects and void pixels exactly as the DAVIS toolkit; otherwise the objects its expressions refer to.
+        annotators: the annotator sets to score.
+        max_frames: score only the first N frames of each video.
+
+    Returns:
+        ``{"j", "f", "jf", "num_objects", "annotators": {"anno_<k>": {"j", "f", "jf"}}}``: the means over the
+        annotator sets, and each set's numbers.
+
+    Raises:
+        DatasetError: the source has no masks; a missing ``anno_<k>`` folder, or a missing, undecodable,
+            non-palette or wrongly sized PNG (naming it); more than 20 predicted objects in a video.
+    """
+    _require_masks(source)
+    annotators = list(annotators)
+    by_video: dict[str, list[ExpressionRecord]] = {}
+    for expr in source.expressions:
+        by_video.setdefault(expr.video.video_id, []).append(expr)
+    if not by_video:
+        raise DatasetError(f"{getattr(source, 'expressions_file', source.name)}: no video to score")
+    per_annotator: dict[str, dict[str, float]] = {}
+    num_objects = 0
+    with PredictionFiles(pred) as files:
+        for k in annotators:
+            if not files.has_dir(PurePosixPath(f"anno_{k}")):
+                raise DatasetError(f"{files.where(PurePosixPath(f'anno_{k}'))}: annotator folder not found")
+        j_all: dict[int, list[np.ndarray]] = {k: [] for k in annotators}
+        f_all: dict[int, list[np.ndarray]] = {k: [] for k in annotators}
+        for exprs in by_video.values():
+            video = exprs[0].video
+            n = _frame_count(video, max_frames)
+            gt, void = _davis_ground_truth(source, video, exprs, n)
+            size = tuple(gt.shape[2:]) if gt.shape[0] else _frame_size(source, video)
+            num_objects += gt.shape[0]
+            for k in annotators:
+                folder = PurePosixPath(f"anno_{k}", video.video_id)
+                labels = np.stack(
+                    [_read_labels(files, folder / f"{name}.png", size) for name in video.frame_names[:n]]  # type: ignore[arg-type]
+                )
+                j, f = davis_unsupervised_scores(
+                    gt, labels, void, bound_th=bound_th, where=files.where(folder)
+                )
+                j_all[k].append(j)
+                f_all[k].append(f)
+    if num_objects == 0:
+        raise DatasetError(
+            f"{getattr(source, 'expressions_file', source.name)}: no ground-truth object to score"
+        )
+    for k in annotators:
+        j_mean = float(np.concatenate(j_all[k]).mean())
+        f_mean = float(np.concatenate(f_all[k]).mean())
+        per_annotator[f"anno_{k}"] = {"j": j_mean, "f": f_mean, "jf": (j_mean + f_mean) / 2}
+    j = float(np.mean([v["j"] for v in per_annotator.values()]))
+    f = float(np.mean([v["f"] for v in per_annotator.values()]))
+    return {"j": j, "f": f, "jf": (j + f) / 2, "num_objects": num_objects, "annotators": per_annotator}
+
+
+def score_predictions(
+    pred: str | os.PathLike[str],
+    source: ReferringVideoSource,
+    layout: str,
+    *,
+    max_frames: int | None = None,
+    bound_th: float = DEFAULT_BOUND_TH,
+) -> dict[str, Any]:
+    """Scores a folder (or zip) of PNGs against ``source``: :func:`score_expressions` for ``layout`` ``"ytvos"``
+    and ``"mevis"``, :func:`score_davis` for ``"davis"``. Returns at least ``{"j", "f", "jf"}``."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout == "davis":
+        return score_davis(pred, source, max_frames=max_frames, bound_th=bound_th)
+    return score_expressions(pred, source, max_frames=max_frames, bound_th=bound_th)

@@ -1,0 +1,505 @@
+"""Leaderboard outputs: per-dataset post-processing, resumable per-video staging, sharding and the zips.
+
+Predictions are written per *unit* (one video, or one video of one Ref-DAVIS17 annotator set) into a staging
+folder. A unit is first written into ``<staging>.partial/<unit>`` and renamed to ``<staging>/<unit>`` once all
+of its PNGs are on disk, so after an interruption the finished units are skipped and a half-written one is redone
+(its partial folder is cleared first). The zip is written under a temporary name and renamed, so it exists only
+when complete. Nothing here imports Lightning or Hydra.
+
+Staging layouts (the same as the folders a user may score with :func:`~mpgsam2.inference.scoring.score_predictions`):
+
+- Ref-YouTube-VOS and MeViS: ``<staging>/<video>/<exp_id>/<frame>.png`` (mode ``L``);
+- Ref-DAVIS17: ``<staging>/anno_<k>/<video>/<frame>.png`` (mode ``P``, DAVIS palette, one index per object).
+
+Post-processing (spec §1.8, §3), from the logits at the original frame size:
+
+- ``"binary"`` (Ref-YouTube-VOS): ``sigmoid > 0.5`` -> 255, else 0;
+- ``"probability"`` (MeViS): ``p = sigmoid``, ``p < 0.5`` -> 0, else ``p * 255`` truncated to uint8 (any non-zero
+  pixel is foreground for the scorer);
+- ``"palette"`` (Ref-DAVIS17): the objects' probabilities (zeroed below 0.5) stacked over a constant background
+  plane of 0.1, argmax -> palette index (the object id; 0 = background).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+
+from mpgsam2.data.errors import DatasetError
+from mpgsam2.data.records import ExpressionRecord, validate_path_component, validate_video_id
+from mpgsam2.data.sources import ReferringVideoSource
+from mpgsam2.data.synthetic import davis_palette
+from mpgsam2.data.video_dataset import ReferringVideoEvalDataset
+from mpgsam2.inference.predictor import predict_expression
+from mpgsam2.modeling.mpgsam2 import MPGSAM2
+
+__all__ = [
+    "DATASET_KINDS",
+    "MASK_FORMATS",
+    "EvalTarget",
+    "PaletteMerger",
+    "StagingArea",
+    "barrier",
+    "binary_masks",
+    "check_manifest",
+    "model_predictor",
+    "predict_to_staging",
+    "probability_masks",
+    "rank_and_world",
+    "shard",
+    "submission_entries",
+    "write_submission_zip",
+    "write_zip",
+]
+
+log = logging.getLogger(__name__)
+
+DATASET_KINDS = ("ytvos", "mevis", "davis")
+# the PNG format each benchmark expects (see the module docstring)
+MASK_FORMATS = {"ytvos": "binary", "mevis": "probability", "davis": "palette"}
+# the folder every file of the submission zip sits in (MeViS: the video folders at the root, spec §3.2)
+ZIP_PREFIX = {"ytvos": "Annotations/", "mevis": ""}
+DAVIS_BACKGROUND = 0.1  # parity: inference_davis.py's constant background plane
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed entry times: the same predictions give the same zip bytes
+
+Unit = tuple[str, ...]  # a staging sub-path: (video,) or (annotator folder, video)
+# one collated evaluation batch (batch size 1) -> (T, H, W) logits at the original frame size
+Predictor = Callable[[Mapping[str, Any]], Tensor]
+
+
+# ------------------------------------------------------------------------------------------------ post-processing
+
+
+def binary_masks(probs: Tensor) -> np.ndarray:
+    """Ref-YouTube-VOS PNG values: (T, H, W) probabilities -> uint8 (T, H, W), 255 where ``p > 0.5``, else 0.
+
+    parity: ``inference_ytvos.py`` thresholds the sigmoid (not the logit) with ``> 0.5``.
+    """
+    return ((probs > 0.5).to(torch.uint8) * 255).cpu().numpy()
+
+
+def probability_masks(probs: Tensor) -> np.ndarray:
+    """MeViS PNG values: (T, H, W) probabilities -> uint8 (T, H, W), 0 where ``p < 0.5``, else ``p * 255``.
+
+    parity: ``inference_mevis.py`` zeroes ``p < 0.5`` and saves ``Image.fromarray(p * 255).convert("L")``, which
+    truncates towards zero (0.5 -> 127) and clips to [0, 255].
+    """
+    p = probs.float().cpu().numpy()
+    p = np.where(p < 0.5, np.float32(0.0), p) * np.float32(255.0)
+    return np.clip(p, 0, 255).astype(np.uint8)
+
+
+class PaletteMerger:
+    """Merges the objects of one video into palette indices, as ``inference_davis.py``: the probabilities (zeroed
+    below 0.5) are stacked after a constant background plane of 0.1 and the argmax taken.
+
+    Objects are added one at a time (memory: two (T, H, W) arrays, not one per object). A pixel goes to the first
+    plane holding its maximum (background first, then objects in the order added), as ``torch.argmax`` does.
+
+    Args:
+        shape: (T, H, W).
+    """
+
+    def __init__(self, shape: tuple[int, int, int]) -> None:
+        self.best = torch.full(shape, DAVIS_BACKGROUND, dtype=torch.float32)
+        self.labels = torch.zeros(shape, dtype=torch.uint8)
+        self.added: list[int] = []
+
+    def add(self, label: int, probs: Tensor) -> None:
+        """Adds object ``label`` (1..255) with probabilities (T, H, W)."""
+        if not 1 <= label <= 255:
+            raise ValueError(f"palette label {label} is outside 1..255")
+        if label in self.added:
+            raise ValueError(f"palette label {label} was added twice")
+        if tuple(probs.shape) != tuple(self.best.shape):
+            raise ValueError(
+                f"object probabilities {tuple(probs.shape)} != video shape {tuple(self.best.shape)}"
+            )
+        p = probs.float().cpu()
+        p = torch.where(p < 0.5, torch.zeros_like(p), p)
+        wins = p > self.best  # strict: ties stay with the earlier plane (argmax returns the first maximum)
+        self.best = torch.where(wins, p, self.best)
+        self.labels[wins] = label
+        self.added.append(label)
+
+    def result(self) -> np.ndarray:
+        """uint8 (T, H, W) palette indices (0 = background)."""
+        return self.labels.numpy()
+
+
+def _save_png(path: Path, values: np.ndarray, palette: list[int] | None = None) -> None:
+    img = Image.fromarray(np.ascontiguousarray(values, dtype=np.uint8), mode="L")
+    if palette is not None:
+        img.putpalette(palette)  # -> mode "P"
+    img.save(path, format="PNG")
+
+
+# ------------------------------------------------------------------------------------------------ distribution
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) from ``torch.distributed`` when it is initialised (torchrun, Lightning DDP), else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def barrier() -> None:
+    """``torch.distributed.barrier()`` when initialised; a no-op in a single process."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shard(items: Sequence[Any], rank: int, world: int) -> list[Any]:
+    """This process's share: ``items[rank], items[rank + world], ...`` (round robin, no padding)."""
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"invalid rank {rank} of world size {world}")
+    return list(items[rank::world])
+
+
+# ------------------------------------------------------------------------------------------------ staging
+
+
+class StagingArea:
+    """Per-unit folders that appear only when complete.
+
+    Args:
+        root: the staging folder (``<run dir>/staging``). Partial units live in the sibling ``<root>.partial``, so
+            no video id can collide with them.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.partial_root = self.root.with_name(self.root.name + ".partial")
+
+    def final_dir(self, unit: Unit) -> Path:
+        return self.root.joinpath(*unit)
+
+    def partial_dir(self, unit: Unit) -> Path:
+        return self.partial_root.joinpath(*unit)
+
+    def is_done(self, unit: Unit) -> bool:
+        """Whether ``unit`` was completed (its final folder exists)."""
+        return self.final_dir(unit).is_dir()
+
+    def begin(self, unit: Unit) -> Path:
+        """A fresh, empty partial folder for ``unit`` (a leftover of an interrupted run is removed first)."""
+        tmp = self.partial_dir(unit)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        return tmp
+
+    def commit(self, unit: Unit) -> Path:
+        """Renames the partial folder of ``unit`` to its final place (atomic on one file system)."""
+        final = self.final_dir(unit)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.partial_dir(unit), final)
+        return final
+
+    def remove_partials(self) -> None:
+        """Deletes ``<root>.partial`` (call once every process is done)."""
+        if self.partial_root.exists():
+            shutil.rmtree(self.partial_root)
+
+
+def _expressions_file(source: ReferringVideoSource) -> str:
+    """What to name in an error about an identifier of ``source`` (its expressions json when it has one)."""
+    return str(getattr(source, "expressions_file", None) or source.name)
+
+
+def _check_ids(source: ReferringVideoSource, expr: ExpressionRecord) -> None:
+    # The readers and records validate already; a writer must not trust that (any source can be plugged in).
+    where = _expressions_file(source)
+    video = expr.video
+    validate_video_id(video.video_id, where)
+    validate_path_component(expr.exp_id, f"video {video.video_id!r}: expression id", where)
+    for name in video.frame_names:
+        validate_path_component(name, f"video {video.video_id!r}: frame name", where)
+
+
+@dataclass(frozen=True)
+class EvalTarget:
+    """A source to predict and the staging sub-folder its units go to.
+
+    Attributes:
+        source: the split (its expressions in source order).
+        folder: staging sub-folder (``"anno_0"`` for Ref-DAVIS17 annotator set 0), or None for the staging root.
+    """
+
+    source: ReferringVideoSource
+    folder: str | None = None
+
+    def units(self) -> list[tuple[Unit, list[int]]]:
+        """(unit, expression indices) per video, videos in order of first appearance, ids validated."""
+        groups: dict[str, list[int]] = {}
+        for i, expr in enumerate(self.source.expressions):
+            _check_ids(self.source, expr)
+            groups.setdefault(expr.video.video_id, []).append(i)
+        prefix: Unit = (
+            () if self.folder is None else (validate_path_component(self.folder, "staging folder"),)
+        )
+        return [((*prefix, vid), indices) for vid, indices in groups.items()]
+
+
+# ------------------------------------------------------------------------------------------------ inference
+
+
+def model_predictor(model: MPGSAM2, device: str | torch.device, chunk_size: int | None) -> Predictor:
+    """A :data:`Predictor` running ``model`` on ``device`` (eval mode, ``torch.inference_mode``).
+
+    Args:
+        chunk_size: frames per independent chunk (MeViS: 24, spec §3.2), None for the whole video.
+    """
+    model.eval()
+
+    def predict(batch: Mapping[str, Any]) -> Tensor:
+        meta = batch["meta"][0]
+        with torch.inference_mode():
+            return predict_expression(
+                model,
+                batch["sam_frames"][0].to(device),
+                batch["beit_frames"][0].to(device),
+                batch["text_ids"][0].to(device),
+                batch["text_padding_mask"][0].to(device),
+                tuple(meta["orig_size"]),
+                chunk_size=chunk_size,
+            ).logits
+
+    return predict
+
+
+def predict_to_staging(
+    predict: Predictor,
+    targets: Sequence[EvalTarget],
+    staging: StagingArea,
+    mask_format: str,
+    *,
+    transform: Any,
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    max_frames: int | None = None,
+    num_workers: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    palette: list[int] | None = None,
+) -> list[Unit]:
+    """Predicts this process's share of the units that are not done yet and stages them.
+
+    Units are sharded round robin over ``world`` processes (:func:`shard`), so every process must see the same
+    ``targets``; a unit found complete (see :class:`StagingArea`) is skipped, so a restarted run only predicts
+    what is missing, with any number of processes.
+
+    Args:
+        predict: one collated batch (batch size 1) -> (T, H, W) logits at the original size (e.g.
+            :func:`model_predictor`).
+        targets: the sources to predict.
+        staging: where units go.
+        mask_format: ``"binary"``, ``"probability"`` or ``"palette"`` (see the module docstring). For
+            ``"palette"`` every expression must refer to exactly one object id (1..255): its palette index.
+        transform: the evaluation ``ClipTransform`` (``train=False``).
+        collate: batches one item (``ReferringCollate`` with the model's tokenizer).
+        max_frames: predict only the first N frames of each video (debugging; None = all, the protocol).
+        num_workers: DataLoader worker processes.
+        rank / world: this process and the number of processes.
+        palette: flat RGB palette of the ``"palette"`` PNGs (default: the DAVIS palette).
+
+    Returns:
+        The units written by this call.
+
+    Raises:
+        DatasetError: an unsafe video id, expression id or frame name (naming the source's expressions file),
+            or a palette expression without exactly one object id in 1..255.
+        ValueError: unknown ``mask_format``, or a prediction of the wrong shape.
+    """
+    if mask_format not in ("binary", "probability", "palette"):
+        raise ValueError(f"mask_format must be 'binary', 'probability' or 'palette', got {mask_format!r}")
+    palette = palette or davis_palette()
+    datasets: list[Dataset] = []
+    plan: list[tuple[Unit, EvalTarget, list[int], int]] = []  # (unit, target, expression indices, offset)
+    offset = 0
+    for target in targets:
+        dataset = ReferringVideoEvalDataset(target.source, transform, max_frames)
+        plan.extend((unit, target, indices, offset) for unit, indices in target.units())
+        datasets.append(dataset)
+        offset += len(dataset)
+    units = [p[0] for p in plan]
+    if len(set(units)) != len(units):
+        raise ValueError("two targets write the same staging folder; give each a distinct `folder`")
+    pending = [p for p in shard(plan, rank, world) if not staging.is_done(p[0])]
+    log.info(
+        "rank %d/%d: %d of %d units to predict (%d done)",
+        rank,
+        world,
+        len(pending),
+        len(units),
+        sum(staging.is_done(u) for u in units),
+    )
+    if not pending:
+        return []
+    order = [offset + i for _, _, indices, offset in pending for i in indices]
+    loader = DataLoader(
+        Subset(ConcatDataset(datasets), order),
+        batch_size=1,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate,
+    )
+    batches = iter(loader)
+    written = []
+    for unit, target, indices, _ in pending:
+        _write_unit(predict, batches, staging, unit, target, indices, mask_format, palette)
+        written.append(unit)
+    return written
+
+
+def _write_unit(
+    predict: Predictor,
+    batches: Iterator[dict[str, Any]],
+    staging: StagingArea,
+    unit: Unit,
+    target: EvalTarget,
+    indices: list[int],
+    mask_format: str,
+    palette: list[int],
+) -> None:
+    tmp = staging.begin(unit)
+    merger: PaletteMerger | None = None
+    frame_names: list[str] = []
+    for i in indices:
+        expr = target.source.expressions[i]
+        batch = next(batches)
+        meta = batch["meta"][0]
+        assert (meta["video"], meta["exp_id"]) == (expr.video.video_id, expr.exp_id), (meta, expr)
+        frame_names = list(meta["frame_names"])
+        logits = predict(batch)
+        shape = (len(frame_names), *tuple(meta["orig_size"]))
+        if tuple(logits.shape) != shape:
+            raise ValueError(
+                f"prediction for video {expr.video.video_id!r} expression {expr.exp_id!r} has shape "
+                f"{tuple(logits.shape)}, expected (T, H, W) = {shape}"
+            )
+        probs = torch.sigmoid(logits.float())
+        if mask_format == "palette":
+            if merger is None:
+                merger = PaletteMerger(shape)
+            merger.add(_palette_label(target.source, expr), probs)
+            continue
+        values = binary_masks(probs) if mask_format == "binary" else probability_masks(probs)
+        exp_dir = tmp / expr.exp_id
+        exp_dir.mkdir()
+        for name, frame in zip(frame_names, values):
+            _save_png(exp_dir / f"{name}.png", frame)
+    if merger is not None:
+        for name, frame in zip(frame_names, merger.result()):
+            _save_png(tmp / f"{name}.png", frame, palette)
+    staging.commit(unit)
+
+
+def _palette_label(source: ReferringVideoSource, expr: ExpressionRecord) -> int:
+    if len(expr.obj_ids) != 1 or not 1 <= expr.obj_ids[0] <= 255:
+        raise DatasetError(
+            f"{_expressions_file(source)}: video {expr.video.video_id!r}, expression {expr.exp_id!r}: a palette "
+            f"(Ref-DAVIS17) prediction needs exactly one object id in 1..255, found {list(expr.obj_ids)}"
+        )
+    return expr.obj_ids[0]
+
+
+# ------------------------------------------------------------------------------------------------ zips
+
+
+def write_zip(path: str | os.PathLike[str], entries: Iterable[tuple[str, Path]]) -> Path:
+    """Writes ``(name in the archive, file)`` entries to ``path`` via ``<path>.tmp`` and a rename.
+
+    Entries are sorted by name and carry a fixed time stamp and mode, so equal files give equal zip bytes.
+    PNGs are stored without recompression (they are compressed already).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+            for name, file in sorted(entries):
+                info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+                info.external_attr = 0o644 << 16
+                info.compress_type = zipfile.ZIP_STORED
+                zf.writestr(info, Path(file).read_bytes())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def submission_entries(
+    staging: StagingArea, targets: Sequence[EvalTarget], kind: str
+) -> list[tuple[str, Path]]:
+    """The files of a Ref-YouTube-VOS / MeViS submission, one per (video, expression, frame) of ``targets``.
+
+    Raises:
+        ValueError: ``kind`` has no submission format (Ref-DAVIS17 is scored locally).
+        FileNotFoundError: a unit or PNG is missing from the staging folder (naming it).
+    """
+    if kind not in ZIP_PREFIX:
+        raise ValueError(f"no submission zip for dataset {kind!r} (only {sorted(ZIP_PREFIX)})")
+    entries = []
+    for target in targets:
+        for unit, indices in target.units():
+            folder = staging.final_dir(unit)
+            if not folder.is_dir():
+                raise FileNotFoundError(f"{folder}: video not predicted (staging incomplete)")
+            for i in indices:
+                expr = target.source.expressions[i]
+                for name in expr.video.frame_names:
+                    file = folder / expr.exp_id / f"{name}.png"
+                    if not file.is_file():
+                        raise FileNotFoundError(f"{file}: prediction missing from the staging folder")
+                    entries.append((ZIP_PREFIX[kind] + "/".join((*unit, expr.exp_id, f"{name}.png")), file))
+    return entries
+
+
+def write_submission_zip(
+    path: str | os.PathLike[str], staging: StagingArea, targets: Sequence[EvalTarget], kind: str
+) -> Path:
+    """:func:`submission_entries` zipped to ``path`` (atomically, see :func:`write_zip`)."""
+    path = write_zip(path, submission_entries(staging, targets, kind))
+    log.info("submission written: %s", path)
+    return path
+
+
+def check_manifest(path: str | os.PathLike[str], manifest: Mapping[str, Any]) -> None:
+    """Records what a staging folder holds, or checks a restarted run against it.
+
+    Raises:
+        ValueError: naming ``path``, when an earlier run staged predictions of another model, dataset or
+            setting there (resuming would mix them).
+    """
+    path = Path(path)
+    current = json.loads(json.dumps(manifest, sort_keys=True, default=str))
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != current:
+            diff = {k: (previous.get(k), current.get(k)) for k in set(previous) | set(current)}
+            diff = {k: v for k, v in diff.items() if v[0] != v[1]}
+            raise ValueError(
+                f"{path}: this run folder holds predictions of another evaluation ({diff}, as (staged, now)); "
+                "use a new run folder or delete its staging/ to start over"
+            )
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)

@@ -68,6 +68,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
             trainer.save_checkpoint(final)
             log.info("final checkpoint: %s", final)
         if cfg.validate and not trainer.fast_dev_run:
+            # the reported number comes from the evaluation protocol's path, one expression at a time (as
+            # eval.py), so that `python eval.py ckpt=<final.ckpt>` reproduces it exactly; batched validation
+            # during training gives the same masks up to float rounding
+            if hasattr(datamodule, "val_batch_size"):
+                datamodule.val_batch_size = 1
             results = trainer.validate(system, datamodule=datamodule, verbose=False)
             metrics = {k.split("/", 1)[1]: float(v) for k, v in results[0].items() if k.startswith("val/")}
             if trainer.is_global_zero:

@@ -85,6 +85,8 @@ class ReferringVideoDataModule(L.LightningDataModule):
         val_max_frames: keep only the first N frames of each validation video (None: all, the protocol).
         swap_expressions: evaluate every expression with the caption of another object of the same video (a
             check that the model reads the sentence; J&F should collapse).
+        val_batch_size: expressions per validation batch; > 1 needs videos of equal length and size (then the
+            Lightning module runs them as one batched clip, see ``RVOSLitModule.predict_batch``).
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class ReferringVideoDataModule(L.LightningDataModule):
         seed: int = 42,
         val_max_frames: int | None = None,
         swap_expressions: bool = False,
+        val_batch_size: int = 1,
     ) -> None:
         super().__init__()
         self.tokenizer_path = tokenizer_path
@@ -113,6 +116,7 @@ class ReferringVideoDataModule(L.LightningDataModule):
         self.seed = seed
         self.val_max_frames = val_max_frames
         self.swap_expressions = swap_expressions
+        self.val_batch_size = val_batch_size
         self.train_dataset: ReferringClipDataset | None = None
         self.val_dataset: ReferringVideoEvalDataset | None = None
         self._collate: ReferringCollate | None = None
@@ -159,7 +163,7 @@ class ReferringVideoDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_dataset is not None, "call setup('validate') first"
-        return self._loader(self.val_dataset, shuffle=False, batch_size=1)
+        return self._loader(self.val_dataset, shuffle=False, batch_size=self.val_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
         return self.val_dataloader()

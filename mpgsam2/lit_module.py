@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
@@ -134,32 +135,62 @@ class RVOSLitModule(L.LightningModule):
             count = count / dist.get_world_size()
         return count.clamp(min=1)
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
+    def _clip_logits(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        """Mask logits (B, T, 1, S, S), sentence scores (B, T) and prior logits (B, T, G, G); image batches (RefCOCO, ``image_batch``) go
+        through the model's batched image path (spec §1.7) with T = 1."""
+        if batch.get("image_batch"):
+            out = self.model.forward_images(
+                batch["sam_frames"][:, 0],
+                batch["beit_frames"][:, 0],
+                batch["text_ids"],
+                batch["text_padding_mask"],
+            )
+            return out["pred_masks"][:, None], out["sentence_scores"][:, None], out["prior_logits"][:, None]
         out = self.model(
             batch["sam_frames"], batch["beit_frames"], batch["text_ids"], batch["text_padding_mask"]
         )
+        return out.pred_masks, out.sentence_scores, out.context.prior.prior_logits
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        pred_masks, sentence_scores, prior_logits = self._clip_logits(batch)
         valid = batch["valid"]
         losses = self.criterion(
-            out.pred_masks,
-            out.sentence_scores,
+            pred_masks,
+            sentence_scores,
             batch["masks"],
             valid,
             num_valid=self._num_valid(valid),
-            prior_logits=out.context.prior.prior_logits,
+            prior_logits=prior_logits,
         )
         size = valid.shape[0]
         self.log("train/loss", losses["loss_total"], prog_bar=True, batch_size=size)
         for name, value in losses.items():
             if name != "loss_total":
                 self.log(f"train/{name}", value, batch_size=size)
-        return {"loss": losses["loss_total"], "pred_masks": out.pred_masks.detach()}
+        return {"loss": losses["loss_total"], "pred_masks": pred_masks.detach()}
 
     # ------------------------------------------------------------------ evaluation
     def predict_batch(self, batch: Mapping[str, Any]) -> list[Tensor]:
         """Whole-video predictions for each expression of an evaluation batch: a list of (T, H, W) logits at
-        each expression's original size."""
+        each expression's original size.
+
+        One expression per batch (the default) is tracked frame by frame (memory bounded by the SAM 2 window).
+        A batch of several expressions (possible when their videos have equal length and size, e.g. the
+        synthetic dataset) runs as one batched clip forward, which gives the same masks faster; image batches
+        use the image path.
+        """
+        metas = batch["meta"]
+        if batch.get("image_batch") or (len(metas) > 1 and self.eval_chunk_size is None):
+            with torch.no_grad():
+                logits = self._clip_logits(batch)[0][:, :, 0].float()  # [B, T, S, S]
+            return [
+                F.interpolate(
+                    logits[i : i + 1], size=tuple(m["orig_size"]), mode="bilinear", align_corners=False
+                )[0].cpu()
+                for i, m in enumerate(metas)
+            ]
         results = []
-        for i, meta in enumerate(batch["meta"]):
+        for i, meta in enumerate(metas):
             pred = predict_expression(
                 self.model,
                 batch["sam_frames"][i],

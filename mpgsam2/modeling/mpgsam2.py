@@ -289,13 +289,17 @@ class MPGSAM2(nn.Module):
     ) -> dict[str, Tensor]:
         """Single-image path (RefCOCO): sam_images [B, 3, S, S], beit_images [B, 3, Hb, Wb], text [B, L].
 
-        Returns pred_masks [B, 1, S, S] logits and sentence_scores [B].
+        Returns pred_masks [B, 1, S, S] logits, sentence_scores [B] and prior_logits [B, G, G].
         """
         context = self.encode_context(beit_images.unsqueeze(1), text_ids, text_padding_mask)
         feats = self._image_features(sam_images)
         prompts = context.frame_prompts(0, self.config.use_dense_prior, self.config.use_sparse_token)
         out = self.sam.forward_image_batch(feats, prompts)
-        return {"pred_masks": out["high_res_logits"], "sentence_scores": context.sentence_scores[:, 0]}
+        return {
+            "pred_masks": out["high_res_logits"],
+            "sentence_scores": context.sentence_scores[:, 0],
+            "prior_logits": context.prior.prior_logits[:, 0],
+        }
 
 
 class VideoSession:

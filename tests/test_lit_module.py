@@ -1,0 +1,116 @@
+"""The Lightning system: parameter groups, batched vs. streamed evaluation, the frozen encoder, image batches."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+from test_model import random_clip, tiny_config
+from torch import nn
+
+from mpgsam2.lit_module import RVOSLitModule, build_param_groups
+from mpgsam2.losses import MPGSAM2Criterion
+from mpgsam2.modeling.mpgsam2 import MPGSAM2
+
+
+def _system(model: MPGSAM2, **kwargs) -> RVOSLitModule:
+    return RVOSLitModule(model, MPGSAM2Criterion(), partial(torch.optim.AdamW, lr=1e-3), **kwargs)
+
+
+def test_param_groups_split_by_pattern_and_rest_gets_base_lr():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    groups = build_param_groups(model, [{"pattern": r"^1\.", "lr": 5e-5}])
+    assert groups[0]["lr"] == 5e-5 and len(groups[0]["params"]) == 2
+    assert "lr" not in groups[1] and len(groups[1]["params"]) == 2
+
+
+def test_param_group_errors_name_the_pattern():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="nothing_here"):
+        build_param_groups(model, [{"pattern": "nothing_here", "lr": 1.0}])
+    with pytest.raises(ValueError, match="more than one"):
+        build_param_groups(model, [{"pattern": r"^0\.", "lr": 1.0}, {"pattern": "weight", "lr": 2.0}])
+    with pytest.raises(ValueError, match="pattern"):
+        build_param_groups(model, [{"lr": 1.0}])
+
+
+def test_frozen_parameters_are_left_out_of_the_groups():
+    model = MPGSAM2(tiny_config())
+    groups = build_param_groups(model, [])
+    ids = {id(p) for g in groups for p in g["params"]}
+    assert not any(id(p) in ids for p in model.sam.image_encoder.parameters())
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(
+        p.numel() for p in model.parameters() if p.requires_grad
+    )
+
+
+def test_the_original_fast_group_matches_the_mpg_modules():
+    pattern = (
+        r"^(mask_prior\.(token_refine|token_proj|prior_head)|sam\.sam_mask_decoder\."
+        r"(pixel_global_fusion|object_global_fusion|object_historical_fusion))\."
+    )
+    model = MPGSAM2(tiny_config())
+    fast, rest = build_param_groups(model, [{"pattern": pattern, "lr": 5e-5}])
+    names = {id(p): n for n, p in model.named_parameters()}
+    fast_names = {names[id(p)] for p in fast["params"]}
+    assert any(n.startswith("mask_prior.token_refine.") for n in fast_names)
+    assert any(n.startswith("sam.sam_mask_decoder.object_historical_fusion.") for n in fast_names)
+    assert not any(n.startswith(("beit3.", "mask_prior.global_attn.")) for n in fast_names)
+
+
+def _eval_batch(model: MPGSAM2, batch: int):
+    sam, beit, ids, pad = random_clip(model, frames=3, batch=batch, seed=3)
+    meta = [{"orig_size": (48, 40)} for _ in range(batch)]
+    return {"sam_frames": sam, "beit_frames": beit, "text_ids": ids, "text_padding_mask": pad, "meta": meta}
+
+
+def test_batched_clip_evaluation_matches_streaming_one_expression_at_a_time():
+    torch.manual_seed(0)
+    system = _system(MPGSAM2(tiny_config())).eval()
+    batch = _eval_batch(system.model, 2)
+    batched = system.predict_batch(batch)
+    for i in range(2):
+        single = {k: (v[i : i + 1] if torch.is_tensor(v) else v[i : i + 1]) for k, v in batch.items()}
+        streamed = system.predict_batch(single)[0]
+        assert streamed.shape == (3, 48, 40)
+        torch.testing.assert_close(batched[i], streamed, atol=1e-4, rtol=1e-4)
+
+
+def test_validation_accumulates_jf_at_the_original_size():
+    torch.manual_seed(0)
+    system = _system(MPGSAM2(tiny_config())).eval()
+    batch = _eval_batch(system.model, 1)
+    pred = system.predict_batch(batch)[0] > 0
+    batch["orig_masks"] = [pred.clone()]  # a perfect target
+    system.validation_step(batch, 0)
+    assert system.val_jf.compute()["jf"] == pytest.approx(1.0)
+
+
+def test_image_batches_use_the_image_path():
+    torch.manual_seed(0)
+    model = MPGSAM2(tiny_config())
+    system = _system(model).eval()  # no dropout: the two calls must agree
+    sam, beit, ids, pad = random_clip(model, frames=1, batch=2)
+    batch = {
+        "sam_frames": sam,
+        "beit_frames": beit,
+        "text_ids": ids,
+        "text_padding_mask": pad,
+        "image_batch": True,
+    }
+    pred, scores, prior = system._clip_logits(batch)
+    expected = model.forward_images(sam[:, 0], beit[:, 0], ids, pad)
+    torch.testing.assert_close(pred[:, 0], expected["pred_masks"])
+    assert scores.shape == (2, 1) and prior.shape[:2] == (2, 1)
+
+
+def test_tokenizer_larger_than_the_vocabulary_is_refused():
+    system = _system(MPGSAM2(tiny_config()))
+
+    class _Trainer:
+        datamodule = type("DM", (), {"tokenizer_vocab_size": 10_000, "tokenizer_path": "big.model"})()
+
+    system._trainer = _Trainer()  # what Lightning sets before setup()
+    with pytest.raises(ValueError, match="big.model"):
+        system.setup("fit")

@@ -1,27 +1,73 @@
-"""Evaluate a trained model: ``python eval.py ckpt=PATH [+data.key=value ...]``.
+"""Evaluate MPG-SAM 2, write leaderboard submissions, or score predictions (logic in ``mpgsam2.inference``).
 
-The checkpoint (a Lightning checkpoint written by ``train.py``) carries its resolved config: the model is rebuilt
-from it and loaded strictly with ``weights_only=True``; the data config is the training run's unless overridden
-here. Validation J&F goes to ``<run dir>/metrics.json`` and the last line printed is ``j=<v> f=<v> jf=<v>``.
+    # validate a train.py checkpoint with its run's data config (+data.key=value overrides that config)
+    python eval.py ckpt=logs/train/runs/<run>/checkpoints/final.ckpt
+    # a released MPG-SAM 2 folder (config.json, weights, sentencepiece.bpe.model) or our export: pick the data
+    python eval.py ckpt=weights/MPG-SAM2-ytvos data=ytvos data.root=/data/ref-youtube-vos    # -> submission.zip
+    python eval.py ckpt=weights/MPG-SAM2-mevis data=mevis data.root=/data/mevis split=valid_u  # local J&F
+    python eval.py ckpt=weights/MPG-SAM2-mevis data=mevis data.root=/data/mevis split=valid    # -> submission.zip
+    python eval.py ckpt=weights/MPG-SAM2-ytvos data=davis data.root=/data/ref-davis            # 4 annotators
+    # score PNGs written by any method (a folder or a zip) against a split with ground truth
+    python eval.py predictions=/path/to/pngs data=mevis data.root=/data/mevis split=valid_u
+    # N GPUs: each process predicts its share of the videos, rank 0 zips / scores
+    torchrun --nproc_per_node=8 eval.py ckpt=... data=ytvos hydra.run.dir=logs/eval/ytvos_valid
+    # resume an interrupted run: the same command with the same run folder (finished videos are skipped)
+
+Predictions are staged per video under ``<run dir>/staging`` (a video appears there only when complete), then
+zipped to ``<run dir>/submission.zip`` (temp name, rename) or scored. A scoring run writes
+``<run dir>/metrics.json`` and prints ``j=<v> f=<v> jf=<v>`` as its last line; a submission run prints the zip's
+path last.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 import torch
+import torch.distributed as dist
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mpgsam2.data import (
+    MeViSSource,
+    RefDAVISSource,
+    ReferringVideoSource,
+    RefYTVOSSource,
+    swap_captions_within_video,
+)
+from mpgsam2.inference.scoring import score_predictions
+from mpgsam2.inference.submission import (
+    DATASET_KINDS,
+    MASK_FORMATS,
+    EvalTarget,
+    StagingArea,
+    barrier,
+    check_manifest,
+    model_predictor,
+    predict_to_staging,
+    rank_and_world,
+    write_submission_zip,
+)
 from mpgsam2.lit_module import CHECKPOINT_KEY
+from mpgsam2.modeling.mpgsam2 import MPGSAM2
 from mpgsam2.utils import write_json_atomic
-from mpgsam2.weights import CheckpointError, load_into
+from mpgsam2.weights import CheckpointError, load_into, load_mpgsam2
 
 log = logging.getLogger("eval")
+
+# the tokenizer file of a released MPG-SAM 2 folder (HF save_pretrained of XLMRobertaTokenizer, = beit3.spm)
+RELEASED_TOKENIZER = "sentencepiece.bpe.model"
+NUM_DAVIS_ANNOTATORS = 4
+MEVIS_CHUNK = 24  # spec §3.2: MeViS is evaluated in independent 24-frame chunks
+
+
+# ------------------------------------------------------------------------------------------------ the model
 
 
 def read_checkpoint(path: str | Path) -> tuple[DictConfig, dict[str, torch.Tensor]]:
@@ -41,49 +87,339 @@ def read_checkpoint(path: str | Path) -> tuple[DictConfig, dict[str, torch.Tenso
     if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(
             f"{path}: not a train.py checkpoint (no '{CHECKPOINT_KEY}' config or 'state_dict'); for exported or "
-            "released weights use model.weights.mpgsam2 in a training config"
+            "released weights pass their folder"
         )
     run_config = OmegaConf.create(ckpt[CHECKPOINT_KEY]["config"])
     state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     return run_config, state
 
 
-def build_from_checkpoint(
-    path: str | Path, data_overrides: Any = None, eval_chunk_size: int | None = None
-) -> tuple[L.LightningModule, L.LightningDataModule]:
-    """The system (model loaded from the checkpoint) and the data module of the run that wrote it."""
+def load_model(
+    path: str | Path, hf_gamma_compat: bool = False
+) -> tuple[MPGSAM2, DictConfig | None, Path | None]:
+    """The model of ``ckpt=``, the run config when it is a ``train.py`` checkpoint, and the tokenizer file a
+    released folder ships.
+
+    Args:
+        path: a ``train.py`` Lightning checkpoint (file), or a folder with ``config.json`` and weights (our
+            ``save_mpgsam2`` export or a released MPG-SAM 2 checkpoint).
+        hf_gamma_compat: see :func:`mpgsam2.weights.load_mpgsam2` (released folders only).
+    """
+    path = Path(path)
+    if path.is_dir():
+        model = load_mpgsam2(path, hf_gamma_compat=hf_gamma_compat)
+        tokenizer = path / RELEASED_TOKENIZER
+        return model, None, tokenizer if tokenizer.is_file() else None
     run_config, state = read_checkpoint(path)
     model_cfg = run_config.model
     # every weight is in the checkpoint: do not read the training run's initial weights again
     model_cfg.weights = {"mpgsam2": None, "beit3": None, "sam2": None}
     model = instantiate(model_cfg)
     log.info("%s", load_into(model, state, source=str(path)))
-    data_cfg = OmegaConf.merge(run_config.data, data_overrides or {})
-    datamodule = instantiate(
-        data_cfg, sam_size=model.sam.image_size, beit_size=int(model.config.beit3["img_size"])
-    )
-    system = instantiate(run_config.system, model=model, eval_chunk_size=eval_chunk_size)
-    system.run_config = OmegaConf.to_container(run_config)
-    return system, datamodule
+    return model, run_config, None
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    L.seed_everything(cfg.seed, workers=True)
-    system, datamodule = build_from_checkpoint(cfg.ckpt, cfg.get("data"), cfg.get("eval_chunk_size"))
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[L.pytorch.callbacks.RichProgressBar()])
-    results = trainer.validate(system, datamodule=datamodule, verbose=False)
-    metrics = {k.split("/", 1)[1]: float(v) for k, v in results[0].items() if k.startswith("val/")}
-    if trainer.is_global_zero:
-        write_json_atomic(
-            Path(cfg.paths.output_dir) / "metrics.json", {**metrics, "checkpoint": str(cfg.ckpt)}
+# ------------------------------------------------------------------------------------------------ the data
+
+
+def data_config(cfg: DictConfig, run_config: DictConfig | None) -> DictConfig:
+    """The data module config: a selected data group (``data=mevis``, it has a ``_target_``) as is; otherwise the
+    checkpoint run's data config with ``cfg.data`` merged over it."""
+    given = cfg.get("data") or OmegaConf.create({})
+    if "_target_" in given:
+        return given
+    if run_config is None:
+        raise ValueError(
+            "no dataset given: select one with data=<ytvos|mevis|davis> (and data.root=...); only a train.py "
+            "checkpoint carries its own data config"
         )
+    return OmegaConf.merge(run_config.data, given)
+
+
+def dataset_kind(datamodule: Any, kind: str | None) -> str:
+    """``kind`` if given, else inferred from the data module's class name (unknown ones are read like
+    Ref-YouTube-VOS: nested per-expression PNGs)."""
+    if kind is not None:
+        if kind not in DATASET_KINDS:
+            raise ValueError(f"dataset={kind!r}: expected one of {DATASET_KINDS}")
+        return kind
+    name = type(datamodule).__name__.lower()
+    return "mevis" if "mevis" in name else "davis" if "davis" in name else "ytvos"
+
+
+class _SwappedSource:
+    """A source whose expressions carry the caption of another object of the same video (``swap_expressions``)."""
+
+    def __init__(self, source: ReferringVideoSource, seed: int) -> None:
+        self._source = source
+        self.name = f"{source.name}+swapped"
+        self.has_masks = source.has_masks
+        self.expressions = swap_captions_within_video(source.expressions, seed=seed)
+        if hasattr(source, "expressions_file"):
+            self.expressions_file = source.expressions_file
+        if hasattr(source, "read_object_masks"):
+            self.read_object_masks = source.read_object_masks
+
+    def read_frames(self, video, indices):  # noqa: ANN001, ANN201 - the protocol's signature
+        return self._source.read_frames(video, indices)
+
+    def read_masks(self, expression, indices):  # noqa: ANN001, ANN201
+        return self._source.read_masks(expression, indices)
+
+
+def davis_annotators(datamodule: Any) -> list[int]:
+    """The Ref-DAVIS17 annotator sets to evaluate: all four (the protocol), or the data config's ``annotator``."""
+    annotator = getattr(datamodule, "annotator", None)
+    return list(range(NUM_DAVIS_ANNOTATORS)) if annotator is None else [int(annotator)]
+
+
+def eval_targets(kind: str, datamodule: Any, split: str | None) -> list[EvalTarget]:
+    """The sources to predict or score: the data module's validation source (``split=None``) or the reader of
+    ``split``; for Ref-DAVIS17 one source per annotator set, staged under ``anno_<k>``."""
+    root = getattr(datamodule, "root", None)
+    if kind == "davis":
+        split = split or getattr(datamodule, "val_split", None) or "valid"
+        targets = [
+            EvalTarget(RefDAVISSource(root, split, annotator=k), f"anno_{k}")
+            for k in davis_annotators(datamodule)
+        ]
+    elif split is None:
+        targets = [EvalTarget(datamodule.val_source())]
+    elif kind == "mevis":
+        targets = [EvalTarget(MeViSSource(root, split))]
+    elif root is not None:
+        targets = [EvalTarget(RefYTVOSSource(root, split))]
+    else:
+        raise ValueError(f"split={split!r}: {type(datamodule).__name__} has no `root`; leave split unset")
+    if getattr(datamodule, "swap_expressions", False):
+        seed = int(getattr(datamodule, "seed", 0))
+        targets = [EvalTarget(_SwappedSource(t.source, seed), t.folder) for t in targets]
+    return targets
+
+
+def chunk_size(
+    cfg: DictConfig, kind: str, run_config: DictConfig | None, from_checkpoint: bool
+) -> int | None:
+    """``eval_chunk_size``: an int, null (whole video) or ``auto``: the checkpoint's own validation setting when
+    evaluating with its data config, else the protocol's (MeViS 24 frames, whole video otherwise)."""
+    value = cfg.get("eval_chunk_size", "auto")
+    if value != "auto":
+        return None if value is None else int(value)
+    if from_checkpoint and run_config is not None:
+        return run_config.get("system", {}).get("eval_chunk_size")
+    return MEVIS_CHUNK if kind == "mevis" else None
+
+
+# ------------------------------------------------------------------------------------------------ processes
+
+
+def setup_distributed(cfg: DictConfig) -> tuple[int, int, torch.device, bool]:
+    """(rank, world, device, whether this call initialised ``torch.distributed``).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is started here (NCCL on GPUs, else Gloo), unless
+    something (e.g. Lightning) did already.
+    """
+    created = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        # the ranks wait for each other at the end, possibly for hours on uneven shards
+        timeout = datetime.timedelta(minutes=float(cfg.get("dist_timeout_min", 360)))
+        dist.init_process_group(backend=backend, timeout=timeout)
+        created = True
+    rank, world = rank_and_world()
+    wanted = str(cfg.get("device", "auto"))
+    if wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(wanted)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(
+            "cuda", int(os.environ.get("LOCAL_RANK", "0")) % max(torch.cuda.device_count(), 1)
+        )
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return rank, world, device, created
+
+
+def shared_output_dir(output_dir: str) -> Path:
+    """Rank 0's run folder on every rank (each torchrun process composes its own time-stamped folder)."""
+    if dist.is_available() and dist.is_initialized():
+        holder = [output_dir]
+        dist.broadcast_object_list(holder, src=0)
+        output_dir = holder[0]
+    return Path(output_dir)
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Runs the evaluation ``cfg`` describes (see the module docstring).
+
+    Returns:
+        On the main process: the metrics (``j``, ``f``, ``jf``, ...) of a scoring run, or ``{"submission":
+        path}``; on other processes ``{}``.
+    """
+    L.seed_everything(cfg.seed, workers=True)
+    rank, world, device, created = setup_distributed(cfg)
+    try:
+        out_dir = shared_output_dir(str(cfg.paths.output_dir))
+        if cfg.get("predictions"):
+            return _score_folder(cfg, out_dir, rank)
+        if not cfg.get("ckpt"):
+            raise ValueError(
+                "nothing to evaluate: give ckpt=<checkpoint or weights folder> or predictions=<folder>"
+            )
+        return _evaluate_model(cfg, out_dir, rank, world, device)
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def _datamodule(
+    cfg: DictConfig, run_config: DictConfig | None, model: MPGSAM2 | None, tokenizer: Path | None
+):  # noqa: ANN202
+    data_cfg = data_config(cfg, run_config)
+    if tokenizer is not None:
+        with open_dict(data_cfg):
+            data_cfg.tokenizer_path = str(tokenizer)
+    sizes = {}
+    if model is not None:
+        sizes = {"sam_size": model.sam.image_size, "beit_size": int(model.config.beit3["img_size"])}
+    datamodule = instantiate(data_cfg, **sizes)
+    if rank_and_world()[0] == 0:
+        datamodule.prepare_data()  # the synthetic dataset is generated on first use
+    barrier()
+    return datamodule
+
+
+def _score_folder(cfg: DictConfig, out_dir: Path, rank: int) -> dict[str, Any]:
+    run_config = read_checkpoint(cfg.ckpt)[0] if cfg.get("ckpt") and Path(cfg.ckpt).is_file() else None
+    datamodule = _datamodule(cfg, run_config, None, None)
+    kind = dataset_kind(datamodule, cfg.get("dataset"))
+    targets = eval_targets(kind, datamodule, cfg.get("split"))
+    if rank != 0:
+        return {}
+    metrics = score_predictions(
+        cfg.predictions,
+        targets[0].source,
+        kind,
+        max_frames=getattr(datamodule, "val_max_frames", None),
+        annotators=davis_annotators(datamodule),
+    )
+    record = {
+        **metrics,
+        "predictions": str(cfg.predictions),
+        "dataset": kind,
+        "source": targets[0].source.name,
+    }
+    write_json_atomic(out_dir / "metrics.json", record)
     return metrics
+
+
+def _evaluate_model(
+    cfg: DictConfig, out_dir: Path, rank: int, world: int, device: torch.device
+) -> dict[str, Any]:
+    model, run_config, tokenizer = load_model(cfg.ckpt, bool(cfg.get("hf_gamma_compat", False)))
+    if cfg.get("tokenizer"):
+        tokenizer = Path(cfg.tokenizer)
+    model.to(device)
+    datamodule = _datamodule(cfg, run_config, model, tokenizer)
+    kind = dataset_kind(datamodule, cfg.get("dataset"))
+    targets = eval_targets(kind, datamodule, cfg.get("split"))
+    from_checkpoint = "_target_" not in (cfg.get("data") or {})
+    chunk = chunk_size(cfg, kind, run_config, from_checkpoint)
+    has_masks = all(t.source.has_masks for t in targets)
+    submission = cfg.get("submission")
+    submission = (not has_masks) if submission is None else bool(submission)
+    if submission and kind == "davis":
+        raise ValueError(
+            "Ref-DAVIS17 has no submission server: it is scored locally (leave submission unset)"
+        )
+    if not submission and not has_masks:
+        raise ValueError(
+            f"{targets[0].source.name} has no public ground truth: it cannot be scored here; use submission=true"
+        )
+    collate = datamodule.collate
+    vocab = int(collate.tokenizer.vocab_size)
+    if vocab > int(model.config.beit3["vocab_size"]):
+        raise ValueError(
+            f"the tokenizer ({datamodule.tokenizer_path}) produces ids up to {vocab - 1}, but the model's BEiT-3 "
+            f"vocabulary has {model.config.beit3['vocab_size']} entries"
+        )
+    max_frames = getattr(datamodule, "val_max_frames", None)
+    staging = StagingArea(out_dir / "staging")
+    if rank == 0:
+        check_manifest(
+            out_dir / "staging.json",
+            {
+                "checkpoint": str(Path(cfg.ckpt).resolve()),
+                "dataset": kind,
+                "sources": [t.source.name for t in targets],
+                "chunk_size": chunk,
+                "max_frames": max_frames,
+                "mask_format": MASK_FORMATS[kind],
+            },
+        )
+    barrier()
+    log.info(
+        "predicting %s on %s (chunk %s, %d process(es)) into %s",
+        [t.source.name for t in targets],
+        device,
+        chunk,
+        world,
+        staging.root,
+    )
+    predict_to_staging(
+        model_predictor(model, device, chunk),
+        targets,
+        staging,
+        MASK_FORMATS[kind],
+        transform=datamodule.eval_transform(),
+        collate=collate,
+        max_frames=max_frames,
+        num_workers=int(getattr(datamodule, "num_workers", 0)),
+        rank=rank,
+        world=world,
+    )
+    barrier()
+    if rank != 0:
+        return {}
+    staging.remove_partials()
+    if submission:
+        return {"submission": str(write_submission_zip(out_dir / "submission.zip", staging, targets, kind))}
+    metrics = score_predictions(
+        staging.root, targets[0].source, kind, max_frames=max_frames, annotators=davis_annotators(datamodule)
+    )
+    sources = [t.source.name for t in targets]
+    record = {
+        **metrics,
+        "checkpoint": str(cfg.ckpt),
+        "dataset": kind,
+        "sources": sources,
+        "chunk_size": chunk,
+    }
+    write_json_atomic(out_dir / "metrics.json", record)
+    return metrics
+
+
+def final_line(result: dict[str, Any]) -> str | None:
+    """What a run prints last: the zip's path, or ``j=<v> f=<v> jf=<v>`` (None on non-main processes)."""
+    if "submission" in result:
+        return str(result["submission"])
+    if "jf" in result:
+        return f"j={result['j']:.4f} f={result['f']:.4f} jf={result['jf']:.4f}"
+    return None
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    metrics = run(cfg)
-    print(f"j={metrics['j']:.4f} f={metrics['f']:.4f} jf={metrics['jf']:.4f}", flush=True)
+    result = run(cfg)
+    line = final_line(result)
+    if line is not None:
+        if "annotators" in result:
+            for name, scores in result["annotators"].items():
+                log.info("%s: j=%.4f f=%.4f jf=%.4f", name, scores["j"], scores["f"], scores["jf"])
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -201,7 +201,8 @@ def score_expressions(
             than its frame (naming it).
     """
     _require_masks(source)
-    metric = JFMetric(bound_th=bound_th)
+    # one process scores the whole folder: no synchronisation with other ranks
+    metric = JFMetric(bound_th=bound_th, sync_on_compute=False)
     sizes: dict[str, tuple[int, int]] = {}
     with PredictionFiles(pred, strip_annotations=True) as files:
         for expr in source.expressions:
@@ -379,11 +380,13 @@ def score_predictions(
     *,
     max_frames: int | None = None,
     bound_th: float = DEFAULT_BOUND_TH,
+    annotators: Iterable[int] = range(NUM_DAVIS_ANNOTATORS),
 ) -> dict[str, Any]:
     """Scores a folder (or zip) of PNGs against ``source``: :func:`score_expressions` for ``layout`` ``"ytvos"``
-    and ``"mevis"``, :func:`score_davis` for ``"davis"``. Returns at least ``{"j", "f", "jf"}``."""
+    and ``"mevis"``, :func:`score_davis` (over ``annotators``) for ``"davis"``. Returns at least
+    ``{"j", "f", "jf"}``."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if layout == "davis":
-        return score_davis(pred, source, max_frames=max_frames, bound_th=bound_th)
+        return score_davis(pred, source, annotators=annotators, max_frames=max_frames, bound_th=bound_th)
     return score_expressions(pred, source, max_frames=max_frames, bound_th=bound_th)

@@ -4,7 +4,8 @@ Original: ``datasets/transforms_video.py`` (train) and the torchvision pipelines
 
 Training pipeline of one clip, with ONE set of random draws for the whole clip:
 
-1. horizontal flip (p = ``hflip_p``), swapping "left"/"right" in the caption;
+1. horizontal flip (p = ``hflip_p``, with albumentations on the whole clip), swapping "left"/"right" in the
+   caption;
 2. SSD photometric distortion (brightness, contrast before or after the HSV stage, saturation, hue, channel
    permutation; each p = 0.5), values clipped to [0, 255];
 3. both views from the augmented frames: bilinear resize to ``sam_size``² and ``beit_size``² (aspect ratio not
@@ -35,6 +36,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import albumentations as A
 import cv2
 import numpy as np
 import torch
@@ -67,6 +69,10 @@ _CHANNEL_PERMS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 
 
 # "left"/"right" as whole words, also in the compounds of referring expressions ("leftmost", "right-hand" is
 # already two words). deviation: the original replaces substrings, turning "bright" into "bleft".
+# The geometric augmentation, applied to all frames and masks of a clip at once (albumentations' `images` /
+# `masks` targets share one set of parameters); the draw itself is made by ClipTransform.sample.
+_CLIP_HFLIP = A.Compose([A.HorizontalFlip(p=1.0)])
+
 _FLIP_RE = re.compile(r"\b(left|right)(most|ward|wards|hand|handed|side)?\b", re.IGNORECASE)
 
 
@@ -277,8 +283,13 @@ class ClipTransform:
         if masks is not None and masks.shape != frames.shape[:3]:
             raise ValueError(f"masks {tuple(masks.shape)} do not match frames {tuple(frames.shape)}")
         if aug.hflip:
-            frames = frames[:, :, ::-1]
-            masks = masks[:, :, ::-1] if masks is not None else None
+            # one albumentations call on the whole clip: the same flip for every frame and mask
+            targets = (
+                {"images": frames} if masks is None else {"images": frames, "masks": masks.view(np.uint8)}
+            )
+            flipped = _CLIP_HFLIP(**targets)
+            frames = flipped["images"]
+            masks = flipped["masks"].astype(bool) if masks is not None else None
             caption = caption_flip(caption)
         if aug.photometric is not None:
             frames = photometric_distort(frames, aug.photometric)

@@ -132,6 +132,43 @@ def test_ytvos_valid_writes_the_submission_zip_and_resumes(released: Path, tmp_p
     assert zip_path.read_bytes() == first
 
 
+def test_interrupted_eval_finishes_with_the_same_zip(released: Path, tmp_path: Path, monkeypatch) -> None:
+    root = write_ytvos_dataset(
+        tmp_path / "ytvos",
+        "valid",
+        YTVOS_VIDEOS,
+        annotations=False,
+        obj_ids_in_json=False,
+        test_videos=("vt",),
+    )
+    clean = eval_entry.run(_cfg(tmp_path / "clean", f"ckpt={released}", "data=ytvos", f"data.root={root}"))
+    real = eval_entry.model_predictor
+    calls = []
+
+    def crashing(*args, **kwargs):
+        predict = real(*args, **kwargs)
+
+        def wrapped(batch):
+            if len(calls) == 2:  # video va (2 expressions) is done, vb not
+                raise KeyboardInterrupt
+            calls.append(batch["meta"][0]["video"])
+            return predict(batch)
+
+        return wrapped
+
+    cfg = _cfg(tmp_path / "b", f"ckpt={released}", "data=ytvos", f"data.root={root}")
+    monkeypatch.setattr(eval_entry, "model_predictor", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        eval_entry.run(cfg)
+    run_dir = tmp_path / "b" / "run"
+    assert calls == ["va", "va"] and not (run_dir / "submission.zip").exists()
+    assert sorted(p.name for p in (run_dir / "staging").iterdir()) == ["va"]
+    monkeypatch.setattr(eval_entry, "model_predictor", real)
+    result = eval_entry.run(cfg)
+    assert Path(result["submission"]).read_bytes() == Path(clean["submission"]).read_bytes()
+    assert not [p for p in run_dir.rglob("*") if p.name.endswith((".tmp", ".partial"))]
+
+
 def test_mevis_valid_u_scores_and_valid_writes_a_root_level_zip(released: Path, tmp_path: Path) -> None:
     root = write_mevis_dataset(tmp_path / "mevis", "valid_u", MEVIS_VIDEOS)
     write_mevis_dataset(root, "valid", MEVIS_VIDEOS, masks=False)

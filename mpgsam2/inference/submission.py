@@ -332,7 +332,7 @@ def predict_to_staging(
     plan: list[tuple[Unit, EvalTarget, list[int], int]] = []  # (unit, target, expression indices, offset)
     offset = 0
     for target in targets:
-        dataset = ReferringVideoEvalDataset(target.source, transform, max_frames)
+        dataset = ReferringVideoEvalDataset(_FramesOnly(target.source), transform, max_frames)
         plan.extend((unit, target, indices, offset) for unit, indices in target.units())
         datasets.append(dataset)
         offset += len(dataset)
@@ -404,12 +404,28 @@ def _write_unit(
         for name, frame in zip(frame_names, values):
             _save_png(exp_dir / f"{name}.png", frame)
     if merger is not None:
+        # files are named by frame name; the original uses %05d of the index, the same names for DAVIS
         for name, frame in zip(frame_names, merger.result()):
             _save_png(tmp / f"{name}.png", frame, palette)
     staging.commit(unit)
 
 
+class _FramesOnly:
+    """A source seen without its masks: inference needs the frames only (no ground truth is decoded)."""
+
+    def __init__(self, source: ReferringVideoSource) -> None:
+        self.name = source.name
+        self.expressions = source.expressions
+        self.has_masks = False
+        self.read_frames = source.read_frames
+
+    def read_masks(self, expression: ExpressionRecord, indices: Sequence[int]) -> np.ndarray:
+        raise AssertionError("inference does not read masks")
+
+
 def _palette_label(source: ReferringVideoSource, expr: ExpressionRecord) -> int:
+    # The original writes the object's position in the expression order + 1, which is its obj_id for the
+    # converter's ids 1..N; the unsupervised evaluation matches objects to the ground truth either way.
     if len(expr.obj_ids) != 1 or not 1 <= expr.obj_ids[0] <= 255:
         raise DatasetError(
             f"{_expressions_file(source)}: video {expr.video.video_id!r}, expression {expr.exp_id!r}: a palette "

@@ -37,9 +37,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mpgsam2.data import (
     MeViSSource,
     RefDAVISSource,
-    ReferringVideoSource,
     RefYTVOSSource,
-    swap_captions_within_video,
+    SwappedCaptionSource,
 )
 from mpgsam2.inference.scoring import score_predictions
 from mpgsam2.inference.submission import (
@@ -147,26 +146,6 @@ def dataset_kind(datamodule: Any, kind: str | None) -> str:
     return "mevis" if "mevis" in name else "davis" if "davis" in name else "ytvos"
 
 
-class _SwappedSource:
-    """A source whose expressions carry the caption of another object of the same video (``swap_expressions``)."""
-
-    def __init__(self, source: ReferringVideoSource, seed: int) -> None:
-        self._source = source
-        self.name = f"{source.name}+swapped"
-        self.has_masks = source.has_masks
-        self.expressions = swap_captions_within_video(source.expressions, seed=seed)
-        if hasattr(source, "expressions_file"):
-            self.expressions_file = source.expressions_file
-        if hasattr(source, "read_object_masks"):
-            self.read_object_masks = source.read_object_masks
-
-    def read_frames(self, video, indices):  # noqa: ANN001, ANN201 - the protocol's signature
-        return self._source.read_frames(video, indices)
-
-    def read_masks(self, expression, indices):  # noqa: ANN001, ANN201
-        return self._source.read_masks(expression, indices)
-
-
 def davis_annotators(datamodule: Any) -> list[int]:
     """The Ref-DAVIS17 annotator sets to evaluate: all four (the protocol), or the data config's ``annotator``."""
     annotator = getattr(datamodule, "annotator", None)
@@ -193,7 +172,7 @@ def eval_targets(kind: str, datamodule: Any, split: str | None) -> list[EvalTarg
         raise ValueError(f"split={split!r}: {type(datamodule).__name__} has no `root`; leave split unset")
     if getattr(datamodule, "swap_expressions", False):
         seed = int(getattr(datamodule, "seed", 0))
-        targets = [EvalTarget(_SwappedSource(t.source, seed), t.folder) for t in targets]
+        targets = [EvalTarget(SwappedCaptionSource(t.source, seed), t.folder) for t in targets]
     return targets
 
 

@@ -65,7 +65,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if cfg.train:
             trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
             final = output_dir / "checkpoints" / "final.ckpt"
-            trainer.save_checkpoint(final)
+            trainer.save_checkpoint(final, weights_only=False)  # full state: resumable with ckpt_path=
             log.info("final checkpoint: %s", final)
         if cfg.validate and not trainer.fast_dev_run:
             # the reported number comes from the evaluation protocol's path, one expression at a time (as

@@ -24,6 +24,7 @@ from mpgsam2.data import (
     ReferringVideoEvalDataset,
     ReferringVideoSource,
 )
+from mpgsam2.data.sources import SwappedCaptionSource
 from mpgsam2.text.tokenizer import Beit3Tokenizer
 
 __all__ = ["ReferringVideoDataModule", "ShardSampler"]
@@ -154,7 +155,7 @@ class ReferringVideoDataModule(L.LightningDataModule):
         if stage in (None, "fit", "validate", "test", "predict") and self.val_dataset is None:
             source = self.val_source()
             if self.swap_expressions:
-                source = _SwappedSource(source, seed=self.seed)
+                source = SwappedCaptionSource(source, seed=self.seed)
             self.val_dataset = ReferringVideoEvalDataset(source, self.eval_transform(), self.val_max_frames)
 
     def train_dataloader(self) -> DataLoader:
@@ -185,21 +186,3 @@ class ReferringVideoDataModule(L.LightningDataModule):
         assert self.train_dataset is not None
         _, world = _rank_and_world()
         return math.floor(len(self.train_dataset) // world / self.batch_size)
-
-
-class _SwappedSource:
-    """A source whose expressions carry the caption of another object of the same video."""
-
-    def __init__(self, source: ReferringVideoSource, seed: int) -> None:
-        from mpgsam2.data import swap_captions_within_video
-
-        self._source = source
-        self.name = f"{source.name}+swapped"
-        self.has_masks = source.has_masks
-        self.expressions = swap_captions_within_video(source.expressions, seed=seed)
-
-    def read_frames(self, video, indices):  # noqa: ANN001, ANN201 - the protocol's signature
-        return self._source.read_frames(video, indices)
-
-    def read_masks(self, expression, indices):  # noqa: ANN001, ANN201
-        return self._source.read_masks(expression, indices)

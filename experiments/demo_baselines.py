@@ -30,7 +30,9 @@ def main() -> None:
         indices = list(range(expr.video.num_frames))
         target = torch.from_numpy(source.read_masks(expr, indices))
         empty.update(torch.zeros_like(target), target)
-        objects = {o for e in source.expressions if e.video.video_id == expr.video.video_id for o in e.obj_ids}
+        objects = {
+            o for e in source.expressions if e.video.video_id == expr.video.video_id for o in e.obj_ids
+        }
         everything = np.zeros(tuple(target.shape), dtype=bool)
         for obj in objects:
             other = expr.__class__(expr.video, expr.exp_id, expr.caption, (obj,))

@@ -66,7 +66,7 @@ def build_model(
             ``settings`` after ``overrides`` (a dict, so an experiment can change one key without restating
             the size's list).
         weights: ``{"mpgsam2": path, "beit3": path, "sam2": path}``, each optional. ``mpgsam2`` (a full model:
-            our export or a released MPG-SAM 2 checkpoint) excludes the other two, which are the original's
+            a train.py ``.ckpt``, our export or a released MPG-SAM 2 checkpoint) excludes the other two, which are the original's
             training start (official BEiT-3 ``.pth`` and SAM 2 ``.pt``). Loading is strict: see
             ``mpgsam2.weights``.
         hf_gamma_compat: passed to the MPG-SAM 2 converter (see ``mpgsam2.weights.convert_mpgsam2``).
@@ -96,6 +96,21 @@ def build_model(
     return model
 
 
+def _load_lightning_checkpoint(model: MPGSAM2, path: Path) -> object:
+    import torch
+
+    from mpgsam2.weights import CheckpointError, load_into
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or unsafe files
+        raise CheckpointError(f"{path}: not a loadable checkpoint (weights_only=True): {err}") from err
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: a .ckpt must be a Lightning checkpoint written by train.py")
+    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    return load_into(model, state, source=str(path))
+
+
 def _yaml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -115,6 +130,10 @@ def _load_weights(model: MPGSAM2, weights: dict[str, str | None], hf_gamma_compa
         raise ConfigError("model.weights.mpgsam2 is a full model: leave model.weights.beit3/sam2 empty")
     from mpgsam2.weights import load_checkpoint
 
+    if "mpgsam2" in given and given["mpgsam2"].suffix == ".ckpt":
+        # a train.py (Lightning) checkpoint, e.g. the RefCOCO stage that initialises the video stages
+        logger.info("%s", _load_lightning_checkpoint(model, given["mpgsam2"]))
+        return
     for kind in _WEIGHT_KINDS:  # full model first; BEiT-3 and SAM 2 fill disjoint parts
         if kind in given:
             fmt = "auto" if kind == "mpgsam2" else kind

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,3 +115,20 @@ def test_tokenizer_larger_than_the_vocabulary_is_refused():
     system._trainer = _Trainer()  # what Lightning sets before setup()
     with pytest.raises(ValueError, match="big.model"):
         system.setup("fit")
+
+
+def test_build_model_starts_from_a_train_checkpoint(tmp_path):
+    from omegaconf import OmegaConf
+
+    from mpgsam2.build import build_model
+
+    conf = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf/model/beit3/tiny.yaml"))
+    sam2 = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf/model/sam2/tiny.yaml"))
+    torch.manual_seed(0)
+    source = build_model(conf, sam2)
+    path = tmp_path / "stage1.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}}, path)
+    torch.manual_seed(1)
+    loaded = build_model(conf, sam2, weights={"mpgsam2": str(path)})
+    for (name, a), b in zip(source.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name

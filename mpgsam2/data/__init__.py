@@ -16,6 +16,7 @@ from mpgsam2.data.records import (
 from mpgsam2.data.sampling import sample_clip_indices
 from mpgsam2.data.sources import (
     ReferringVideoSource,
+    SwappedCaptionSource,
     image_size,
     load_json,
     read_palette_mask,
@@ -34,6 +35,7 @@ __all__ = [
     "ReferringCollate",
     "ReferringVideoEvalDataset",
     "ReferringVideoSource",
+    "SwappedCaptionSource",
     "VideoRecord",
     "caption_flip",
     "image_size",

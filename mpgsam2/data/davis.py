@@ -34,8 +34,8 @@ import numpy as np
 from PIL import Image
 
 from mpgsam2.data.errors import DatasetError
-from mpgsam2.data.records import ExpressionRecord, VideoRecord, validate_path_component, validate_video_id
-from mpgsam2.data.sources import image_size, load_json, read_palette_mask, read_rgb_frames
+from mpgsam2.data.records import ExpressionRecord, VideoRecord, validate_path_component
+from mpgsam2.data.sources import image_size, load_json, parse_video_entry, read_palette_mask, read_rgb_frames
 
 __all__ = ["DAVIS_ANNOTATORS", "DAVIS_SPLITS", "NUM_DAVIS_ANNOTATORS", "RefDAVISSource", "davis_annotator"]
 
@@ -140,28 +140,8 @@ class RefDAVISSource:
 
     def _parse_video(self, vid: str, entry: object) -> tuple[VideoRecord, list[ExpressionRecord]]:
         src = self.expressions_file
-        validate_video_id(vid, src)
-        if not isinstance(entry, dict):
-            raise DatasetError(f"{src}: video {vid!r}: expected an object, found {type(entry).__name__}")
-        frames = entry.get("frames")
-        if not isinstance(frames, list) or not frames:
-            raise DatasetError(
-                f"{src}: video {vid!r}: 'frames' must be a non-empty list of frame names, found {frames!r:.80}"
-            )
-        for name in frames:
-            validate_path_component(name, f"video {vid!r}: frame name", src)
-        if len(set(frames)) != len(frames):
-            raise DatasetError(f"{src}: video {vid!r}: 'frames' lists a frame twice")
-        names = tuple(sorted(frames))  # parity: ReferFormer's datasets/davis.py (zero-padded: temporal order)
-        video = VideoRecord(
-            video_id=vid,
-            frame_names=names,
-            frame_paths=tuple(self.frames_dir / vid / f"{n}.jpg" for n in names),
-        )
-
-        expressions = entry.get("expressions")
-        if not isinstance(expressions, dict):
-            raise DatasetError(f"{src}: video {vid!r}: missing 'expressions' object")
+        # parity: ReferFormer's datasets/davis.py sorts the names (zero-padded: temporal order)
+        video, expressions = parse_video_entry(src, vid, entry, self.frames_dir, sort_frames=True)
         records = []
         seen: dict[tuple[int, int], str] = {}  # (annotator, object) -> expression id
         for exp_id, exp in expressions.items():

@@ -18,7 +18,12 @@ import numpy as np
 from PIL import Image
 
 from mpgsam2.data.errors import DatasetError
-from mpgsam2.data.records import ExpressionRecord, VideoRecord
+from mpgsam2.data.records import (
+    ExpressionRecord,
+    VideoRecord,
+    validate_path_component,
+    validate_video_id,
+)
 
 __all__ = [
     "ReferringVideoSource",
@@ -195,3 +200,64 @@ def read_palette_mask(path: str | Path, expected_size: tuple[int, int] | None) -
             f"{expected_size[1]}x{expected_size[0]}"
         )
     return ids.astype(np.uint8, copy=False)
+
+
+def parse_video_entry(
+    expressions_file: Path, video_id: str, entry: object, frames_dir: Path, sort_frames: bool
+) -> tuple[VideoRecord, dict[str, object]]:
+    """Check one video of a ``meta_expressions.json`` (``{"frames": [...], "expressions": {...}}``, the layout
+    shared by Ref-YouTube-VOS, MeViS and the Ref-DAVIS17 conversion).
+
+    Args:
+        expressions_file: the json, named in errors. video_id: its key. entry: its value.
+        frames_dir: ``.../JPEGImages``; frame ``n`` of the video is ``frames_dir/video_id/n.jpg``.
+        sort_frames: order the frames by name (else keep the json order).
+
+    Returns:
+        The video and its raw ``expressions`` object.
+
+    Raises:
+        DatasetError: an unsafe id or frame name, a missing or empty frame list, a repeated frame, no expressions.
+    """
+    src = expressions_file
+    validate_video_id(video_id, src)
+    if not isinstance(entry, dict):
+        raise DatasetError(f"{src}: video {video_id!r}: expected an object, found {type(entry).__name__}")
+    frames = entry.get("frames")
+    if not isinstance(frames, list) or not frames:
+        raise DatasetError(
+            f"{src}: video {video_id!r}: 'frames' must be a non-empty list of frame names, found {frames!r:.80}"
+        )
+    for name in frames:
+        validate_path_component(name, f"video {video_id!r}: frame name", src)
+    if len(set(frames)) != len(frames):
+        raise DatasetError(f"{src}: video {video_id!r}: 'frames' lists a frame twice")
+    names = tuple(sorted(frames)) if sort_frames else tuple(frames)
+    video = VideoRecord(
+        video_id=video_id,
+        frame_names=names,
+        frame_paths=tuple(frames_dir / video_id / f"{n}.jpg" for n in names),
+    )
+    expressions = entry.get("expressions")
+    if not isinstance(expressions, dict):
+        raise DatasetError(f"{src}: video {video_id!r}: missing 'expressions' object")
+    return video, expressions
+
+
+class SwappedCaptionSource:
+    """A source whose expressions carry the caption of an expression of ANOTHER object of the same video (see
+    :func:`~mpgsam2.data.records.swap_captions_within_video`); frames, masks and every other attribute come from
+    the wrapped source. Scoring a model on it checks that the model reads the sentence: J&F should collapse.
+    """
+
+    def __init__(self, source: ReferringVideoSource, seed: int = 0) -> None:
+        from mpgsam2.data.records import swap_captions_within_video
+
+        self.source = source
+        self.name = f"{source.name}+swapped"
+        self.has_masks = source.has_masks
+        self.expressions = swap_captions_within_video(source.expressions, seed=seed)
+
+    def __getattr__(self, name: str) -> object:
+        # only reached for attributes not set above: read_frames, read_masks, expressions_file, ...
+        return getattr(self.source, name)

@@ -126,6 +126,10 @@ class LoadReport:
             f"{len(self.expected_unexpected)} expected unexpected"
         )
 
+    def __str__(self) -> str:
+        # logs get the one-line summary; the full lists stay on the object (and in errors)
+        return self.summary()
+
     def error_message(self, target: str) -> str:
         """Multi-line description of the undeclared gaps, as raised in :class:`CheckpointError`."""
         parts = [

@@ -40,6 +40,7 @@ from mpgsam2.data import (
     RefYTVOSSource,
     SwappedCaptionSource,
 )
+from mpgsam2.inference.images import evaluate_images
 from mpgsam2.inference.scoring import score_predictions
 from mpgsam2.inference.submission import (
     DATASET_KINDS,
@@ -143,6 +144,8 @@ def dataset_kind(datamodule: Any, kind: str | None) -> str:
             raise ValueError(f"dataset={kind!r}: expected one of {DATASET_KINDS}")
         return kind
     name = type(datamodule).__name__.lower()
+    if "refcoco" in name:
+        return "refcoco"
     return "mevis" if "mevis" in name else "davis" if "davis" in name else "ytvos"
 
 
@@ -275,6 +278,10 @@ def _score_folder(cfg: DictConfig, out_dir: Path, rank: int) -> dict[str, Any]:
     run_config = read_checkpoint(cfg.ckpt)[0] if cfg.get("ckpt") and Path(cfg.ckpt).is_file() else None
     datamodule = _datamodule(cfg, run_config, None, None)
     kind = dataset_kind(datamodule, cfg.get("dataset"))
+    if kind == "refcoco":
+        raise ValueError(
+            "predictions= scores video layouts (ytvos, mevis, davis); RefCOCO is scored with ckpt="
+        )
     targets = eval_targets(kind, datamodule, cfg.get("split"))
     if rank != 0:
         return {}
@@ -304,6 +311,8 @@ def _evaluate_model(
     model.to(device)
     datamodule = _datamodule(cfg, run_config, model, tokenizer)
     kind = dataset_kind(datamodule, cfg.get("dataset"))
+    if kind == "refcoco":
+        return _evaluate_images(cfg, datamodule, model, out_dir, rank, device)
     targets = eval_targets(kind, datamodule, cfg.get("split"))
     from_checkpoint = "_target_" not in (cfg.get("data") or {})
     chunk = chunk_size(cfg, kind, run_config, from_checkpoint)
@@ -378,6 +387,22 @@ def _evaluate_model(
         "chunk_size": chunk,
     }
     write_json_atomic(out_dir / "metrics.json", record)
+    return metrics
+
+
+def _evaluate_images(
+    cfg: DictConfig, datamodule: Any, model: MPGSAM2, out_dir: Path, rank: int, device: torch.device
+) -> dict[str, Any]:
+    """RefCOCO/+/g validation (no submission server): mIoU, cIoU and J&F on the main process."""
+    if rank != 0:
+        return {}
+    if cfg.get("split"):
+        datamodule.val_split = str(cfg.split)
+    datamodule.setup("validate")
+    metrics = evaluate_images(model.eval(), datamodule.val_dataloader(), device)
+    record = {**metrics, "checkpoint": str(cfg.ckpt), "dataset": "refcoco"}
+    write_json_atomic(out_dir / "metrics.json", record)
+    log.info("mIoU=%.4f cIoU=%.4f over %d samples", metrics["miou"], metrics["ciou"], metrics["num_samples"])
     return metrics
 
 

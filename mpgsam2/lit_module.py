@@ -121,10 +121,8 @@ class RVOSLitModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: Mapping[str, Any]) -> Tensor:
-        """Mask logits (B, T, 1, S, S) for a collated clip batch."""
-        return self.model(
-            batch["sam_frames"], batch["beit_frames"], batch["text_ids"], batch["text_padding_mask"]
-        ).pred_masks
+        """Mask logits (B, T, 1, S, S) for a collated clip (or image) batch."""
+        return self._clip_logits(batch)[0]
 
     def _num_valid(self, valid: Tensor) -> Tensor:
         # parity: the original divides by the valid-frame count averaged over processes (spec §2.5)
@@ -136,8 +134,10 @@ class RVOSLitModule(L.LightningModule):
         return count.clamp(min=1)
 
     def _clip_logits(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
-        """Mask logits (B, T, 1, S, S), sentence scores (B, T) and prior logits (B, T, G, G); image batches (RefCOCO, ``image_batch``) go
-        through the model's batched image path (spec §1.7) with T = 1."""
+        """Mask logits (B, T, 1, S, S), sentence scores (B, T) and prior logits (B, T, G, G).
+
+        Image batches (RefCOCO, ``image_batch``) go through the model's batched image path (spec §1.7), T = 1.
+        """
         if batch.get("image_batch"):
             out = self.model.forward_images(
                 batch["sam_frames"][:, 0],

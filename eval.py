@@ -140,8 +140,8 @@ def dataset_kind(datamodule: Any, kind: str | None) -> str:
     """``kind`` if given, else inferred from the data module's class name (unknown ones are read like
     Ref-YouTube-VOS: nested per-expression PNGs)."""
     if kind is not None:
-        if kind not in DATASET_KINDS:
-            raise ValueError(f"dataset={kind!r}: expected one of {DATASET_KINDS}")
+        if kind not in (*DATASET_KINDS, "refcoco"):
+            raise ValueError(f"dataset={kind!r}: expected one of {(*DATASET_KINDS, 'refcoco')}")
         return kind
     name = type(datamodule).__name__.lower()
     if "refcoco" in name:

@@ -47,6 +47,7 @@ from torch.utils.data import Dataset
 
 from mpgsam2.data.collate import ReferringCollate
 from mpgsam2.data.errors import DatasetError
+from mpgsam2.data.indexing import ResamplingDataset, make_item
 from mpgsam2.data.records import validate_path_component
 from mpgsam2.data.sources import load_json, read_rgb_frames
 from mpgsam2.data.transforms import ClipTransform
@@ -442,7 +443,7 @@ def _meta(source: RefCOCOSource, sample: RefCOCOSample) -> dict[str, object]:
     }
 
 
-class ReferringImageDataset(Dataset):
+class ReferringImageDataset(ResamplingDataset):
     """Training items of one or more RefCOCO sources, concatenated (stage 1: refcoco + refcoco+ + refcocog).
 
     Item ``i`` is sample ``i`` of the concatenation (sources in the given order). Augmentation (spec §2.4,
@@ -468,6 +469,9 @@ class ReferringImageDataset(Dataset):
     exp_id, frame_names, frame_indices).
     """
 
+    _rng_tag = "image"
+    _unit = "samples"
+
     def __init__(
         self,
         sources: Sequence[RefCOCOSource],
@@ -479,50 +483,23 @@ class ReferringImageDataset(Dataset):
             raise ValueError("ReferringImageDataset needs at least one source")
         self.sources = list(sources)
         self.transform = transform
-        self.seed = seed
-        self.max_resample = max_resample
-        self.epoch = 0
-        self._ends = np.cumsum(np.asarray([len(s) for s in self.sources], dtype=np.int64))
-        self._len = int(self._ends[-1])
-
-    def __len__(self) -> int:
-        return self._len
-
-    def set_epoch(self, epoch: int) -> None:
-        """Selects the epoch's random draws."""
-        self.epoch = epoch
+        self._init_index([len(s) for s in self.sources], seed, max_resample)
 
     def locate(self, index: int) -> tuple[RefCOCOSource, RefCOCOSample]:
         """The source and sample of item ``index``."""
-        if not 0 <= index < self._len:
-            raise IndexError(f"index {index} out of range for {self._len} samples")
-        k = int(np.searchsorted(self._ends, index, side="right"))
-        start = int(self._ends[k - 1]) if k else 0
-        return self.sources[k], self.sources[k].sample(index - start)
+        k, offset = self._position(index)
+        return self.sources[k], self.sources[k].sample(offset)
 
-    def __getitem__(self, index: int) -> Item:
-        if index < 0:
-            index += self._len
-        if not 0 <= index < self._len:
-            raise IndexError(f"index {index} out of range for {self._len} samples")
-        rng = random.Random(f"image/{self.seed}/{self.epoch}/{index}")
-        np_rng = np.random.default_rng(rng.getrandbits(64))
-        attempt_index = index
-        for attempt in range(self.max_resample + 1):
-            last = attempt == self.max_resample
-            source, sample = self.locate(attempt_index)
-            mask = source.read_mask(sample)
-            if mask.any() or last:
-                item = self._make_item(source, sample, mask, np_rng)
-                if bool(item["valid"].any()):  # type: ignore[union-attr]
-                    return item
-            attempt_index = rng.randrange(self._len)
+    def _draw(self, index: int, rng: random.Random) -> tuple[tuple[RefCOCOSource, RefCOCOSample], np.ndarray]:
+        source, sample = self.locate(index)
+        return (source, sample), source.read_mask(sample)
+
+    def _warn_exhausted(self, index: int) -> None:
         log.warning(
             "no sample with a non-empty target in %d attempts from item %d; using the last one (valid False)",
             self.max_resample + 1,
             index,
         )
-        return item
 
     def _make_item(
         self, source: RefCOCOSource, sample: RefCOCOSample, mask: np.ndarray, np_rng: np.random.Generator
@@ -532,14 +509,7 @@ class ReferringImageDataset(Dataset):
             image[None], mask[None], normalize_caption(sample.caption), rng=np_rng
         )
         assert target is not None
-        return {
-            "sam_frames": sam,
-            "beit_frames": beit,
-            "masks": target,
-            "valid": target.flatten(1).any(1),
-            "caption": caption,
-            "meta": _meta(source, sample),
-        }
+        return make_item(sam, beit, target, caption, _meta(source, sample))
 
 
 class ReferringImageEvalDataset(Dataset):
@@ -581,15 +551,9 @@ class ReferringImageEvalDataset(Dataset):
         image = self.source.read_image(sample)
         sam, beit, target, caption_out = self.transform(image[None], mask[None], sample.caption)
         assert target is not None
-        return {
-            "sam_frames": sam,
-            "beit_frames": beit,
-            "masks": target,
-            "valid": target.flatten(1).any(1),
-            "caption": caption_out,
-            "meta": _meta(self.source, sample),
-            "orig_masks": torch.from_numpy(mask[None].copy()),
-        }
+        item = make_item(sam, beit, target, caption_out, _meta(self.source, sample))
+        item["orig_masks"] = torch.from_numpy(mask[None].copy())
+        return item
 
 
 class ReferringImageCollate(ReferringCollate):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mpgsam2.data.indexing import ResamplingDataset, make_item
 from mpgsam2.data.records import ExpressionRecord
 from mpgsam2.data.sampling import sample_clip_indices
 from mpgsam2.data.sources import ReferringVideoSource
@@ -44,7 +45,7 @@ def _meta(expr: ExpressionRecord, indices: list[int], orig_size: tuple[int, int]
     }
 
 
-class ReferringClipDataset(Dataset):
+class ReferringClipDataset(ResamplingDataset):
     """Training clips of a referring-video source.
 
     Item ``i`` is the anchor ``k * num_frames`` of one expression (expressions in source order, anchors in
@@ -76,6 +77,9 @@ class ReferringClipDataset(Dataset):
         left/right swapped if flipped); meta: dict(video, exp_id, frame_names, frame_indices, orig_size=(H, W)).
     """
 
+    _rng_tag = "clip"
+    _unit = "clips"
+
     def __init__(
         self,
         source: ReferringVideoSource,
@@ -91,56 +95,26 @@ class ReferringClipDataset(Dataset):
         self.source = source
         self.num_frames = num_frames
         self.transform = transform
-        self.seed = seed
-        self.max_resample = max_resample
-        self.epoch = 0
         clips_per_expr = [math.ceil(e.video.num_frames / num_frames) for e in source.expressions]
-        # _ends[k] = number of items of expressions 0..k; item i belongs to the first k with _ends[k] > i.
-        self._ends = np.cumsum(np.asarray(clips_per_expr, dtype=np.int64))
-        self._len = int(self._ends[-1]) if len(self._ends) else 0
-
-    def __len__(self) -> int:
-        return self._len
-
-    def set_epoch(self, epoch: int) -> None:
-        """Selects the epoch's random draws (see the class docstring)."""
-        self.epoch = epoch
+        self._init_index(clips_per_expr, seed, max_resample)
 
     def locate(self, index: int) -> tuple[ExpressionRecord, int]:
         """The expression and anchor frame of item ``index``."""
-        if not 0 <= index < self._len:
-            raise IndexError(f"index {index} out of range for {self._len} clips")
-        k = int(np.searchsorted(self._ends, index, side="right"))
-        start = int(self._ends[k - 1]) if k else 0
-        return self.source.expressions[k], (index - start) * self.num_frames
+        k, offset = self._position(index)
+        return self.source.expressions[k], offset * self.num_frames
 
-    def __getitem__(self, index: int) -> Item:
-        if index < 0:
-            index += self._len
-        if not 0 <= index < self._len:
-            raise IndexError(f"index {index} out of range for {self._len} clips")
-        # A string seed is hashed with SHA-512 by `random`: stable across processes, runs and platforms.
-        rng = random.Random(f"clip/{self.seed}/{self.epoch}/{index}")
-        np_rng = np.random.default_rng(rng.getrandbits(64))
-        attempt_index = index
-        for attempt in range(self.max_resample + 1):
-            last = attempt == self.max_resample
-            expr, anchor = self.locate(attempt_index)
-            indices = sample_clip_indices(anchor, expr.video.num_frames, self.num_frames, rng)
-            masks = self.source.read_masks(expr, indices)
-            # An empty clip is rejected before its frames are decoded and augmented (unless it is the last try).
-            if masks.any() or last:
-                item = self._make_item(expr, indices, masks, np_rng)
-                if bool(item["valid"].any()):  # type: ignore[union-attr]
-                    return item
-            attempt_index = rng.randrange(self._len)
+    def _draw(self, index: int, rng: random.Random) -> tuple[tuple[ExpressionRecord, list[int]], np.ndarray]:
+        expr, anchor = self.locate(index)
+        indices = sample_clip_indices(anchor, expr.video.num_frames, self.num_frames, rng)
+        return (expr, indices), self.source.read_masks(expr, indices)
+
+    def _warn_exhausted(self, index: int) -> None:
         log.warning(
             "%s: no clip with a visible object in %d attempts from item %d; using the last one (valid all False)",
             self.source.name,
             self.max_resample + 1,
             index,
         )
-        return item
 
     def _make_item(
         self, expr: ExpressionRecord, indices: list[int], masks: np.ndarray, np_rng: np.random.Generator
@@ -151,14 +125,7 @@ class ReferringClipDataset(Dataset):
             frames, masks, normalize_caption(expr.caption), rng=np_rng
         )
         assert target is not None
-        return {
-            "sam_frames": sam,
-            "beit_frames": beit,
-            "masks": target,
-            "valid": target.flatten(1).any(1),
-            "caption": caption,
-            "meta": _meta(expr, indices, orig_size),
-        }
+        return make_item(sam, beit, target, caption, _meta(expr, indices, orig_size))
 
 
 class ReferringVideoEvalDataset(Dataset):

@@ -102,6 +102,7 @@ def test_mevis_union_masks_and_absent_frames(root: Path) -> None:
 
 def test_mevis_mask_dict_is_read_lazily_once(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mpgsam2.data.mevis as mevis
+    import mpgsam2.data.sources as sources
 
     mask_file = _mask_file(root)
     good = mask_file.read_text()
@@ -112,8 +113,9 @@ def test_mevis_mask_dict_is_read_lazily_once(root: Path, monkeypatch: pytest.Mon
     mask_file.write_text(good)
 
     calls = []
-    real = mevis.load_json
-    monkeypatch.setattr(mevis, "load_json", lambda p, w: calls.append(Path(p).name) or real(p, w))
+    real = sources.load_json
+    for module in (mevis, sources):  # the expressions file is read through sources.load_videos_json
+        monkeypatch.setattr(module, "load_json", lambda p, w: calls.append(Path(p).name) or real(p, w))
     src = MeViSSource(root, "train")
     assert calls == ["meta_expressions.json"]
     src.read_masks(src.expressions[0], [0])

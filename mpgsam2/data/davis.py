@@ -35,7 +35,13 @@ from PIL import Image
 
 from mpgsam2.data.errors import DatasetError
 from mpgsam2.data.records import ExpressionRecord, VideoRecord, validate_path_component
-from mpgsam2.data.sources import image_size, load_json, parse_video_entry, read_palette_mask, read_rgb_frames
+from mpgsam2.data.sources import (
+    PaletteMaskSource,
+    load_videos_json,
+    parse_expression_entry,
+    parse_obj_id,
+    parse_video_entry,
+)
 
 __all__ = ["DAVIS_ANNOTATORS", "DAVIS_SPLITS", "NUM_DAVIS_ANNOTATORS", "RefDAVISSource", "davis_annotator"]
 
@@ -62,7 +68,7 @@ def davis_annotator(exp_id: str) -> int:
     return int(exp_id) % NUM_DAVIS_ANNOTATORS
 
 
-class RefDAVISSource:
+class RefDAVISSource(PaletteMaskSource):
     """A Ref-DAVIS17 split as a :class:`~mpgsam2.data.sources.ReferringVideoSource`.
 
     Args:
@@ -87,6 +93,9 @@ class RefDAVISSource:
             an unsafe video id, expression id or frame name, or a frame listed twice.
     """
 
+    _objects_word = "object"
+    _appear_word = "appears"
+
     def __init__(self, root: str | Path, split: str = "valid", annotator: int | None = None) -> None:
         if split not in DAVIS_SPLITS:
             raise ValueError(f"Ref-DAVIS17 split must be one of {DAVIS_SPLITS}, got {split!r}")
@@ -102,12 +111,7 @@ class RefDAVISSource:
         self.frames_dir = self.root / split / "JPEGImages"
         self.annotations_dir = self.root / split / "Annotations"
 
-        data = load_json(self.expressions_file, "Ref-DAVIS17 expressions file")
-        videos_json = data.get("videos")
-        if not isinstance(videos_json, dict):
-            raise DatasetError(
-                f"{self.expressions_file}: missing the top-level 'videos' object (found keys {sorted(data)[:5]})"
-            )
+        videos_json = load_videos_json(self.expressions_file, "Ref-DAVIS17 expressions file")
         self.videos: list[VideoRecord] = []
         self.expressions: list[ExpressionRecord] = []
         for vid, entry in videos_json.items():
@@ -117,14 +121,10 @@ class RefDAVISSource:
                 e for e in expressions if annotator is None or self.annotator_of(e) == annotator
             )
         self.has_masks = self.annotations_dir.is_dir()
-        # video id -> object ids present in any of its annotations (filled lazily, see _check_objects_exist).
         self._present_ids: dict[str, frozenset[int]] = {}
 
-    def __repr__(self) -> str:
-        return (
-            f"RefDAVISSource(root={str(self.root)!r}, split={self.split!r}, annotator={self.annotator}, "
-            f"videos={len(self.videos)}, expressions={len(self.expressions)}, has_masks={self.has_masks})"
-        )
+    def _repr_extra(self) -> str:
+        return f"annotator={self.annotator}, "
 
     @staticmethod
     def annotator_of(expression: ExpressionRecord) -> int:
@@ -154,14 +154,11 @@ class RefDAVISSource:
                     f"{where}: expression ids must be integer strings ('0', '1', ...): expression i belongs to "
                     "annotator set i % 4"
                 ) from None
-            if not isinstance(exp, dict):
-                raise DatasetError(f"{where}: expected an object, found {type(exp).__name__}")
-            caption = exp.get("exp")
-            if not isinstance(caption, str):
-                raise DatasetError(f"{where}: missing the sentence 'exp' (a string), found {caption!r}")
+            exp, caption = parse_expression_entry(exp, where)
             if "obj_id" not in exp:
                 raise DatasetError(f"{where}: missing 'obj_id'")
-            obj_id = _parse_obj_id(exp["obj_id"], where)
+            # the converter writes the ids as strings ("1"); plain integers are accepted too
+            obj_id = parse_obj_id(exp["obj_id"], where)
             other = seen.setdefault((annotator, obj_id), exp_id)
             if other != exp_id:
                 raise DatasetError(
@@ -173,14 +170,6 @@ class RefDAVISSource:
 
     # ----------------------------------------------------------------------------------------------- reading
 
-    def read_frames(self, video: VideoRecord, indices: Sequence[int]) -> np.ndarray:
-        """Frames ``indices`` of ``video``: uint8 (t, H, W, 3) RGB (DatasetError naming a bad file)."""
-        return read_rgb_frames([video.frame_paths[i] for i in indices])
-
-    def mask_path(self, video: VideoRecord, index: int) -> Path:
-        """The annotation PNG of frame ``index`` of ``video``."""
-        return self.annotations_dir / video.video_id / f"{video.frame_names[index]}.png"
-
     def read_object_masks(self, video: VideoRecord, indices: Sequence[int]) -> np.ndarray:
         """All objects of frames ``indices``: uint8 (t, H, W) palette indices (0 = background), each annotation
         checked to be a palette PNG of its frame's size (the ground truth of the DAVIS-2017 evaluation).
@@ -189,8 +178,7 @@ class RefDAVISSource:
             DatasetError: the split has no annotations (naming the folder), or a bad annotation (naming it).
         """
         self._require_masks()
-        ids = [read_palette_mask(self.mask_path(video, i), image_size(video.frame_paths[i])) for i in indices]
-        return np.stack(ids) if ids else np.zeros((0, 0, 0), dtype=np.uint8)
+        return self._read_object_ids(video, indices)
 
     def read_masks(self, expression: ExpressionRecord, indices: Sequence[int]) -> np.ndarray:
         """The expression's object in frames ``indices``: bool (t, H, W).
@@ -224,32 +212,3 @@ class RefDAVISSource:
             raise DatasetError(
                 f"{self.annotations_dir}: folder not found; split {self.split!r} has no masks to read"
             )
-
-    def _check_objects_exist(self, expression: ExpressionRecord) -> None:
-        video = expression.video
-        present = self._present_ids.get(video.video_id)
-        if present is None:
-            found: set[int] = set()
-            for i in range(video.num_frames):
-                found.update(np.unique(read_palette_mask(self.mask_path(video, i), None)).tolist())
-            present = frozenset(found - {0})
-            self._present_ids[video.video_id] = present
-        if not present.intersection(expression.obj_ids):
-            raise DatasetError(
-                f"{self.annotations_dir / video.video_id}: object {list(expression.obj_ids)} of expression "
-                f"{expression.exp_id!r} (video {video.video_id!r}, {self.expressions_file}) appears in none of the "
-                f"video's {video.num_frames} annotations (object ids found: {sorted(present)})"
-            )
-
-
-def _parse_obj_id(value: object, where: str) -> int:
-    # The converter writes the ids as strings ("1"); plain integers are accepted too.
-    if isinstance(value, int) and not isinstance(value, bool):
-        obj_id = value
-    elif isinstance(value, str) and _INT_RE.fullmatch(value):
-        obj_id = int(value)
-    else:
-        raise DatasetError(f"{where}: 'obj_id' must be an integer string such as \"1\", found {value!r}")
-    if not 1 <= obj_id <= 255:
-        raise DatasetError(f"{where}: 'obj_id' {obj_id} is outside the palette's object range 1..255")
-    return obj_id

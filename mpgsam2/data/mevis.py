@@ -34,7 +34,14 @@ from pycocotools import mask as coco_mask
 
 from mpgsam2.data.errors import DatasetError
 from mpgsam2.data.records import ExpressionRecord, VideoRecord, validate_path_component
-from mpgsam2.data.sources import image_size, load_json, parse_video_entry, read_rgb_frames
+from mpgsam2.data.sources import (
+    JsonVideoSource,
+    image_size,
+    load_json,
+    load_videos_json,
+    parse_expression_entry,
+    parse_video_entry,
+)
 
 __all__ = ["MEVIS_SPLITS", "MeViSSource", "rle_counts"]
 
@@ -61,7 +68,7 @@ class _AnnoRLE:
         return len(self.sizes)
 
 
-class MeViSSource:
+class MeViSSource(JsonVideoSource):
     """A MeViS split as a :class:`~mpgsam2.data.sources.ReferringVideoSource`.
 
     Args:
@@ -97,12 +104,7 @@ class MeViSSource:
         self.frames_dir = split_dir / "JPEGImages"
         self.has_masks = split in _SPLITS_WITH_MASKS
 
-        data = load_json(self.expressions_file, "MeViS expressions file")
-        videos_json = data.get("videos")
-        if not isinstance(videos_json, dict):
-            raise DatasetError(
-                f"{self.expressions_file}: missing the top-level 'videos' object (found keys {sorted(data)[:5]})"
-            )
+        videos_json = load_videos_json(self.expressions_file, "MeViS expressions file")
         video_ids = list(videos_json)
         if split != "train":
             video_ids.sort()  # parity: inference_mevis.py iterates sorted(videos)
@@ -121,12 +123,6 @@ class MeViSSource:
             )
         self._masks: dict[str, _AnnoRLE] | None = None
 
-    def __repr__(self) -> str:
-        return (
-            f"MeViSSource(root={str(self.root)!r}, split={self.split!r}, videos={len(self.videos)}, "
-            f"expressions={len(self.expressions)}, has_masks={self.has_masks})"
-        )
-
     # ----------------------------------------------------------------------------------------------- parsing
 
     def _parse_video(self, vid: str, entry: object) -> tuple[VideoRecord, list[ExpressionRecord]]:
@@ -139,11 +135,7 @@ class MeViSSource:
         for exp_id, exp in expressions.items():
             where = f"{src}: video {vid!r}, expression {exp_id!r}"
             validate_path_component(exp_id, f"video {vid!r}: expression id", src)
-            if not isinstance(exp, dict):
-                raise DatasetError(f"{where}: expected an object, found {type(exp).__name__}")
-            caption = exp.get("exp")
-            if not isinstance(caption, str):
-                raise DatasetError(f"{where}: missing the sentence 'exp' (a string), found {caption!r}")
+            exp, caption = parse_expression_entry(exp, where)
             obj_ids: tuple[int, ...] = ()
             if self.has_masks:
                 keys, obj_ids = _parse_anno_ids(exp.get("anno_id"), where)
@@ -189,10 +181,6 @@ class MeViSSource:
                         f"{self.expressions_file}"
                     )
         self._masks = masks
-
-    def read_frames(self, video: VideoRecord, indices: Sequence[int]) -> np.ndarray:
-        """Frames ``indices`` of ``video``: uint8 (t, H, W, 3) RGB (DatasetError naming a bad file)."""
-        return read_rgb_frames([video.frame_paths[i] for i in indices])
 
     def anno_keys(self, expression: ExpressionRecord) -> tuple[str, ...]:
         """The ``mask_dict.json`` keys of the expression's objects."""

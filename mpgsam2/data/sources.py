@@ -10,6 +10,7 @@ All readers raise :class:`~mpgsam2.data.errors.DatasetError` with the offending 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -32,6 +33,8 @@ __all__ = [
     "read_palette_mask",
     "read_rgb_frames",
 ]
+
+_INT_RE = re.compile(r"[0-9]+")
 
 # PIL's errors for unreadable files: OSError (missing, truncated "image file is truncated", decoder errors,
 # UnidentifiedImageError), SyntaxError / ValueError (corrupt PNG chunks), DecompressionBombError (huge images).
@@ -242,6 +245,121 @@ def parse_video_entry(
     if not isinstance(expressions, dict):
         raise DatasetError(f"{src}: video {video_id!r}: missing 'expressions' object")
     return video, expressions
+
+
+def load_videos_json(path: Path, what: str) -> dict[str, object]:
+    """The top-level ``videos`` object of a ``meta_expressions.json`` (``what`` names the file in messages).
+
+    Raises:
+        DatasetError: see :func:`load_json`; or the file has no ``videos`` object.
+    """
+    data = load_json(path, what)
+    videos = data.get("videos")
+    if not isinstance(videos, dict):
+        raise DatasetError(f"{path}: missing the top-level 'videos' object (found keys {sorted(data)[:5]})")
+    return videos
+
+
+def parse_expression_entry(exp: object, where: str) -> tuple[dict[str, object], str]:
+    """Check one expression of a ``meta_expressions.json`` video: an object with the sentence ``"exp"``.
+
+    Args:
+        exp: the json value. where: ``"<json>: video ..., expression ..."`` for messages.
+
+    Returns:
+        The expression object and its sentence.
+
+    Raises:
+        DatasetError: ``exp`` is not an object or has no string ``"exp"``.
+    """
+    if not isinstance(exp, dict):
+        raise DatasetError(f"{where}: expected an object, found {type(exp).__name__}")
+    caption = exp.get("exp")
+    if not isinstance(caption, str):
+        raise DatasetError(f"{where}: missing the sentence 'exp' (a string), found {caption!r}")
+    return exp, caption
+
+
+def parse_obj_id(value: object, where: str) -> int:
+    """A palette object id (1..255) from a json ``obj_id``: an integer string such as ``"1"`` (the released
+    Ref-YouTube-VOS and the Ref-DAVIS17 conversion) or a plain integer."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        obj_id = value
+    elif isinstance(value, str) and _INT_RE.fullmatch(value):
+        obj_id = int(value)
+    else:
+        raise DatasetError(f"{where}: 'obj_id' must be an integer string such as \"1\", found {value!r}")
+    if not 1 <= obj_id <= 255:
+        raise DatasetError(f"{where}: 'obj_id' {obj_id} is outside the palette's object range 1..255")
+    return obj_id
+
+
+class JsonVideoSource:
+    """What the ``meta_expressions.json`` readers (Ref-YouTube-VOS, MeViS, Ref-DAVIS17) share: ``__repr__`` and
+    :meth:`read_frames`. Subclasses set ``root``, ``split``, ``videos``, ``expressions`` and ``has_masks``."""
+
+    root: Path
+    split: str
+    videos: list[VideoRecord]
+    expressions: list[ExpressionRecord]
+    has_masks: bool
+
+    def _repr_extra(self) -> str:
+        """``"key=value, "`` fields shown after the split in ``repr``."""
+        return ""
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, {self._repr_extra()}"
+            f"videos={len(self.videos)}, expressions={len(self.expressions)}, has_masks={self.has_masks})"
+        )
+
+    def read_frames(self, video: VideoRecord, indices: Sequence[int]) -> np.ndarray:
+        """Frames ``indices`` of ``video``: uint8 (t, H, W, 3) RGB (DatasetError naming a bad file)."""
+        return read_rgb_frames([video.frame_paths[i] for i in indices])
+
+
+class PaletteMaskSource(JsonVideoSource):
+    """A :class:`JsonVideoSource` whose ground truth is one palette PNG per frame,
+    ``annotations_dir/<video id>/<frame name>.png`` (Ref-YouTube-VOS, Ref-DAVIS17).
+
+    Subclasses also set ``annotations_dir``, ``expressions_file`` and ``_present_ids = {}``; the class attributes
+    ``_objects_word`` / ``_appear_word`` word the error of :meth:`_check_objects_exist`.
+    """
+
+    annotations_dir: Path
+    expressions_file: Path
+    # video id -> object ids present in any of its annotations (filled lazily, see _check_objects_exist).
+    _present_ids: dict[str, frozenset[int]]
+    _objects_word = "object id(s)"
+    _appear_word = "appear"
+
+    def mask_path(self, video: VideoRecord, index: int) -> Path:
+        """The annotation PNG of frame ``index`` of ``video``."""
+        return self.annotations_dir / video.video_id / f"{video.frame_names[index]}.png"
+
+    def _read_object_ids(self, video: VideoRecord, indices: Sequence[int]) -> np.ndarray:
+        """uint8 (t, H, W) palette indices of frames ``indices``, each checked against its frame's size."""
+        ids = [read_palette_mask(self.mask_path(video, i), image_size(video.frame_paths[i])) for i in indices]
+        return np.stack(ids) if ids else np.zeros((0, 0, 0), dtype=np.uint8)
+
+    def _check_objects_exist(self, expression: ExpressionRecord) -> None:
+        """Raises when none of the expression's objects is in any annotation of its video (read once, cached)."""
+        video = expression.video
+        present = self._present_ids.get(video.video_id)
+        if present is None:
+            found: set[int] = set()
+            for i in range(video.num_frames):
+                found.update(np.unique(read_palette_mask(self.mask_path(video, i), None)).tolist())
+            present = frozenset(found - {0})
+            self._present_ids[video.video_id] = present
+        if not present.intersection(expression.obj_ids):
+            raise DatasetError(
+                f"{self.annotations_dir / video.video_id}: {self._objects_word} {list(expression.obj_ids)} of "
+                f"expression {expression.exp_id!r} (video {video.video_id!r}, {self.expressions_file}) "
+                f"{self._appear_word} in none of the video's {video.num_frames} annotations (object ids found: "
+                f"{sorted(present)})"
+            )
 
 
 class SwappedCaptionSource:

@@ -18,7 +18,6 @@ they are read.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,17 +25,22 @@ import numpy as np
 
 from mpgsam2.data.errors import DatasetError
 from mpgsam2.data.records import ExpressionRecord, VideoRecord, validate_path_component
-from mpgsam2.data.sources import image_size, load_json, parse_video_entry, read_palette_mask, read_rgb_frames
+from mpgsam2.data.sources import (
+    PaletteMaskSource,
+    load_videos_json,
+    parse_expression_entry,
+    parse_obj_id,
+    parse_video_entry,
+)
 
 __all__ = ["RefYTVOSSource"]
 
 log = logging.getLogger(__name__)
 
 _SPLITS = ("train", "valid")
-_INT_RE = re.compile(r"[0-9]+")
 
 
-class RefYTVOSSource:
+class RefYTVOSSource(PaletteMaskSource):
     """A Ref-YouTube-VOS split as a :class:`~mpgsam2.data.sources.ReferringVideoSource`.
 
     Args:
@@ -93,14 +97,7 @@ class RefYTVOSSource:
             self.videos.append(video)
             self.expressions.extend(expressions)
         self.has_masks = self.annotations_dir.is_dir() and all(e.obj_ids for e in self.expressions)
-        # video id -> object ids present in any of its annotations (filled lazily, see _check_objects_exist).
         self._present_ids: dict[str, frozenset[int]] = {}
-
-    def __repr__(self) -> str:
-        return (
-            f"RefYTVOSSource(root={str(self.root)!r}, split={self.split!r}, videos={len(self.videos)}, "
-            f"expressions={len(self.expressions)}, has_masks={self.has_masks})"
-        )
 
     # ----------------------------------------------------------------------------------------------- parsing
 
@@ -112,13 +109,10 @@ class RefYTVOSSource:
         for exp_id, exp in expressions.items():
             where = f"{src}: video {vid!r}, expression {exp_id!r}"
             validate_path_component(exp_id, f"video {vid!r}: expression id", src)
-            if not isinstance(exp, dict):
-                raise DatasetError(f"{where}: expected an object, found {type(exp).__name__}")
-            caption = exp.get("exp")
-            if not isinstance(caption, str):
-                raise DatasetError(f"{where}: missing the sentence 'exp' (a string), found {caption!r}")
+            exp, caption = parse_expression_entry(exp, where)
             if "obj_id" in exp:
-                obj_ids: tuple[int, ...] = (_parse_obj_id(exp["obj_id"], where),)
+                # the release stores ids as strings ("1"); plain integers are accepted too
+                obj_ids: tuple[int, ...] = (parse_obj_id(exp["obj_id"], where),)
             elif self.split == "train":
                 raise DatasetError(f"{where}: missing 'obj_id' (required in the train split)")
             else:
@@ -127,14 +121,6 @@ class RefYTVOSSource:
         return video, records
 
     # ----------------------------------------------------------------------------------------------- reading
-
-    def read_frames(self, video: VideoRecord, indices: Sequence[int]) -> np.ndarray:
-        """Frames ``indices`` of ``video``: uint8 (t, H, W, 3) RGB (DatasetError naming a bad file)."""
-        return read_rgb_frames([video.frame_paths[i] for i in indices])
-
-    def mask_path(self, video: VideoRecord, index: int) -> Path:
-        """The annotation PNG of frame ``index`` of ``video``."""
-        return self.annotations_dir / video.video_id / f"{video.frame_names[index]}.png"
 
     def read_masks(self, expression: ExpressionRecord, indices: Sequence[int]) -> np.ndarray:
         """The expression's object in frames ``indices``: bool (t, H, W).
@@ -154,48 +140,11 @@ class RefYTVOSSource:
                 f"{self.annotations_dir}: split {self.split!r} has no usable annotations (folder missing, or "
                 f"{self.expressions_file} has no obj_id); masks cannot be read"
             )
-        masks = []
-        for i in indices:
-            ids = read_palette_mask(self.mask_path(video, i), image_size(video.frame_paths[i]))
-            masks.append(np.isin(ids, expression.obj_ids))
-        out = np.stack(masks) if masks else np.zeros((0, 0, 0), dtype=bool)
+        out = np.isin(self._read_object_ids(video, indices), expression.obj_ids)
         if not out.any():
             self._check_objects_exist(expression)
         return out
 
-    def _check_objects_exist(self, expression: ExpressionRecord) -> None:
-        video = expression.video
-        present = self._present_ids.get(video.video_id)
-        if present is None:
-            found: set[int] = set()
-            for i in range(video.num_frames):
-                found.update(np.unique(read_palette_mask(self.mask_path(video, i), None)).tolist())
-            present = frozenset(found - {0})
-            self._present_ids[video.video_id] = present
-        if not present.intersection(expression.obj_ids):
-            raise DatasetError(
-                f"{self.annotations_dir / video.video_id}: object id(s) {list(expression.obj_ids)} of expression "
-                f"{expression.exp_id!r} (video {video.video_id!r}, {self.expressions_file}) appear in none of the "
-                f"video's {video.num_frames} annotations (object ids found: {sorted(present)})"
-            )
-
 
 def _videos_of(path: Path) -> dict[str, object]:
-    data = load_json(path, "Ref-YouTube-VOS expressions file")
-    videos = data.get("videos")
-    if not isinstance(videos, dict):
-        raise DatasetError(f"{path}: missing the top-level 'videos' object (found keys {sorted(data)[:5]})")
-    return videos
-
-
-def _parse_obj_id(value: object, where: str) -> int:
-    # The release stores ids as strings ("1"); plain integers are accepted too.
-    if isinstance(value, int) and not isinstance(value, bool):
-        obj_id = value
-    elif isinstance(value, str) and _INT_RE.fullmatch(value):
-        obj_id = int(value)
-    else:
-        raise DatasetError(f"{where}: 'obj_id' must be an integer string such as \"1\", found {value!r}")
-    if not 1 <= obj_id <= 255:
-        raise DatasetError(f"{where}: 'obj_id' {obj_id} is outside the palette's object range 1..255")
-    return obj_id
+    return load_videos_json(path, "Ref-YouTube-VOS expressions file")

@@ -14,7 +14,7 @@ Masks are exactly those squares, so tests can compute the expected masks with :f
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +24,12 @@ __all__ = [
     "DEFAULT_FRAME_SIZE",
     "OBJECT_COLORS",
     "default_ytvos_videos",
+    "edit_json",
     "expected_mask",
     "frame_names",
     "object_box",
     "palette",
+    "synthetic_tokenizer",
     "write_ytvos_dataset",
 ]
 
@@ -107,6 +109,50 @@ def _frame(size: tuple[int, int], ids: np.ndarray, blue: int) -> np.ndarray:
     return img
 
 
+def _write_frames(
+    frames_dir: Path, names: list[str], spec: Mapping, b: int, frame_size: tuple[int, int]
+) -> list[np.ndarray]:
+    """Writes the JPEG frames of video number ``b`` (its ``spec`` as :func:`write_ytvos_dataset`) into
+    ``frames_dir``; returns each frame's object ids, uint8 (H, W) (0 = background)."""
+    size = tuple(spec.get("size", frame_size))
+    frames_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for t, name in enumerate(names):
+        ids = np.zeros(size, dtype=np.uint8)
+        for obj_id in spec.get("objects", {}):
+            ids[expected_mask(spec, obj_id, t, frame_size)] = obj_id
+        Image.fromarray(_frame(size, ids, 40 + 30 * b)).save(frames_dir / f"{name}.jpg", quality=95)
+        out.append(ids)
+    return out
+
+
+def _write_palette_pngs(folder: Path, names: list[str], ids: list[np.ndarray], colors: list[int]) -> None:
+    """One palette PNG per frame: pixel value = object id."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, frame_ids in zip(names, ids):
+        png = Image.fromarray(frame_ids)  # uint8 (H, W) -> mode "L"
+        png.putpalette(colors)  # -> mode "P", as the released annotations
+        png.save(folder / f"{name}.png")
+
+
+def edit_json(path: Path, edit: Callable[[dict], object]) -> Path:
+    """Rewrites a json file after ``edit(data)`` changed it in place; returns ``path``."""
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def synthetic_tokenizer(folder: Path) -> Path:
+    """A tokenizer model trained on a one-video synthetic dataset written under ``folder``."""
+    from mpgsam2.data.synthetic import SyntheticConfig, generate_synthetic_ytvos
+
+    syn = generate_synthetic_ytvos(
+        folder / "syn", SyntheticConfig(num_train_videos=1, num_valid_videos=1, num_frames=2)
+    )
+    return syn / "tokenizer.model"
+
+
 def write_ytvos_dataset(
     root: str | Path,
     split: str = "train",
@@ -140,20 +186,9 @@ def write_ytvos_dataset(
     meta: dict[str, dict] = {}
     for b, (vid, spec) in enumerate(videos.items()):
         names = list(spec["frames"]) if "frames" in spec else frame_names(spec.get("num_frames", 5))
-        size = tuple(spec.get("size", frame_size))
-        frames_dir = root / split / "JPEGImages" / vid
-        frames_dir.mkdir(parents=True, exist_ok=True)
+        ids = _write_frames(root / split / "JPEGImages" / vid, names, spec, b, frame_size)
         if annotations:
-            (root / split / "Annotations" / vid).mkdir(parents=True, exist_ok=True)
-        for t, name in enumerate(names):
-            ids = np.zeros(size, dtype=np.uint8)
-            for obj_id in spec.get("objects", {}):
-                ids[expected_mask(spec, obj_id, t, frame_size)] = obj_id
-            Image.fromarray(_frame(size, ids, 40 + 30 * b)).save(frames_dir / f"{name}.jpg", quality=95)
-            if annotations:
-                png = Image.fromarray(ids)  # uint8 (H, W) -> mode "L"
-                png.putpalette(palette())  # -> mode "P", as the released annotations
-                png.save(root / split / "Annotations" / vid / f"{name}.png")
+            _write_palette_pngs(root / split / "Annotations" / vid, names, ids, palette())
         expressions = {}
         for exp_id, (caption, obj_id) in spec.get("expressions", {}).items():
             expressions[exp_id] = (
@@ -417,22 +452,16 @@ def write_mevis_dataset(
     mask_dict: dict[str, list] = {}
     for b, (vid, spec) in enumerate(videos.items()):
         names = mevis_frame_names(spec.get("num_frames", 5))
-        size = tuple(spec.get("size", frame_size))
-        frames_dir = root / split / "JPEGImages" / vid
-        frames_dir.mkdir(parents=True, exist_ok=True)
+        _write_frames(root / split / "JPEGImages" / vid, names, spec, b, frame_size)
         for anno_id in spec.get("objects", {}):
             mask_dict[str(anno_id)] = []
-        for t, name in enumerate(names):
-            ids = np.zeros(size, dtype=np.uint8)
-            for anno_id in spec.get("objects", {}):
+            for t in range(len(names)):
                 m = expected_mask(spec, anno_id, t, frame_size)
-                ids[m] = anno_id
                 rle = None
                 if m.any():
                     rle = coco_mask.encode(np.asfortranarray(m.astype(np.uint8)))
                     rle = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
                 mask_dict[str(anno_id)].append(rle)
-            Image.fromarray(_frame(size, ids, 40 + 30 * b)).save(frames_dir / f"{name}.jpg", quality=95)
         expressions = {}
         for exp_id, (caption, anno_ids) in spec.get("expressions", {}).items():
             exp: dict[str, object] = {"exp": caption}
@@ -517,20 +546,9 @@ def write_davis_dataset(
     objects_meta: dict[str, dict] = {}
     for b, (vid, spec) in enumerate(videos.items()):
         names = mevis_frame_names(spec.get("num_frames", 5))
-        size = tuple(spec.get("size", frame_size))
-        frames_dir = root / split / "JPEGImages" / vid
-        frames_dir.mkdir(parents=True, exist_ok=True)
+        ids = _write_frames(root / split / "JPEGImages" / vid, names, spec, b, frame_size)
         if annotations:
-            (root / split / "Annotations" / vid).mkdir(parents=True, exist_ok=True)
-        for t, name in enumerate(names):
-            ids = np.zeros(size, dtype=np.uint8)
-            for obj_id in spec.get("objects", {}):
-                ids[expected_mask(spec, obj_id, t, frame_size)] = obj_id
-            Image.fromarray(_frame(size, ids, 40 + 30 * b)).save(frames_dir / f"{name}.jpg", quality=95)
-            if annotations:
-                png = Image.fromarray(ids)
-                png.putpalette(davis_palette())
-                png.save(root / split / "Annotations" / vid / f"{name}.png")
+            _write_palette_pngs(root / split / "Annotations" / vid, names, ids, davis_palette())
         expressions = {}
         for j, obj_id in enumerate(sorted(spec.get("expressions", {}))):
             for k, caption in enumerate(spec["expressions"][obj_id]):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +11,10 @@ import yaml
 from data_helpers import (
     davis_captions,
     default_davis_videos,
+    edit_json,
     expected_mask,
     mevis_frame_names,
+    synthetic_tokenizer,
     tiny_video_model,
     video_training_step,
     write_davis_dataset,
@@ -28,7 +29,7 @@ from mpgsam2.data import (
     ReferringVideoSource,
     davis_annotator,
 )
-from mpgsam2.data.synthetic import SyntheticConfig, davis_palette, generate_synthetic_ytvos
+from mpgsam2.data.synthetic import davis_palette
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -40,22 +41,11 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    syn = generate_synthetic_ytvos(
-        tmp_path_factory.mktemp("tok") / "syn",
-        SyntheticConfig(num_train_videos=1, num_valid_videos=1, num_frames=2),
-    )
-    return syn / "tokenizer.model"
+    return synthetic_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 def _json(root: Path, split: str = "valid") -> Path:
     return root / "meta_expressions" / split / "meta_expressions.json"
-
-
-def _edit(path: Path, edit) -> Path:
-    data = json.loads(path.read_text())
-    edit(data)
-    path.write_text(json.dumps(data))
-    return path
 
 
 # ------------------------------------------------------------------------------------------------ the reader
@@ -173,7 +163,7 @@ def _exps(d: dict, vid: str = "dv_a") -> dict:
     ],
 )
 def test_davis_bad_expressions_file_is_named(root: Path, edit, message: str) -> None:
-    path = _edit(_json(root), edit)
+    path = edit_json(_json(root), edit)
     with pytest.raises(DatasetError, match=message) as info:
         RefDAVISSource(root, "valid")
     assert str(info.value).startswith(str(path))
@@ -197,7 +187,7 @@ def test_davis_malformed_or_missing_json_is_named(root: Path) -> None:
 
 
 def test_davis_unknown_object_names_the_annotations_and_json(root: Path) -> None:
-    _edit(_json(root), lambda d: [_exps(d)[str(i)].update(obj_id="7") for i in range(4, 8)])
+    edit_json(_json(root), lambda d: [_exps(d)[str(i)].update(obj_id="7") for i in range(4, 8)])
     src = RefDAVISSource(root, "valid", annotator=1)
     expr = src.expressions[1]
     with pytest.raises(DatasetError) as info:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 
@@ -11,8 +10,10 @@ import pytest
 import torch
 from data_helpers import (
     default_mevis_videos,
+    edit_json,
     expected_union_mask,
     mevis_frame_names,
+    synthetic_tokenizer,
     tiny_video_model,
     video_training_step,
     write_mevis_dataset,
@@ -23,7 +24,6 @@ from pycocotools import mask as coco_mask
 from data_modules import MeViSDataModule
 from mpgsam2.data import DatasetError, MeViSSource, ReferringVideoSource
 from mpgsam2.data.mevis import _decode_rle, rle_counts
-from mpgsam2.data.synthetic import SyntheticConfig, generate_synthetic_ytvos
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -35,18 +35,7 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    syn = generate_synthetic_ytvos(
-        tmp_path_factory.mktemp("tok") / "syn",
-        SyntheticConfig(num_train_videos=1, num_valid_videos=1, num_frames=2),
-    )
-    return syn / "tokenizer.model"
-
-
-def _edit(path: Path, edit) -> Path:
-    data = json.loads(path.read_text())
-    edit(data)
-    path.write_text(json.dumps(data))
-    return path
+    return synthetic_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 def _expressions_file(root: Path, split: str = "train") -> Path:
@@ -154,9 +143,9 @@ def test_mevis_valid_videos_are_sorted(tmp_path: Path) -> None:
 
 def test_mevis_masks_index_the_json_frame_order(root: Path) -> None:
     # mask_dict lists follow the json's frames list; a reversed list reverses the frames and the masks together.
-    _edit(_expressions_file(root), lambda d: d["videos"]["mv_b"]["frames"].reverse())
+    edit_json(_expressions_file(root), lambda d: d["videos"]["mv_b"]["frames"].reverse())
     mask = _mask_file(root)
-    _edit(mask, lambda d: d["3"].reverse())
+    edit_json(mask, lambda d: d["3"].reverse())
     src = MeViSSource(root, "train")
     video = src.videos[1]
     assert video.frame_names == tuple(reversed(mevis_frame_names(4)))
@@ -219,7 +208,7 @@ def test_rle_counts_matches_pycocotools() -> None:
     ],
 )
 def test_mevis_bad_expressions_file_is_named(root: Path, edit, message: str) -> None:
-    path = _edit(_expressions_file(root), edit)
+    path = edit_json(_expressions_file(root), edit)
     with pytest.raises(DatasetError, match=message) as info:
         MeViSSource(root, "train")
     assert str(info.value).startswith(str(path))
@@ -248,18 +237,20 @@ def _mask_error(root: Path, exp=("mv_a", "0"), frames=(0, 1, 2)) -> str:
 
 
 def test_mevis_unknown_anno_id_names_mask_dict_and_expression(root: Path) -> None:
-    _edit(_expressions_file(root), lambda d: d["videos"]["mv_b"]["expressions"]["0"].update(anno_id=[3, 42]))
+    edit_json(
+        _expressions_file(root), lambda d: d["videos"]["mv_b"]["expressions"]["0"].update(anno_id=[3, 42])
+    )
     message = _mask_error(root, exp=("mv_a", "1"))  # any first read validates every expression
     assert "no annotation '42'" in message and "expression '0' of video 'mv_b'" in message
 
 
 def test_mevis_wrong_frame_count_is_named(root: Path) -> None:
-    _edit(_mask_file(root), lambda d: d["3"].append(None))
+    edit_json(_mask_file(root), lambda d: d["3"].append(None))
     assert "annotation '3' has 5 frame entries but video 'mv_b'" in _mask_error(root)
 
 
 def test_mevis_rle_of_another_size_is_named(root: Path) -> None:
-    _edit(_mask_file(root), lambda d: d["2"][2].update(size=[24, 33]))
+    edit_json(_mask_file(root), lambda d: d["2"][2].update(size=[24, 33]))
     message = _mask_error(root)
     assert "annotation '2', frame 2 (mv_a/00002): RLE size is 33x24 (WxH)" in message
     assert "00002.jpg is 32x24" in message
@@ -267,10 +258,10 @@ def test_mevis_rle_of_another_size_is_named(root: Path) -> None:
 
 def test_mevis_corrupt_rle_counts_are_named(root: Path) -> None:
     good = _mask_file(root).read_text()
-    _edit(_mask_file(root), lambda d: d["1"][1].update(counts=d["1"][1]["counts"] + "9"))
+    edit_json(_mask_file(root), lambda d: d["1"][1].update(counts=d["1"][1]["counts"] + "9"))
     assert "annotation '1', frame 1 (mv_a/00001): corrupt RLE counts: the runs cover" in _mask_error(root)
     _mask_file(root).write_text(good)
-    _edit(_mask_file(root), lambda d: d["1"][1].update(counts="ab cd"))
+    edit_json(_mask_file(root), lambda d: d["1"][1].update(counts="ab cd"))
     assert "corrupt RLE counts" in _mask_error(root)
 
 
@@ -284,7 +275,7 @@ def test_mevis_corrupt_rle_counts_are_named(root: Path) -> None:
     ],
 )
 def test_mevis_malformed_annotation_is_named(root: Path, value, message: str) -> None:
-    _edit(_mask_file(root), lambda d: d.update({"1": value}))
+    edit_json(_mask_file(root), lambda d: d.update({"1": value}))
     assert message in _mask_error(root)
 
 
@@ -299,7 +290,7 @@ def test_mevis_uncompressed_rle_is_accepted(root: Path) -> None:
             end += 1
         runs.append(end - start)
         start, value = end, 1 - value
-    _edit(_mask_file(root), lambda d: d["1"].__setitem__(0, {"size": [24, 32], "counts": runs}))
+    edit_json(_mask_file(root), lambda d: d["1"].__setitem__(0, {"size": [24, 32], "counts": runs}))
     src = MeViSSource(root, "train")
     assert np.array_equal(src.read_masks(_expr(src, "mv_a", "1"), [0])[0], m.astype(bool))
 

@@ -8,6 +8,7 @@ prints ``val/jf=<value>`` as the last line.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from mpgsam2.utils import parameter_counts, write_json_atomic
 
 log = logging.getLogger("train")
+
+# Lightning 2.6 on torch >= 2.13 warns about its own use of a deprecated torch pytree API at every fit
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def build_components(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -28,7 +29,7 @@ __all__ = ["RVOSLitModule", "build_param_groups"]
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_KEY = "mpgsam2"  # checkpoint["mpgsam2"] = {"config": resolved run config, "model_config": ...}
+CHECKPOINT_KEY = "mpgsam2"  # checkpoint["mpgsam2"] = {"config", "model_config", "tokenizer_path"}
 
 
 def build_param_groups(
@@ -107,11 +108,14 @@ class RVOSLitModule(L.LightningModule):
         self.param_group_specs = [dict(g) for g in param_groups]
         self.eval_chunk_size = eval_chunk_size
         self.run_config = run_config or {}
+        self.tokenizer_path: str | None = None  # the data module's, recorded in checkpoints for inference
         self.val_jf = JFMetric()
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         vocab = getattr(datamodule, "tokenizer_vocab_size", None)
+        if getattr(datamodule, "tokenizer_path", None):
+            self.tokenizer_path = str(Path(datamodule.tokenizer_path).resolve())
         model_vocab = int(self.model.config.beit3["vocab_size"])
         if vocab is not None and vocab > model_vocab:
             raise ValueError(
@@ -237,6 +241,7 @@ class RVOSLitModule(L.LightningModule):
         checkpoint[CHECKPOINT_KEY] = {
             "config": self.run_config,
             "model_config": _plain(self.model.config.to_dict()),
+            "tokenizer_path": self.tokenizer_path,
         }
 
 

@@ -336,3 +336,25 @@ def test_torchrun_shards_the_videos_and_prints_the_zip(released: Path, tmp_path:
     assert proc.stdout.strip().splitlines()[-1] == str(run_dir / "submission.zip")
     assert "rank 1/2: 1 of 2 units" in proc.stderr + proc.stdout + (run_dir / "eval.log").read_text()
     assert (run_dir / "submission.zip").read_bytes() == Path(single["submission"]).read_bytes()
+
+
+def test_mevis_valid_u_empty_predictions_score_the_frames_without_the_objects(tmp_path: Path) -> None:
+    root = write_mevis_dataset(tmp_path / "mevis", "valid_u", MEVIS_VIDEOS)
+    pred = tmp_path / "pred"
+    expected = []
+    for expr in MeViSSource(root, "valid_u").expressions:
+        spec = MEVIS_VIDEOS[expr.video.video_id]
+        folder = pred / expr.video.video_id / expr.exp_id
+        folder.mkdir(parents=True)
+        empty_frames = 0
+        for t, name in enumerate(expr.video.frame_names):
+            truth = expected_union_mask(spec, spec["expressions"][expr.exp_id][1], t)
+            empty_frames += not truth.any()  # an empty prediction scores J = F = 1 there, 0 elsewhere
+            Image.fromarray(np.zeros(truth.shape, np.uint8)).save(folder / f"{name}.png")
+        expected.append(empty_frames / expr.video.num_frames)
+    metrics = eval_entry.run(
+        _cfg(tmp_path, f"predictions={pred}", "data=mevis", f"data.root={root}", "split=valid_u")
+    )
+    assert 0 < np.mean(expected) < 1  # the tiny dataset has a frame where the referred objects are absent
+    for key in ("j", "f", "jf"):
+        assert metrics[key] == pytest.approx(np.mean(expected), abs=1e-12)

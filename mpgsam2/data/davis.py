@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from mpgsam2.data.errors import DatasetError
-from mpgsam2.data.records import ExpressionRecord, VideoRecord, validate_path_component
+from mpgsam2.data.records import ExpressionRecord, VideoRecord
 from mpgsam2.data.sources import (
     PaletteMaskSource,
     load_videos_json,
@@ -145,8 +145,7 @@ class RefDAVISSource(PaletteMaskSource):
         records = []
         seen: dict[tuple[int, int], str] = {}  # (annotator, object) -> expression id
         for exp_id, exp in expressions.items():
-            where = f"{src}: video {vid!r}, expression {exp_id!r}"
-            validate_path_component(exp_id, f"video {vid!r}: expression id", src)
+            exp, caption, where = parse_expression_entry(src, vid, exp_id, exp)
             try:
                 annotator = davis_annotator(exp_id)
             except ValueError:
@@ -154,7 +153,6 @@ class RefDAVISSource(PaletteMaskSource):
                     f"{where}: expression ids must be integer strings ('0', '1', ...): expression i belongs to "
                     "annotator set i % 4"
                 ) from None
-            exp, caption = parse_expression_entry(exp, where)
             if "obj_id" not in exp:
                 raise DatasetError(f"{where}: missing 'obj_id'")
             # the converter writes the ids as strings ("1"); plain integers are accepted too

@@ -33,7 +33,7 @@ import numpy as np
 from pycocotools import mask as coco_mask
 
 from mpgsam2.data.errors import DatasetError
-from mpgsam2.data.records import ExpressionRecord, VideoRecord, validate_path_component
+from mpgsam2.data.records import ExpressionRecord, VideoRecord
 from mpgsam2.data.sources import (
     JsonVideoSource,
     image_size,
@@ -133,9 +133,7 @@ class MeViSSource(JsonVideoSource):
         video, expressions = parse_video_entry(src, vid, entry, self.frames_dir, sort_frames=False)
         records = []
         for exp_id, exp in expressions.items():
-            where = f"{src}: video {vid!r}, expression {exp_id!r}"
-            validate_path_component(exp_id, f"video {vid!r}: expression id", src)
-            exp, caption = parse_expression_entry(exp, where)
+            exp, caption, where = parse_expression_entry(src, vid, exp_id, exp)
             obj_ids: tuple[int, ...] = ()
             if self.has_masks:
                 keys, obj_ids = _parse_anno_ids(exp.get("anno_id"), where)

@@ -260,24 +260,30 @@ def load_videos_json(path: Path, what: str) -> dict[str, object]:
     return videos
 
 
-def parse_expression_entry(exp: object, where: str) -> tuple[dict[str, object], str]:
-    """Check one expression of a ``meta_expressions.json`` video: an object with the sentence ``"exp"``.
+def parse_expression_entry(
+    expressions_file: Path, video_id: str, exp_id: object, exp: object
+) -> tuple[dict[str, object], str, str]:
+    """Check one expression of a ``meta_expressions.json`` video: a safe id, and an object with the sentence
+    ``"exp"``.
 
     Args:
-        exp: the json value. where: ``"<json>: video ..., expression ..."`` for messages.
+        expressions_file: the json, named in errors. video_id: the video. exp_id / exp: the expression's key and
+            value.
 
     Returns:
-        The expression object and its sentence.
+        The expression object, its sentence, and ``"<json>: video ..., expression ..."`` for further messages.
 
     Raises:
-        DatasetError: ``exp`` is not an object or has no string ``"exp"``.
+        DatasetError: an unsafe expression id, ``exp`` is not an object or has no string ``"exp"``.
     """
+    validate_path_component(exp_id, f"video {video_id!r}: expression id", expressions_file)
+    where = f"{expressions_file}: video {video_id!r}, expression {exp_id!r}"
     if not isinstance(exp, dict):
         raise DatasetError(f"{where}: expected an object, found {type(exp).__name__}")
     caption = exp.get("exp")
     if not isinstance(caption, str):
         raise DatasetError(f"{where}: missing the sentence 'exp' (a string), found {caption!r}")
-    return exp, caption
+    return exp, caption, where
 
 
 def parse_obj_id(value: object, where: str) -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from mpgsam2.data.errors import DatasetError
-from mpgsam2.data.records import ExpressionRecord, VideoRecord, validate_path_component
+from mpgsam2.data.records import ExpressionRecord, VideoRecord
 from mpgsam2.data.sources import (
     PaletteMaskSource,
     load_videos_json,
@@ -107,9 +107,7 @@ class RefYTVOSSource(PaletteMaskSource):
         video, expressions = parse_video_entry(src, vid, entry, self.frames_dir, sort_frames=True)
         records = []
         for exp_id, exp in expressions.items():
-            where = f"{src}: video {vid!r}, expression {exp_id!r}"
-            validate_path_component(exp_id, f"video {vid!r}: expression id", src)
-            exp, caption = parse_expression_entry(exp, where)
+            exp, caption, where = parse_expression_entry(src, vid, exp_id, exp)
             if "obj_id" in exp:
                 # the release stores ids as strings ("1"); plain integers are accepted too
                 obj_ids: tuple[int, ...] = (parse_obj_id(exp["obj_id"], where),)

@@ -207,6 +207,14 @@ def _corrupt_compressed_counts(data: dict) -> None:
     data["annotations"][2]["segmentation"]["counts"] = "}}}}"
 
 
+def _short_compressed_counts(data: dict) -> None:
+    data["annotations"][2]["segmentation"]["counts"] = "52"  # valid runs 5, 2: 7 of the image's pixels
+
+
+def _cut_compressed_counts(data: dict) -> None:
+    data["annotations"][2]["segmentation"]["counts"] = "5P"  # "P" asks for a further group that never comes
+
+
 def _odd_polygon(data: dict) -> None:
     data["annotations"][0]["segmentation"][0] = [1, 2, 3, 4, 5, 6, 7]
 
@@ -215,7 +223,9 @@ def _odd_polygon(data: dict) -> None:
     ("edit", "index", "message"),
     [
         (_bad_uncompressed_counts, 4, "add up to"),
-        (_corrupt_compressed_counts, 2, "cannot decode"),
+        (_corrupt_compressed_counts, 2, "cannot decode the compressed RLE: character '}'"),
+        (_short_compressed_counts, 2, "cannot decode the compressed RLE: its runs cover 7 pixels"),
+        (_cut_compressed_counts, 2, "cannot decode the compressed RLE: the string ends inside a run length"),
         (_odd_polygon, 0, "odd number"),
     ],
 )

@@ -48,6 +48,7 @@ from torch.utils.data import Dataset
 from mpgsam2.data.collate import ReferringCollate
 from mpgsam2.data.errors import DatasetError
 from mpgsam2.data.indexing import ResamplingDataset, make_item
+from mpgsam2.data.mevis import rle_counts
 from mpgsam2.data.records import validate_path_component
 from mpgsam2.data.sources import load_json, read_rgb_frames
 from mpgsam2.data.transforms import ClipTransform
@@ -124,28 +125,6 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _compressed_runs(data: bytes) -> list[int] | None:
-    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``), None if cut short."""
-    runs: list[int] = []
-    p, n = 0, len(data)
-    while p < n:
-        x, k, more = 0, 0, True
-        while more:
-            if p >= n:
-                return None
-            c = data[p] - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)
-        if len(runs) > 2:
-            x += runs[-2]
-        runs.append(x)
-    return runs
-
-
 def decode_segmentation(segmentation: object, height: int, width: int, where: str) -> np.ndarray:
     """Decodes one COCO ``segmentation`` to a bool (height, width) mask.
 
@@ -199,12 +178,16 @@ def decode_segmentation(segmentation: object, height: int, width: int, where: st
             rle = coco_mask.frPyObjects(segmentation, height, width)
         elif isinstance(counts, (str, bytes)):
             data = counts.encode() if isinstance(counts, str) else counts
-            runs = _compressed_runs(data)
-            # pycocotools accepts runs that stop short of the image (the rest silently becomes background)
-            if runs is None or min(runs, default=0) < 0 or sum(runs) != height * width:
-                total = "invalid" if runs is None or min(runs, default=0) < 0 else f"{sum(runs)} pixels"
+            # pycocotools trusts the string: runs that stop short of the image silently become background, and
+            # longer ones write past its buffer
+            try:
+                covered = int(rle_counts(data).sum())
+                problem = None if covered == height * width else f"its runs cover {covered} pixels"
+            except ValueError as err:
+                problem = str(err)
+            if problem is not None:
                 raise DatasetError(
-                    f"{where}: cannot decode the compressed RLE: its runs give {total}, the image has "
+                    f"{where}: cannot decode the compressed RLE: {problem}; the image has "
                     f"{height}x{width} = {height * width}"
                 )
             rle = {"size": [height, width], "counts": data}

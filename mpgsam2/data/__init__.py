@@ -5,13 +5,25 @@ See the data contract in the docstrings of :mod:`mpgsam2.data.records` (records)
 """
 
 from mpgsam2.data.collate import ReferringCollate
+from mpgsam2.data.davis import DAVIS_ANNOTATORS, NUM_DAVIS_ANNOTATORS, RefDAVISSource, davis_annotator
 from mpgsam2.data.errors import DatasetError
+from mpgsam2.data.mevis import MEVIS_SPLITS, MeViSSource
 from mpgsam2.data.records import (
     ExpressionRecord,
     VideoRecord,
     swap_captions_within_video,
     validate_path_component,
     validate_video_id,
+)
+from mpgsam2.data.refcoco import (
+    REFCOCO_SPLITS,
+    RefCOCOSample,
+    RefCOCOSource,
+    ReferringImageCollate,
+    ReferringImageDataset,
+    ReferringImageEvalDataset,
+    decode_segmentation,
+    swap_captions_within_image,
 )
 from mpgsam2.data.sampling import sample_clip_indices
 from mpgsam2.data.sources import (
@@ -27,63 +39,38 @@ from mpgsam2.data.video_dataset import ReferringClipDataset, ReferringVideoEvalD
 from mpgsam2.data.ytvos import RefYTVOSSource
 
 __all__ = [
+    "DAVIS_ANNOTATORS",
+    "MEVIS_SPLITS",
+    "NUM_DAVIS_ANNOTATORS",
+    "REFCOCO_SPLITS",
     "ClipTransform",
     "DatasetError",
     "ExpressionRecord",
+    "MeViSSource",
+    "RefCOCOSample",
+    "RefCOCOSource",
+    "RefDAVISSource",
     "RefYTVOSSource",
     "ReferringClipDataset",
     "ReferringCollate",
+    "ReferringImageCollate",
+    "ReferringImageDataset",
+    "ReferringImageEvalDataset",
     "ReferringVideoEvalDataset",
     "ReferringVideoSource",
     "SwappedCaptionSource",
     "VideoRecord",
     "caption_flip",
+    "davis_annotator",
+    "decode_segmentation",
     "image_size",
     "load_json",
     "normalize_caption",
     "read_palette_mask",
     "read_rgb_frames",
     "sample_clip_indices",
+    "swap_captions_within_image",
     "swap_captions_within_video",
     "validate_path_component",
     "validate_video_id",
-]
-
-from mpgsam2.data.refcoco import (  # noqa: E402 - appended section (RefCOCO family)
-    REFCOCO_SPLITS,
-    RefCOCOSample,
-    RefCOCOSource,
-    ReferringImageCollate,
-    ReferringImageDataset,
-    ReferringImageEvalDataset,
-    decode_segmentation,
-    swap_captions_within_image,
-)
-
-__all__ += [
-    "REFCOCO_SPLITS",
-    "RefCOCOSample",
-    "RefCOCOSource",
-    "ReferringImageCollate",
-    "ReferringImageDataset",
-    "ReferringImageEvalDataset",
-    "decode_segmentation",
-    "swap_captions_within_image",
-]
-
-from mpgsam2.data.davis import (  # noqa: E402 - appended section (Ref-DAVIS17)
-    DAVIS_ANNOTATORS,
-    NUM_DAVIS_ANNOTATORS,
-    RefDAVISSource,
-    davis_annotator,
-)
-from mpgsam2.data.mevis import MEVIS_SPLITS, MeViSSource  # noqa: E402 - appended section (MeViS)
-
-__all__ += [
-    "DAVIS_ANNOTATORS",
-    "MEVIS_SPLITS",
-    "NUM_DAVIS_ANNOTATORS",
-    "MeViSSource",
-    "RefDAVISSource",
-    "davis_annotator",
 ]

@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mpgsam2.data import (
     ClipTransform,
@@ -90,6 +90,9 @@ class ReferringVideoDataModule(L.LightningDataModule):
             Lightning module runs them as one batched clip, see ``RVOSLitModule.predict_batch``).
     """
 
+    # builds the loaders' collate_fn from the tokenizer (RefCOCO: the image-batch variant)
+    collate_class: type[ReferringCollate] = ReferringCollate
+
     def __init__(
         self,
         tokenizer_path: str,
@@ -118,8 +121,8 @@ class ReferringVideoDataModule(L.LightningDataModule):
         self.val_max_frames = val_max_frames
         self.swap_expressions = swap_expressions
         self.val_batch_size = val_batch_size
-        self.train_dataset: ReferringClipDataset | None = None
-        self.val_dataset: ReferringVideoEvalDataset | None = None
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
         self._collate: ReferringCollate | None = None
 
     # ------------------------------------------------------------------ to implement
@@ -129,11 +132,24 @@ class ReferringVideoDataModule(L.LightningDataModule):
     def val_source(self) -> ReferringVideoSource:
         raise NotImplementedError(f"{type(self).__name__} has no validation split")
 
+    def make_train_dataset(self) -> Dataset:
+        """The training set: clips of ``train_source()`` (spec §2.3-2.4)."""
+        return ReferringClipDataset(
+            self.train_source(), self.num_frames, self.train_transform(), seed=self.seed
+        )
+
+    def make_val_dataset(self) -> Dataset:
+        """The validation / prediction set: whole videos of ``val_source()`` (captions swapped on request)."""
+        source = self.val_source()
+        if self.swap_expressions:
+            source = SwappedCaptionSource(source, seed=self.seed)
+        return ReferringVideoEvalDataset(source, self.eval_transform(), self.val_max_frames)
+
     # ------------------------------------------------------------------ Lightning hooks
     @property
     def collate(self) -> ReferringCollate:
         if self._collate is None:
-            self._collate = ReferringCollate(Beit3Tokenizer(Path(self.tokenizer_path)))
+            self._collate = self.collate_class(Beit3Tokenizer(Path(self.tokenizer_path)))
         return self._collate
 
     @property
@@ -141,22 +157,19 @@ class ReferringVideoDataModule(L.LightningDataModule):
         """Ids the tokenizer can produce (the model's BEiT-3 vocabulary must be at least this)."""
         return int(self.collate.tokenizer.vocab_size)
 
+    def train_transform(self) -> ClipTransform:
+        return ClipTransform(
+            self.sam_size, self.beit_size, train=True, hflip_p=self.hflip_p, photometric=self.photometric
+        )
+
     def eval_transform(self) -> ClipTransform:
         return ClipTransform(self.sam_size, self.beit_size, train=False)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_dataset is None:
-            transform = ClipTransform(
-                self.sam_size, self.beit_size, train=True, hflip_p=self.hflip_p, photometric=self.photometric
-            )
-            self.train_dataset = ReferringClipDataset(
-                self.train_source(), self.num_frames, transform, seed=self.seed
-            )
+            self.train_dataset = self.make_train_dataset()
         if stage in (None, "fit", "validate", "test", "predict") and self.val_dataset is None:
-            source = self.val_source()
-            if self.swap_expressions:
-                source = SwappedCaptionSource(source, seed=self.seed)
-            self.val_dataset = ReferringVideoEvalDataset(source, self.eval_transform(), self.val_max_frames)
+            self.val_dataset = self.make_val_dataset()
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_dataset is not None, "call setup('fit') first"

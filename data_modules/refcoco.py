@@ -10,17 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from torch.utils.data import DataLoader
-
 from data_modules.base import ReferringVideoDataModule
 from mpgsam2.data import (
-    ClipTransform,
     RefCOCOSource,
     ReferringImageCollate,
     ReferringImageDataset,
     ReferringImageEvalDataset,
 )
-from mpgsam2.text.tokenizer import Beit3Tokenizer
 
 __all__ = ["RefCOCODataModule"]
 
@@ -38,6 +34,8 @@ class RefCOCODataModule(ReferringVideoDataModule):
     **kwargs: see ReferringVideoDataModule (tokenizer_path, sam_size, beit_size, batch_size, num_workers,
         hflip_p, seed, swap_expressions: validate with the caption of another object of the same image).
     """
+
+    collate_class = ReferringImageCollate
 
     def __init__(
         self,
@@ -62,15 +60,6 @@ class RefCOCODataModule(ReferringVideoDataModule):
         self.val_split = val_split
         super().__init__(num_frames=1, photometric=photometric, **kwargs)  # type: ignore[arg-type]
         self.val_batch_size = val_batch_size or self.batch_size
-        self.train_dataset: ReferringImageDataset | None = None  # type: ignore[assignment]
-        self.val_dataset: ReferringImageEvalDataset | None = None  # type: ignore[assignment]
-        self._collate: ReferringImageCollate | None = None
-
-    @property
-    def collate(self) -> ReferringImageCollate:
-        if self._collate is None:
-            self._collate = ReferringImageCollate(Beit3Tokenizer(Path(self.tokenizer_path)))
-        return self._collate
 
     def train_sources(self) -> list[RefCOCOSource]:
         return [RefCOCOSource(self.root, name, self.train_split) for name in self.names]
@@ -78,18 +67,11 @@ class RefCOCODataModule(ReferringVideoDataModule):
     def val_source(self) -> RefCOCOSource:  # type: ignore[override]
         return RefCOCOSource(self.root, self.val_name, self.val_split)
 
-    def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit") and self.train_dataset is None:
-            transform = ClipTransform(
-                self.sam_size, self.beit_size, train=True, hflip_p=self.hflip_p, photometric=self.photometric
-            )
-            self.train_dataset = ReferringImageDataset(self.train_sources(), transform, seed=self.seed)
-        if stage in (None, "fit", "validate", "test", "predict") and self.val_dataset is None:
-            self.val_dataset = ReferringImageEvalDataset(
-                self.val_source(), self.eval_transform(), swap_captions=self.swap_expressions, seed=self.seed
-            )
+    def make_train_dataset(self) -> ReferringImageDataset:
+        return ReferringImageDataset(self.train_sources(), self.train_transform(), seed=self.seed)
 
-    def val_dataloader(self) -> DataLoader:
-        assert self.val_dataset is not None, "call setup('validate') first"
+    def make_val_dataset(self) -> ReferringImageEvalDataset:
         # every item has T = 1 and the same view sizes, so validation batches may hold several images
-        return self._loader(self.val_dataset, shuffle=False, batch_size=self.val_batch_size)
+        return ReferringImageEvalDataset(
+            self.val_source(), self.eval_transform(), swap_captions=self.swap_expressions, seed=self.seed
+        )

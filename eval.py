@@ -54,15 +54,13 @@ from mpgsam2.inference.submission import (
     rank_and_world,
     write_submission_zip,
 )
-from mpgsam2.lit_module import CHECKPOINT_KEY
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
 from mpgsam2.utils import write_json_atomic
-from mpgsam2.weights import CheckpointError, load_into, load_mpgsam2
+from mpgsam2.weights import load_into, load_mpgsam2
+from mpgsam2.weights.checkpoints import folder_tokenizer, read_train_checkpoint
 
 log = logging.getLogger("eval")
 
-# the tokenizer file of a released MPG-SAM 2 folder (HF save_pretrained of XLMRobertaTokenizer, = beit3.spm)
-RELEASED_TOKENIZER = "sentencepiece.bpe.model"
 NUM_DAVIS_ANNOTATORS = 4
 MEVIS_CHUNK = 24  # spec §3.2: MeViS is evaluated in independent 24-frame chunks
 
@@ -75,30 +73,17 @@ def read_checkpoint(path: str | Path) -> tuple[DictConfig, dict[str, torch.Tenso
 
     Raises:
         CheckpointError: the file is missing, is not loadable with ``weights_only=True``, or was not written by
-            ``train.py`` (no stored config).
+            ``train.py`` (no state dict or stored config).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointError(f"{path}: not a loadable checkpoint (weights_only=True): {err}") from err
-    if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
-        raise CheckpointError(
-            f"{path}: not a train.py checkpoint (no '{CHECKPOINT_KEY}' config or 'state_dict'); for exported or "
-            "released weights pass their folder"
-        )
-    run_config = OmegaConf.create(ckpt[CHECKPOINT_KEY]["config"])
-    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    return run_config, state
+    ckpt = read_train_checkpoint(path)
+    return OmegaConf.create(ckpt.require("config")), ckpt.state_dict
 
 
 def load_model(
     path: str | Path, hf_gamma_compat: bool = False
 ) -> tuple[MPGSAM2, DictConfig | None, Path | None]:
     """The model of ``ckpt=``, the run config when it is a ``train.py`` checkpoint, and the tokenizer file a
-    released folder ships.
+    released folder ships (a checkpoint's run config names its own).
 
     Args:
         path: a ``train.py`` Lightning checkpoint (file), or a folder with ``config.json`` and weights (our
@@ -107,9 +92,7 @@ def load_model(
     """
     path = Path(path)
     if path.is_dir():
-        model = load_mpgsam2(path, hf_gamma_compat=hf_gamma_compat)
-        tokenizer = path / RELEASED_TOKENIZER
-        return model, None, tokenizer if tokenizer.is_file() else None
+        return load_mpgsam2(path, hf_gamma_compat=hf_gamma_compat), None, folder_tokenizer(path)
     run_config, state = read_checkpoint(path)
     model_cfg = run_config.model
     # every weight is in the checkpoint: do not read the training run's initial weights again

@@ -97,18 +97,10 @@ def build_model(
 
 
 def _load_lightning_checkpoint(model: MPGSAM2, path: Path) -> object:
-    import torch
+    from mpgsam2.weights import load_into
+    from mpgsam2.weights.checkpoints import read_train_checkpoint
 
-    from mpgsam2.weights import CheckpointError, load_into
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointError(f"{path}: not a loadable checkpoint (weights_only=True): {err}") from err
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise CheckpointError(f"{path}: a .ckpt must be a Lightning checkpoint written by train.py")
-    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    return load_into(model, state, source=str(path))
+    return load_into(model, read_train_checkpoint(path).state_dict, source=str(path))
 
 
 def _yaml_value(value: object) -> str:

@@ -26,41 +26,35 @@ from mpgsam2.inference.predictor import predict_expression
 from mpgsam2.modeling.config import MPGSAM2Config
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
 from mpgsam2.text.tokenizer import Beit3Tokenizer
-from mpgsam2.weights import CheckpointError, load_into, load_mpgsam2
+from mpgsam2.weights import load_into, load_mpgsam2
+from mpgsam2.weights.checkpoints import folder_tokenizer, read_train_checkpoint
 
 __all__ = ["load_model_for_inference", "main", "segment_video"]
 
 logger = logging.getLogger(__name__)
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
-RELEASED_TOKENIZER = "sentencepiece.bpe.model"
 
 
-def load_model_for_inference(path: str | Path) -> tuple[MPGSAM2, Path | None]:
+def load_model_for_inference(path: str | Path, hf_gamma_compat: bool = False) -> tuple[MPGSAM2, Path | None]:
     """The model in ``path`` and the tokenizer file it names or ships (None when it does neither).
+
+    Args:
+        path: a ``train.py`` checkpoint (built from its stored model config; the tokenizer it recorded), or a
+            folder with ``config.json`` and weights (our export or a released folder; its
+            ``sentencepiece.bpe.model`` when present).
+        hf_gamma_compat: see :func:`mpgsam2.weights.load_mpgsam2` (released folders only).
 
     Raises:
         CheckpointError: not a train.py checkpoint, nor a folder with a config and weights.
     """
     path = Path(path)
     if path.is_dir():
-        tokenizer = path / RELEASED_TOKENIZER
-        return load_mpgsam2(path), tokenizer if tokenizer.is_file() else None
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointError(f"{path}: not a loadable checkpoint (weights_only=True): {err}") from err
-    stored = ckpt.get("mpgsam2") if isinstance(ckpt, dict) else None
-    if not isinstance(stored, dict) or "model_config" not in stored or "state_dict" not in ckpt:
-        raise CheckpointError(
-            f"{path}: not a train.py checkpoint (no stored model config); pass a folder instead"
-        )
-    model = MPGSAM2(MPGSAM2Config.from_dict(stored["model_config"]))
-    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    logger.info("%s", load_into(model, state, source=str(path)))
-    tokenizer = stored.get("tokenizer_path")
+        return load_mpgsam2(path, hf_gamma_compat=hf_gamma_compat), folder_tokenizer(path)
+    ckpt = read_train_checkpoint(path)
+    model = MPGSAM2(MPGSAM2Config.from_dict(ckpt.require("model_config")))
+    logger.info("%s", load_into(model, ckpt.state_dict, source=str(path)))
+    tokenizer = ckpt.stored.get("tokenizer_path")
     return model, Path(tokenizer) if tokenizer else None
 
 

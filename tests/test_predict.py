@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -67,3 +69,57 @@ def test_predict_refuses_to_overwrite_and_needs_frames(trained, tmp_path):
         bad = tmp_path / "not_a_ckpt.ckpt"
         bad.write_bytes(b"garbage")
         predict.main([str(bad), str(empty), "x", str(tmp_path / "o2")])
+
+
+def test_the_three_train_checkpoint_readers_share_one_reader_and_its_errors(tmp_path):
+    """eval.py, predict and build_model(weights={"mpgsam2": x.ckpt}) read train.py files the same way."""
+    from data_helpers import tiny_video_model
+
+    import eval as eval_entry
+    from mpgsam2.build import build_model
+    from mpgsam2.lit_module import CHECKPOINT_KEY
+    from mpgsam2.weights import CheckpointError
+    from mpgsam2.weights.checkpoints import TRAIN_CHECKPOINT_KEY, read_train_checkpoint
+
+    assert TRAIN_CHECKPOINT_KEY == CHECKPOINT_KEY  # the key lit_module writes is the one read
+    model = tiny_video_model()
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    no_config = tmp_path / "no_config.ckpt"
+    torch.save({"state_dict": {**state, "criterion.weight": torch.ones(1)}}, no_config)
+    ckpt = read_train_checkpoint(no_config)
+    assert ckpt.state_dict.keys() == model.state_dict().keys() and ckpt.stored == {}  # only "model." kept
+    with pytest.raises(
+        CheckpointError, match=r"no_config\.ckpt: not a train.py checkpoint.*'mpgsam2\.config'"
+    ):
+        eval_entry.read_checkpoint(no_config)
+    with pytest.raises(CheckpointError, match=r"no_config\.ckpt: .*'mpgsam2\.model_config'"):
+        predict.load_model_for_inference(no_config)
+    conf = _tiny_model_config()
+    rebuilt = build_model(conf["beit3"], conf["sam2"], weights={"mpgsam2": str(no_config)})
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), model.state_dict().values()))
+
+    bad = {
+        "missing.ckpt": "checkpoint not found",
+        "garbage.ckpt": r"not a loadable checkpoint \(weights_only=True\)",
+        "no_state.ckpt": r"not a train.py checkpoint \(no Lightning 'state_dict'",
+        "other_module.ckpt": r"not a train.py checkpoint \(no Lightning 'state_dict' with 'model\.' weights",
+    }
+    (tmp_path / "garbage.ckpt").write_bytes(b"garbage")
+    torch.save({"weights": state}, tmp_path / "no_state.ckpt")
+    torch.save({"state_dict": {"net.w": torch.ones(1)}}, tmp_path / "other_module.ckpt")
+    for name, message in bad.items():
+        path = tmp_path / name
+        for read in (eval_entry.read_checkpoint, predict.load_model_for_inference, read_train_checkpoint):
+            with pytest.raises(CheckpointError, match=rf"{name}: {message}"):
+                read(path)
+        with pytest.raises(CheckpointError, match=rf"{name}: {message}"):
+            build_model(conf["beit3"], conf["sam2"], weights={"mpgsam2": str(path)})
+
+
+def _tiny_model_config() -> dict:
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "model"
+    return {
+        part: OmegaConf.to_container(OmegaConf.load(conf / part / "tiny.yaml")) for part in ("beit3", "sam2")
+    }

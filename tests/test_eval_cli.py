@@ -33,6 +33,7 @@ from mpgsam2.data import MeViSSource, RefDAVISSource
 from mpgsam2.data.synthetic import SyntheticConfig, generate_synthetic_ytvos
 from mpgsam2.metrics import JFMetric
 from mpgsam2.weights import save_mpgsam2
+from mpgsam2.weights.checkpoints import RELEASED_TOKENIZER
 
 YTVOS_VIDEOS = {
     "va": {
@@ -80,7 +81,7 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> Path:
         base / "syn", SyntheticConfig(num_train_videos=1, num_valid_videos=1, num_frames=2)
     )
     folder = save_mpgsam2(tiny_video_model(), base / "released")
-    (folder / eval_entry.RELEASED_TOKENIZER).write_bytes((syn / "tokenizer.model").read_bytes())
+    (folder / RELEASED_TOKENIZER).write_bytes((syn / "tokenizer.model").read_bytes())
     return folder
 
 
@@ -88,6 +89,18 @@ def _cfg(tmp_path: Path, *overrides: str):
     # data.tokenizer_path points nowhere: the released folder's tokenizer must be the one used
     common = ["data.num_workers=0", f"data.tokenizer_path={tmp_path / 'missing.spm'}"]
     return compose_config("eval", [*overrides, *common], tmp_path)
+
+
+def _ytvos_valid(tmp_path: Path) -> Path:
+    """Ref-YouTube-VOS valid without public masks; video vt is a test video (left out of the zip)."""
+    return write_ytvos_dataset(
+        tmp_path / "ytvos",
+        "valid",
+        YTVOS_VIDEOS,
+        annotations=False,
+        obj_ids_in_json=False,
+        test_videos=("vt",),
+    )
 
 
 def _png(data: bytes) -> np.ndarray:
@@ -98,14 +111,7 @@ def _png(data: bytes) -> np.ndarray:
 
 
 def test_ytvos_valid_writes_the_submission_zip_and_resumes(released: Path, tmp_path: Path) -> None:
-    root = write_ytvos_dataset(
-        tmp_path / "ytvos",
-        "valid",
-        YTVOS_VIDEOS,
-        annotations=False,
-        obj_ids_in_json=False,
-        test_videos=("vt",),
-    )
+    root = _ytvos_valid(tmp_path)
     cfg = _cfg(tmp_path, f"ckpt={released}", "data=ytvos", f"data.root={root}")
     result = eval_entry.run(cfg)
     zip_path = tmp_path / "run" / "submission.zip"
@@ -133,14 +139,7 @@ def test_ytvos_valid_writes_the_submission_zip_and_resumes(released: Path, tmp_p
 
 
 def test_interrupted_eval_finishes_with_the_same_zip(released: Path, tmp_path: Path, monkeypatch) -> None:
-    root = write_ytvos_dataset(
-        tmp_path / "ytvos",
-        "valid",
-        YTVOS_VIDEOS,
-        annotations=False,
-        obj_ids_in_json=False,
-        test_videos=("vt",),
-    )
+    root = _ytvos_valid(tmp_path)
     clean = eval_entry.run(_cfg(tmp_path / "clean", f"ckpt={released}", "data=ytvos", f"data.root={root}"))
     real = eval_entry.model_predictor
     calls = []
@@ -307,14 +306,7 @@ def test_configuration_errors_are_explained(released: Path, tmp_path: Path) -> N
 
 def test_torchrun_shards_the_videos_and_prints_the_zip(released: Path, tmp_path: Path) -> None:
     """The one subprocess test: two CPU processes (Gloo) give the single-process zip; the CLI prints its path last."""
-    root = write_ytvos_dataset(
-        tmp_path / "ytvos",
-        "valid",
-        YTVOS_VIDEOS,
-        annotations=False,
-        obj_ids_in_json=False,
-        test_videos=("vt",),
-    )
+    root = _ytvos_valid(tmp_path)
     single = eval_entry.run(_cfg(tmp_path / "single", f"ckpt={released}", "data=ytvos", f"data.root={root}"))
     run_dir = tmp_path / "ddp"
     cmd = [

@@ -162,6 +162,7 @@ def write_ytvos_dataset(
     obj_ids_in_json: bool = True,
     test_videos: Iterable[str] = (),
     frame_size: tuple[int, int] = DEFAULT_FRAME_SIZE,
+    colors: list[int] | None = None,
 ) -> Path:
     """Writes a tiny Ref-YouTube-VOS split under ``root`` (other splits already there are kept).
 
@@ -177,6 +178,7 @@ def write_ytvos_dataset(
         test_videos: ids of ``videos`` also listed in ``meta_expressions/test/meta_expressions.json`` (as the
             released valid json contains the test videos too).
         frame_size: default (H, W).
+        colors: the annotations' palette (flat RGB list); default :func:`palette`.
 
     Returns:
         ``root`` as a Path.
@@ -188,7 +190,7 @@ def write_ytvos_dataset(
         names = list(spec["frames"]) if "frames" in spec else frame_names(spec.get("num_frames", 5))
         ids = _write_frames(root / split / "JPEGImages" / vid, names, spec, b, frame_size)
         if annotations:
-            _write_palette_pngs(root / split / "Annotations" / vid, names, ids, palette())
+            _write_palette_pngs(root / split / "Annotations" / vid, names, ids, colors or palette())
         expressions = {}
         for exp_id, (caption, obj_id) in spec.get("expressions", {}).items():
             expressions[exp_id] = (
@@ -540,24 +542,27 @@ def write_davis_dataset(
     """
     from mpgsam2.data.synthetic import davis_palette
 
-    root = Path(root)
     videos = default_davis_videos() if videos is None else videos
-    meta: dict[str, dict] = {}
-    objects_meta: dict[str, dict] = {}
-    for b, (vid, spec) in enumerate(videos.items()):
-        names = mevis_frame_names(spec.get("num_frames", 5))
-        ids = _write_frames(root / split / "JPEGImages" / vid, names, spec, b, frame_size)
-        if annotations:
-            _write_palette_pngs(root / split / "Annotations" / vid, names, ids, davis_palette())
-        expressions = {}
-        for j, obj_id in enumerate(sorted(spec.get("expressions", {}))):
-            for k, caption in enumerate(spec["expressions"][obj_id]):
-                expressions[str(4 * j + k)] = {"exp": caption, "obj_id": str(obj_id)}
-        meta[vid] = {"expressions": expressions, "frames": names}
-        objects_meta[vid] = {"objects": {str(o): {"category": "square"} for o in spec.get("objects", {})}}
-    json_path = root / "meta_expressions" / split / "meta_expressions.json"
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"videos": meta}, indent=1))
+    # the converted layout is Ref-YouTube-VOS's: only the frame names and the expression numbering differ
+    ytvos_videos = {
+        vid: {
+            **spec,
+            "frames": mevis_frame_names(spec.get("num_frames", 5)),
+            "expressions": {
+                str(4 * j + k): (caption, obj_id)
+                for j, obj_id in enumerate(sorted(spec.get("expressions", {})))
+                for k, caption in enumerate(spec["expressions"][obj_id])
+            },
+        }
+        for vid, spec in videos.items()
+    }
+    root = write_ytvos_dataset(
+        root, split, ytvos_videos, annotations=annotations, frame_size=frame_size, colors=davis_palette()
+    )
+    objects_meta = {
+        vid: {"objects": {str(o): {"category": "square"} for o in spec.get("objects", {})}}
+        for vid, spec in videos.items()
+    }
     (root / split / "meta.json").write_text(json.dumps({"videos": objects_meta}, indent=1))
     return root
 
@@ -604,4 +609,24 @@ def video_training_step(model, batch: Mapping):
     return loss
 
 
-__all__ += ["tiny_video_model", "video_training_step"]
+def model_view_sizes(model) -> dict[str, int]:
+    """The DataModule arguments ``sam_size`` / ``beit_size`` that match ``model``'s two views."""
+    return {"sam_size": model.sam.image_size, "beit_size": int(model.config.beit3["img_size"])}
+
+
+def check_first_training_batch(model, dm):
+    """Runs :func:`video_training_step` on the first batch of ``dm`` (set up for fitting, views of
+    :func:`model_view_sizes`) and checks the batch's shapes, a finite positive loss and non-zero gradients;
+    returns the batch."""
+    import torch
+
+    batch = next(iter(dm.train_dataloader()))
+    b, t, s = dm.batch_size, dm.num_frames, model.sam.image_size
+    assert batch["sam_frames"].shape == (b, t, 3, s, s) and batch["masks"].shape == (b, t, s, s)
+    loss = video_training_step(model, batch)
+    assert torch.isfinite(loss) and loss > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    return batch
+
+
+__all__ += ["check_first_training_batch", "model_view_sizes", "tiny_video_model", "video_training_step"]

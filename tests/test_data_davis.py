@@ -6,17 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from data_helpers import (
+    check_first_training_batch,
     davis_captions,
     default_davis_videos,
     edit_json,
     expected_mask,
     mevis_frame_names,
+    model_view_sizes,
     synthetic_tokenizer,
     tiny_video_model,
-    video_training_step,
     write_davis_dataset,
 )
 from PIL import Image
@@ -248,21 +248,15 @@ def test_davis_datamodule_trains_one_step(tmp_path: Path, tokenizer_path: Path) 
         annotator=3,
         tokenizer_path=str(tokenizer_path),
         num_frames=2,
-        sam_size=model.sam.image_size,
-        beit_size=int(model.config.beit3["img_size"]),
         batch_size=2,
+        **model_view_sizes(model),
     )
     dm.setup("fit")
     assert dm.train_dataset.source.name == "davis/train/anno3"
     assert len(dm.train_dataset) == 3 + 3 + 2  # anchors every 2 frames: 5 frames x 2 objects, 3 frames x 1
     assert dm.val_dataset.source.name == "davis/valid/anno3" and len(dm.val_dataset) == 3
-    batch = next(iter(dm.train_dataloader()))
-    s = model.sam.image_size
-    assert batch["sam_frames"].shape == (2, 2, 3, s, s) and batch["masks"].shape == (2, 2, s, s)
+    batch = check_first_training_batch(model, dm)
     assert batch["valid"].any() and all(m["exp_id"] in ("3", "7") for m in batch["meta"])
-    loss = video_training_step(model, batch)
-    assert torch.isfinite(loss) and loss > 0
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     item = dm.val_dataset[1]  # dv_a, object 2, whole video at the original resolution
     assert item["meta"]["exp_id"] == "7" and item["orig_masks"].shape == (5, 24, 32)
     assert item["orig_masks"].sum(dim=(1, 2)).tolist() == [25, 25, 25, 0, 0]

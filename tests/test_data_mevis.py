@@ -7,15 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from data_helpers import (
+    check_first_training_batch,
     default_mevis_videos,
     edit_json,
     expected_union_mask,
     mevis_frame_names,
+    model_view_sizes,
     synthetic_tokenizer,
     tiny_video_model,
-    video_training_step,
     write_mevis_dataset,
 )
 from PIL import Image
@@ -320,22 +320,16 @@ def test_mevis_datamodule_trains_one_step(root: Path, tokenizer_path: Path) -> N
         root=str(root),
         tokenizer_path=str(tokenizer_path),
         num_frames=2,
-        sam_size=model.sam.image_size,
-        beit_size=int(model.config.beit3["img_size"]),
         batch_size=2,
+        **model_view_sizes(model),
     )
     dm.setup("fit")
     assert dm.train_dataset.source.name == "mevis/train" and dm.train_dataset.source._masks is not None
     assert len(dm.train_dataset) == 3 * 3 + 2  # anchors every 2 frames: 6-frame video x 3 exps, 4-frame x 1
     assert dm.val_dataset.source.name == "mevis/valid_u"
     assert dm.tokenizer_vocab_size <= int(model.config.beit3["vocab_size"])
-    batch = next(iter(dm.train_dataloader()))
-    s = model.sam.image_size
-    assert batch["sam_frames"].shape == (2, 2, 3, s, s) and batch["masks"].shape == (2, 2, s, s)
+    batch = check_first_training_batch(model, dm)
     assert batch["text_ids"].shape[0] == 2 and batch["valid"].any()
-    loss = video_training_step(model, batch)
-    assert torch.isfinite(loss) and loss > 0
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
     item = dm.val_dataset[0]  # whole video with the original-resolution union target
     assert item["meta"]["video"] == "mv_a" and item["orig_masks"].shape == (6, 24, 32)

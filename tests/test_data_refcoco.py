@@ -418,22 +418,16 @@ def test_config_file_matches_the_datamodule() -> None:
 
 
 def test_one_training_step_through_the_image_path(coco_root: Path, tokenizer_path: Path) -> None:
-    from mpgsam2.build import build_model
+    from data_helpers import model_view_sizes, tiny_video_model
+
     from mpgsam2.losses import MPGSAM2Criterion
 
-    beit3 = yaml.safe_load((CONF_DIR / "model" / "beit3" / "tiny.yaml").read_text())
-    sam2 = yaml.safe_load((CONF_DIR / "model" / "sam2" / "tiny.yaml").read_text())
-    torch.manual_seed(0)
-    model = build_model(beit3=beit3, sam2=sam2, freeze_image_encoder=False)
+    model = tiny_video_model()
     dm = RefCOCODataModule(
-        root=str(coco_root),
-        tokenizer_path=str(tokenizer_path),
-        sam_size=model.sam.image_size,
-        beit_size=int(model.config.beit3["img_size"]),
-        batch_size=2,
+        root=str(coco_root), tokenizer_path=str(tokenizer_path), batch_size=2, **model_view_sizes(model)
     )
     dm.setup("fit")
-    assert dm.tokenizer_vocab_size <= beit3["vocab_size"]
+    assert dm.tokenizer_vocab_size <= model.config.beit3["vocab_size"]
     batch = next(iter(dm.train_dataloader()))
     assert batch["image_batch"] is True
     out = model.forward_images(

@@ -302,3 +302,16 @@ def test_tokenizer_and_collate_pickle(source: RefYTVOSSource, spm_path: Path) ->
     collate = pickle.loads(pickle.dumps(ReferringCollate(tok)))
     ds = ReferringClipDataset(source, 2, _train_tf())
     assert torch.equal(collate([ds[0]])["text_ids"], ReferringCollate(tok)([ds[0]])["text_ids"])
+
+
+def test_eval_dataset_can_skip_the_ground_truth(tmp_path):
+    """Prediction runs read frames only: with_masks=False never calls read_masks."""
+    from data_helpers import write_ytvos_dataset
+
+    from mpgsam2.data import ClipTransform, ReferringVideoEvalDataset, RefYTVOSSource
+
+    source = RefYTVOSSource(write_ytvos_dataset(tmp_path / "ytvos", "train"), "train")
+    calls = []
+    source.read_masks = lambda *a: calls.append(a)  # type: ignore[method-assign]
+    item = ReferringVideoEvalDataset(source, ClipTransform(16, 16, train=False), with_masks=False)[0]
+    assert calls == [] and "orig_masks" not in item and not item["valid"].any()

@@ -136,15 +136,21 @@ class ReferringVideoEvalDataset(Dataset):
         transform: ``ClipTransform(..., train=False)`` (a training transform is rejected).
         max_frames: keep only the first ``max_frames`` frames of each video (smoke runs and debugging; the
             benchmark protocols use every frame). None = all.
+        with_masks: read the ground truth when the source has it (False: frames only, for prediction runs that
+            score or submit afterwards).
 
     Items (dict): the training keys with T = number of frames (``frame_indices`` = 0..T-1) and the caption RAW
-    (parity: inference captions are not lower-cased, spec §1.1). When ``source.has_masks``: ``masks`` / ``valid``
+    (parity: inference captions are not lower-cased, spec §1.1). When ground truth is read: ``masks`` / ``valid``
     from the ground truth and ``"orig_masks"``: bool (T, H, W) at the original resolution (for J&F); otherwise
     ``masks`` are zeros and ``valid`` all False, and there is no ``"orig_masks"``.
     """
 
     def __init__(
-        self, source: ReferringVideoSource, transform: ClipTransform, max_frames: int | None = None
+        self,
+        source: ReferringVideoSource,
+        transform: ClipTransform,
+        max_frames: int | None = None,
+        with_masks: bool = True,
     ) -> None:
         if getattr(transform, "train", False):
             raise ValueError("ReferringVideoEvalDataset needs a transform with train=False (no augmentation)")
@@ -153,6 +159,7 @@ class ReferringVideoEvalDataset(Dataset):
         self.source = source
         self.transform = transform
         self.max_frames = max_frames
+        self.with_masks = with_masks and source.has_masks
 
     def __len__(self) -> int:
         return len(self.source.expressions)
@@ -162,7 +169,7 @@ class ReferringVideoEvalDataset(Dataset):
         n = expr.video.num_frames if self.max_frames is None else min(self.max_frames, expr.video.num_frames)
         indices = list(range(n))
         frames = self.source.read_frames(expr.video, indices)
-        masks = self.source.read_masks(expr, indices) if self.source.has_masks else None
+        masks = self.source.read_masks(expr, indices) if self.with_masks else None
         sam, beit, target, caption = self.transform(frames, masks, expr.caption)
         item: Item = {
             "sam_frames": sam,

@@ -37,7 +37,7 @@ from scipy.optimize import linear_sum_assignment
 
 from mpgsam2.data.errors import DatasetError
 from mpgsam2.data.records import ExpressionRecord, VideoRecord
-from mpgsam2.data.sources import ReferringVideoSource
+from mpgsam2.data.sources import ReferringVideoSource, image_size
 from mpgsam2.metrics import JFMetric, boundary_f_measure, region_similarity
 from mpgsam2.metrics.jf import DEFAULT_BOUND_TH
 
@@ -164,7 +164,7 @@ def _frame_count(video: VideoRecord, max_frames: int | None) -> int:
 
 
 def _frame_size(source: ReferringVideoSource, video: VideoRecord) -> tuple[int, int]:
-    return tuple(source.read_frames(video, [0]).shape[1:3])  # type: ignore[return-value]
+    return image_size(video.frame_paths[0])  # the header only
 
 
 def _require_masks(source: ReferringVideoSource) -> None:

@@ -332,7 +332,7 @@ def predict_to_staging(
     plan: list[tuple[Unit, EvalTarget, list[int], int]] = []  # (unit, target, expression indices, offset)
     offset = 0
     for target in targets:
-        dataset = ReferringVideoEvalDataset(_FramesOnly(target.source), transform, max_frames)
+        dataset = ReferringVideoEvalDataset(target.source, transform, max_frames, with_masks=False)
         plan.extend((unit, target, indices, offset) for unit, indices in target.units())
         datasets.append(dataset)
         offset += len(dataset)
@@ -408,19 +408,6 @@ def _write_unit(
         for name, frame in zip(frame_names, merger.result()):
             _save_png(tmp / f"{name}.png", frame, palette)
     staging.commit(unit)
-
-
-class _FramesOnly:
-    """A source seen without its masks: inference needs the frames only (no ground truth is decoded)."""
-
-    def __init__(self, source: ReferringVideoSource) -> None:
-        self.name = source.name
-        self.expressions = source.expressions
-        self.has_masks = False
-        self.read_frames = source.read_frames
-
-    def read_masks(self, expression: ExpressionRecord, indices: Sequence[int]) -> np.ndarray:
-        raise AssertionError("inference does not read masks")
 
 
 def _palette_label(source: ReferringVideoSource, expr: ExpressionRecord) -> int:

@@ -15,3 +15,11 @@ def fixture_dir() -> Path:
     if not (FIXTURE_DIR / "config.json").is_file():
         pytest.fail(f"parity fixture not found at {FIXTURE_DIR}; the repository expects ../shared beside it")
     return FIXTURE_DIR
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic dataset's word tokenizer (a sentencepiece model), for data modules that need one."""
+    from data_helpers import synthetic_tokenizer
+
+    return synthetic_tokenizer(tmp_path_factory.mktemp("tok"))

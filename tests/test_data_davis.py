@@ -15,7 +15,6 @@ from data_helpers import (
     expected_mask,
     mevis_frame_names,
     model_view_sizes,
-    synthetic_tokenizer,
     tiny_video_model,
     write_davis_dataset,
 )
@@ -37,11 +36,6 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     return write_davis_dataset(tmp_path / "ref-davis", "valid")
-
-
-@pytest.fixture(scope="module")
-def tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synthetic_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 def _json(root: Path, split: str = "valid") -> Path:

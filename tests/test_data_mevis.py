@@ -14,7 +14,6 @@ from data_helpers import (
     expected_union_mask,
     mevis_frame_names,
     model_view_sizes,
-    synthetic_tokenizer,
     tiny_video_model,
     write_mevis_dataset,
 )
@@ -31,11 +30,6 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     return write_mevis_dataset(tmp_path / "mevis", "train")
-
-
-@pytest.fixture(scope="module")
-def tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synthetic_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 def _expressions_file(root: Path, split: str = "train") -> Path:

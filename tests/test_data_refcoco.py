@@ -29,7 +29,6 @@ from mpgsam2.data import (
     ReferringImageEvalDataset,
     decode_segmentation,
 )
-from mpgsam2.data.synthetic import SyntheticConfig, generate_synthetic_ytvos
 from mpgsam2.data.transforms import resize_masks, to_normalized_view
 from mpgsam2.text.tokenizer import Beit3Tokenizer
 
@@ -48,15 +47,6 @@ def coco_root(tmp_path: Path) -> Path:
         write_refcoco_dataset(root, name, "train")
         write_refcoco_dataset(root, name, "val")
     return root
-
-
-@pytest.fixture(scope="module")
-def tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = generate_synthetic_ytvos(
-        tmp_path_factory.mktemp("tok") / "syn",
-        SyntheticConfig(num_train_videos=1, num_valid_videos=1, num_frames=2),
-    )
-    return root / "tokenizer.model"
 
 
 def _json(root: Path, name: str = "refcoco", split: str = "train") -> Path:

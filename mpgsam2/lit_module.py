@@ -24,12 +24,15 @@ from torch.optim import Optimizer
 from mpgsam2.inference.predictor import predict_expression
 from mpgsam2.metrics import JFMetric
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
+from mpgsam2.utils import check_tokenizer_fits
+from mpgsam2.weights.checkpoints import TRAIN_CHECKPOINT_KEY
 
 __all__ = ["RVOSLitModule", "build_param_groups"]
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_KEY = "mpgsam2"  # checkpoint["mpgsam2"] = {"config", "model_config", "tokenizer_path"}
+# checkpoint[CHECKPOINT_KEY] = {"config", "model_config", "tokenizer_path"}, read by mpgsam2.weights.checkpoints
+CHECKPOINT_KEY = TRAIN_CHECKPOINT_KEY
 
 
 def build_param_groups(
@@ -113,14 +116,13 @@ class RVOSLitModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
+        path = getattr(datamodule, "tokenizer_path", None)
+        if path:
+            self.tokenizer_path = str(Path(path).resolve())
         vocab = getattr(datamodule, "tokenizer_vocab_size", None)
-        if getattr(datamodule, "tokenizer_path", None):
-            self.tokenizer_path = str(Path(datamodule.tokenizer_path).resolve())
-        model_vocab = int(self.model.config.beit3["vocab_size"])
-        if vocab is not None and vocab > model_vocab:
-            raise ValueError(
-                f"the tokenizer ({getattr(datamodule, 'tokenizer_path', '?')}) produces ids up to {vocab - 1}, but "
-                f"the model's BEiT-3 vocabulary has {model_vocab} entries; set model.beit3.vocab_size >= {vocab}"
+        if vocab is not None:
+            check_tokenizer_fits(
+                vocab, self.model, path or "?", hint=f"set model.beit3.vocab_size >= {vocab}"
             )
 
     # ------------------------------------------------------------------ training

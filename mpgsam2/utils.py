@@ -9,7 +9,28 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["parameter_counts", "write_json_atomic"]
+__all__ = ["check_tokenizer_fits", "parameter_counts", "write_json_atomic"]
+
+
+def check_tokenizer_fits(
+    tokenizer_vocab: int, model: nn.Module, tokenizer_path: str | os.PathLike[str], hint: str = ""
+) -> None:
+    """Refuse a tokenizer whose ids do not all have a row in the model's BEiT-3 word embedding.
+
+    Args:
+        tokenizer_vocab: the tokenizer's vocabulary size (its largest id + 1).
+        model: an ``MPGSAM2`` (reads ``model.config.beit3["vocab_size"]``).
+        tokenizer_path: named in the error. hint: appended to the error (what to change).
+
+    Raises:
+        ValueError: ``tokenizer_vocab`` exceeds the model's vocabulary.
+    """
+    model_vocab = int(model.config.beit3["vocab_size"])  # type: ignore[union-attr, index]
+    if tokenizer_vocab > model_vocab:
+        raise ValueError(
+            f"the tokenizer ({tokenizer_path}) produces ids up to {tokenizer_vocab - 1}, but the model's BEiT-3 "
+            f"vocabulary has {model_vocab} entries" + (f"; {hint}" if hint else "")
+        )
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:

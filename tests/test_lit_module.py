@@ -78,6 +78,50 @@ def test_batched_clip_evaluation_matches_streaming_one_expression_at_a_time():
         torch.testing.assert_close(batched[i], streamed, atol=1e-4, rtol=1e-4)
 
 
+def test_several_expressions_run_as_one_clip_forward_unless_chunked(monkeypatch):
+    """The batched path must not fall back to streaming (equal masks would hide that); chunks must stream."""
+    import mpgsam2.lit_module as lit
+
+    system = _system(MPGSAM2(tiny_config())).eval()
+    batch = _eval_batch(system.model, 2)
+    streamed, original = [], lit.predict_expression
+
+    def counting(*args, **kwargs):
+        streamed.append(kwargs.get("chunk_size"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(lit, "predict_expression", counting)
+    forwards = []
+    system.model.register_forward_hook(lambda *_: forwards.append(1))
+    out = system.predict_batch(batch)
+    assert [p.shape for p in out] == [(3, 48, 40)] * 2
+    assert streamed == [] and len(forwards) == 1
+    system.eval_chunk_size = 2  # MeViS-style chunks are independent runs: only the streaming path has them
+    system.predict_batch(batch)
+    assert streamed == [2, 2]
+
+
+def test_image_batches_are_predicted_at_each_image_size():
+    torch.manual_seed(0)
+    model = MPGSAM2(tiny_config())
+    system = _system(model).eval()
+    sam, beit, ids, pad = random_clip(model, frames=1, batch=2)
+    sizes = [(30, 50), (41, 17)]
+    batch = {
+        "sam_frames": sam,
+        "beit_frames": beit,
+        "text_ids": ids,
+        "text_padding_mask": pad,
+        "image_batch": True,
+        "meta": [{"orig_size": s} for s in sizes],
+    }
+    out = system.predict_batch(batch)
+    assert [tuple(p.shape) for p in out] == [(1, *s) for s in sizes]
+    expected = model.forward_images(sam[:, 0], beit[:, 0], ids, pad)["pred_masks"][1:2]
+    resized = torch.nn.functional.interpolate(expected, size=sizes[1], mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out[1], resized[0])
+
+
 def test_validation_accumulates_jf_at_the_original_size():
     torch.manual_seed(0)
     system = _system(MPGSAM2(tiny_config())).eval()
@@ -113,8 +157,33 @@ def test_tokenizer_larger_than_the_vocabulary_is_refused():
         datamodule = type("DM", (), {"tokenizer_vocab_size": 10_000, "tokenizer_path": "big.model"})()
 
     system._trainer = _Trainer()  # what Lightning sets before setup()
-    with pytest.raises(ValueError, match="big.model"):
+    with pytest.raises(ValueError, match=r"big\.model.*model\.beit3\.vocab_size >= 10000"):
         system.setup("fit")
+
+
+def test_setup_records_the_tokenizer_for_checkpoints(tmp_path):
+    system = _system(MPGSAM2(tiny_config()))
+    spm = tmp_path / "tok.model"
+
+    class _Trainer:
+        datamodule = type("DM", (), {"tokenizer_vocab_size": 50, "tokenizer_path": str(spm)})()
+
+    system._trainer = _Trainer()
+    system.setup("fit")  # a vocabulary of exactly the model's size fits
+    checkpoint: dict = {}
+    system.on_save_checkpoint(checkpoint)
+    stored = checkpoint["mpgsam2"]
+    assert stored["tokenizer_path"] == str(spm.resolve())
+    assert stored["model_config"]["beit3"]["vocab_size"] == 50
+    assert (
+        torch.load(_saved(tmp_path, checkpoint), weights_only=True)["mpgsam2"] == stored
+    )  # plain containers
+
+
+def _saved(tmp_path: Path, obj: dict) -> Path:
+    path = tmp_path / "c.pt"
+    torch.save(obj, path)
+    return path
 
 
 def test_build_model_starts_from_a_train_checkpoint(tmp_path):

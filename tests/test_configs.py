@@ -9,6 +9,7 @@ import yaml
 from framework_helpers import CONF_DIR, compose_config
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
+from lightning.pytorch import Trainer
 from omegaconf import OmegaConf
 
 from mpgsam2.lit_module import RVOSLitModule
@@ -61,6 +62,50 @@ def test_real_recipes_keep_the_paper_sizes_and_learning_rates(experiment, tmp_pa
     assert cfg.data.num_frames == {"ytvos_large": 5, "mevis_large": 8}.get(experiment, cfg.data.num_frames)
 
 
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if p.stem != "default")
+
+
+GROUP_OPTIONS = [
+    (group, option)
+    for group in ("data", "trainer", "logger", "debug", "model/beit3", "model/sam2")
+    for option in _options(group)
+]
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=lambda v: str(v))
+def test_every_group_option_composes_over_the_demo(group, option, tmp_path):
+    """Options no experiment selects (trainer=gpu/ddp, logger=csv, debug=overfit, data=davis, ...) compose too
+    (model sizes over the default config: the demo overrides some of their keys)."""
+    base = [] if group.startswith("model/") else ["experiment=demo"]
+    cfg = compose_config("train", [*base, f"{group}={option}"], tmp_path)
+    OmegaConf.resolve(cfg)  # every interpolation resolves
+    if group == "data":
+        datamodule = instantiate(cfg.data, sam_size=64, beit_size=64)
+        assert type(datamodule).__module__ == f"data_modules.{option}"
+    elif group == "trainer":
+        assert cfg.trainer.accelerator == ("gpu" if option in ("gpu", "ddp") else "cpu")
+        assert cfg.trainer.precision == ("bf16-mixed" if option in ("gpu", "ddp") else "32-true")
+        if option.startswith("ddp"):
+            assert cfg.trainer.strategy == "ddp_find_unused_parameters_true"
+        if option == "cpu":
+            assert isinstance(instantiate(cfg.trainer, logger=False), Trainer)
+    elif group == "logger":
+        loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
+        assert [type(lg).__name__ for lg in loggers] == {
+            "csv": ["CSVLogger"],
+            "wandb": ["WandbLogger"],
+            "none": [],
+        }[option]
+    elif group == "debug":
+        if option == "fdr":
+            assert cfg.trainer.fast_dev_run is True and cfg.logger is None and cfg.callbacks is None
+        else:
+            assert cfg.trainer.overfit_batches == 4 and cfg.trainer.max_epochs == 50
+    else:
+        assert cfg.model[group.split("/")[1]] == OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
+
+
 @pytest.mark.parametrize(
     "override",
     [
@@ -101,6 +146,7 @@ def test_every_sweep_axis_of_the_paper_is_covered():
     assert {
         "ablation_dense_prior",
         "ablation_sparse_token",
+        "ablation_global_pixel_attention",
         "ablation_pixel_global_fusion",
         "ablation_object_global_fusion",
         "ablation_object_historical_fusion",

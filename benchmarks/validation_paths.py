@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 from data_modules.synthetic import SyntheticDataModule
-from mpgsam2.build import build_model
 from mpgsam2.lit_module import RVOSLitModule
 from mpgsam2.losses import MPGSAM2Criterion
 
@@ -24,15 +24,10 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def _demo_model() -> torch.nn.Module:
-    demo = OmegaConf.load(CONF / "experiment" / "demo.yaml")
-    beit3 = {
-        **OmegaConf.to_container(OmegaConf.load(CONF / "model/beit3/tiny.yaml")),
-        "position_init_std": 0.02,
-    }
-    sam2 = OmegaConf.to_container(OmegaConf.load(CONF / "model/sam2/tiny.yaml"))
-    sam2["settings"] = OmegaConf.to_container(demo.model.sam2.settings)
-    options = {k: v for k, v in OmegaConf.to_container(demo.model).items() if k not in ("beit3", "sam2")}
-    return build_model(beit3, sam2, **options)
+    """The model `python train.py experiment=demo` builds (random weights)."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose(config_name="train", overrides=["experiment=demo"])
+    return instantiate(cfg.model)
 
 
 def _one_pass(system: RVOSLitModule, datamodule: SyntheticDataModule, batch_size: int) -> tuple[float, float]:

@@ -55,7 +55,7 @@ from mpgsam2.inference.submission import (
     write_submission_zip,
 )
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
-from mpgsam2.utils import write_json_atomic
+from mpgsam2.utils import check_tokenizer_fits, write_json_atomic
 from mpgsam2.weights import load_into, load_mpgsam2
 from mpgsam2.weights.checkpoints import folder_tokenizer, read_train_checkpoint
 
@@ -311,12 +311,7 @@ def _evaluate_model(
             f"{targets[0].source.name} has no public ground truth: it cannot be scored here; use submission=true"
         )
     collate = datamodule.collate
-    vocab = int(collate.tokenizer.vocab_size)
-    if vocab > int(model.config.beit3["vocab_size"]):
-        raise ValueError(
-            f"the tokenizer ({datamodule.tokenizer_path}) produces ids up to {vocab - 1}, but the model's BEiT-3 "
-            f"vocabulary has {model.config.beit3['vocab_size']} entries"
-        )
+    check_tokenizer_fits(int(collate.tokenizer.vocab_size), model, datamodule.tokenizer_path)
     max_frames = getattr(datamodule, "val_max_frames", None)
     staging = StagingArea(out_dir / "staging")
     if rank == 0:

@@ -17,11 +17,10 @@ from typing import Any
 import lightning as L
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from mpgsam2.inference.predictor import predict_expression
+from mpgsam2.inference.predictor import predict_expression, resize_logits
 from mpgsam2.metrics import JFMetric
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
 from mpgsam2.utils import check_tokenizer_fits
@@ -189,12 +188,7 @@ class RVOSLitModule(L.LightningModule):
         if batch.get("image_batch") or (len(metas) > 1 and self.eval_chunk_size is None):
             with torch.no_grad():
                 logits = self._clip_logits(batch)[0][:, :, 0].float()  # [B, T, S, S]
-            return [
-                F.interpolate(
-                    logits[i : i + 1], size=tuple(m["orig_size"]), mode="bilinear", align_corners=False
-                )[0].cpu()
-                for i, m in enumerate(metas)
-            ]
+            return [resize_logits(logits[i : i + 1], m["orig_size"])[0] for i, m in enumerate(metas)]
         results = []
         for i, meta in enumerate(metas):
             pred = predict_expression(

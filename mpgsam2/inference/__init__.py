@@ -1,6 +1,6 @@
 """Inference over whole videos, leaderboard submission writers and scoring of prediction folders."""
 
-from mpgsam2.inference.predictor import ExpressionPrediction, chunk_bounds, predict_expression
+from mpgsam2.inference.predictor import ExpressionPrediction, chunk_bounds, predict_expression, resize_logits
 from mpgsam2.inference.scoring import (
     PredictionFiles,
     davis_unsupervised_scores,
@@ -40,6 +40,7 @@ __all__ = [
     "davis_unsupervised_scores",
     "model_predictor",
     "predict_expression",
+    "resize_logits",
     "predict_to_staging",
     "probability_masks",
     "rank_and_world",

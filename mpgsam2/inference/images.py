@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from mpgsam2.inference.predictor import resize_logits
 from mpgsam2.metrics import JFMetric
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
 
@@ -39,12 +39,7 @@ def evaluate_images(
             batch["text_padding_mask"].to(device),
         )
         for i, (meta, target) in enumerate(zip(batch["meta"], batch["orig_masks"])):
-            logits = F.interpolate(
-                out["pred_masks"][i : i + 1].float(),
-                size=tuple(meta["orig_size"]),
-                mode="bilinear",
-                align_corners=False,
-            )[0].cpu()  # [1, H, W]
+            logits = resize_logits(out["pred_masks"][i : i + 1], meta["orig_size"])[0]  # [1, H, W]
             pred, gt = logits > 0, target.bool().cpu()
             inter, union = int((pred & gt).sum()), int((pred | gt).sum())
             ious.append(inter / union if union else 1.0)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
 
-__all__ = ["ExpressionPrediction", "chunk_bounds", "predict_expression"]
+__all__ = ["ExpressionPrediction", "chunk_bounds", "predict_expression", "resize_logits"]
 
 
 @dataclass
@@ -37,6 +37,12 @@ class ExpressionPrediction:
     def probs(self) -> Tensor:
         """(T, H, W) float32 probabilities."""
         return torch.sigmoid(self.logits)
+
+
+def resize_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """Mask logits (N, C, S, S) resized bilinearly to the original frame size (H, W), as float32 on the CPU
+    (spec §1.8: resize the logits, then threshold)."""
+    return F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False).cpu()
 
 
 def chunk_bounds(num_frames: int, chunk_size: int | None) -> Iterator[tuple[int, int]]:
@@ -83,7 +89,6 @@ def predict_expression(
     for start, end in chunk_bounds(num_frames, chunk_size):
         session = model.start_video(beit_frames[start:end], text_ids, text_padding_mask)
         for t in range(end - start):
-            logits = session.track(t, sam_frames[start + t]).high_res_logits.float()  # [1, 1, S, S]
-            resized = F.interpolate(logits, size=orig_size, mode="bilinear", align_corners=False)
-            out[start + t] = resized[0, 0].cpu()
+            logits = session.track(t, sam_frames[start + t]).high_res_logits  # [1, 1, S, S]
+            out[start + t] = resize_logits(logits, orig_size)[0, 0]
     return ExpressionPrediction(logits=out)

@@ -46,6 +46,7 @@ from mpgsam2.data.synthetic import davis_palette
 from mpgsam2.data.video_dataset import ReferringVideoEvalDataset
 from mpgsam2.inference.predictor import predict_expression
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
+from mpgsam2.utils import write_json_atomic
 
 __all__ = [
     "DATASET_KINDS",
@@ -502,7 +503,4 @@ def check_manifest(path: str | os.PathLike[str], manifest: Mapping[str, Any]) ->
                 "use a new run folder or delete its staging/ to start over"
             )
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, current)

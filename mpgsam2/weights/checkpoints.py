@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 # checkpoint[TRAIN_CHECKPOINT_KEY] = {"config", "model_config", "tokenizer_path"}, written by
-# mpgsam2.lit_module (its CHECKPOINT_KEY; not imported here so that this module stays free of Lightning)
+# mpgsam2.lit_module, which imports this key (this module stays free of Lightning)
 TRAIN_CHECKPOINT_KEY = "mpgsam2"
 # the tokenizer file of a released MPG-SAM 2 folder (HF save_pretrained of XLMRobertaTokenizer, = beit3.spm)
 RELEASED_TOKENIZER = "sentencepiece.bpe.model"

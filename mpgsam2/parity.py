@@ -25,6 +25,13 @@ from mpgsam2.modeling.mpgsam2 import MPGSAM2, ClipOutput
 from mpgsam2.weights import convert_mpgsam2, load_into, original_name, read_state_dict
 
 ATOL = RTOL = 1e-4
+# Gradients that flow back through the bfloat16-stored memory (spec: memory features are stored in bf16 between
+# frames) are themselves rounded to bfloat16 there, so a float32 difference of 1e-7 elsewhere in the backward can
+# move them by one bfloat16 step (2^-8 relative). Measured: with oneDNN's AVX2 kernels (as the fixture's machine)
+# every gradient norm agrees to 1e-4; with its AVX-512 kernels the BEiT-3 text path's norms move by 0.36 %.
+GRAD_RTOL = 2.0**-8
+# the fixture (data computed by the original code) ships with the repository, beside the tests
+DEFAULT_FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "original_parity"
 
 
 def build_model(fixture: Path, hf_gamma_compat: bool = False) -> MPGSAM2:
@@ -213,8 +220,10 @@ def compute_outputs(fixture: str | Path) -> dict[str, Tensor]:
     return results
 
 
-def compare(expected: Tensor, actual: Tensor, probs: Tensor | None = None) -> tuple[float, bool]:
-    """(largest absolute difference, within tolerance)."""
+def compare(
+    expected: Tensor, actual: Tensor, probs: Tensor | None = None, rtol: float = RTOL
+) -> tuple[float, bool]:
+    """(largest absolute difference, within atol + rtol * |expected|)."""
     if tuple(expected.shape) != tuple(actual.shape):
         return float("inf"), False
     if expected.dtype == torch.bool:
@@ -224,7 +233,7 @@ def compare(expected: Tensor, actual: Tensor, probs: Tensor | None = None) -> tu
         return float((expected != actual.bool()).sum()), not bool(differ.any())
     e, a = expected.double(), actual.double()
     diff = (e - a).abs()
-    allowed = ATOL + RTOL * e.abs()
+    allowed = ATOL + rtol * e.abs()
     if expected.dtype == torch.bfloat16:
         # one bfloat16 step (8 significant bits): a value on a rounding boundary may round either way
         allowed = torch.maximum(allowed, 2.0 ** (torch.floor(torch.log2(e.abs().clamp_min(1e-30))) - 7))
@@ -235,7 +244,18 @@ def compare(expected: Tensor, actual: Tensor, probs: Tensor | None = None) -> tu
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mpgsam2.parity", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "fixture", type=Path, help="folder with config.json, state_dict.safetensors, inputs.pt, outputs.pt"
+        "fixture",
+        type=Path,
+        nargs="?",
+        default=DEFAULT_FIXTURE,
+        help="folder with config.json, state_dict.safetensors, inputs.pt, outputs.pt "
+        f"(default: the repository's copy, {DEFAULT_FIXTURE})",
+    )
+    parser.add_argument(
+        "--grad-rtol",
+        type=float,
+        default=GRAD_RTOL,
+        help=f"relative tolerance of the gradient norms (default {GRAD_RTOL:g}, one bfloat16 step; see GRAD_RTOL)",
     )
     parser.add_argument("--save", type=Path, help="write the computed outputs to this .pt file (flat dict)")
     args = parser.parse_args(argv)
@@ -255,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
             failures += 1
             continue
         probs = results.get("final_probs") if name == "final_masks_ytvos" else None
-        worst, ok = compare(want, got, probs)
+        rtol = args.grad_rtol if name.startswith("train.grad_norm") else RTOL
+        worst, ok = compare(want, got, probs, rtol)
         failures += not ok
         print(f"{name:<{width}}  max|diff| {worst:.3e}  {'ok' if ok else 'FAIL'}")
     if args.save is not None:
@@ -264,7 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.save({k: v.detach().cpu().contiguous() for k, v in results.items()}, tmp)
         tmp.replace(args.save)
         print(f"saved {len(results)} outputs to {args.save}")
-    print(f"{len(expected) - failures} of {len(expected)} outputs within atol=rtol={ATOL:g}")
+    print(
+        f"{len(expected) - failures} of {len(expected)} outputs within atol=rtol={ATOL:g} "
+        f"(gradient norms rtol={args.grad_rtol:g})"
+    )
     return 0 if failures == 0 else 1
 
 

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-FIXTURE_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original_parity"
+from mpgsam2.parity import DEFAULT_FIXTURE as FIXTURE_DIR
 
 
 @pytest.fixture(scope="session")
 def fixture_dir() -> Path:
-    """The original-code parity fixture (../shared/fixtures/original_parity beside the repository)."""
+    """The original-code parity fixture (tests/fixtures/original_parity, data computed by the original code)."""
     if not (FIXTURE_DIR / "config.json").is_file():
-        pytest.fail(f"parity fixture not found at {FIXTURE_DIR}; the repository expects ../shared beside it")
+        pytest.fail(f"parity fixture not found at {FIXTURE_DIR}")
     return FIXTURE_DIR
 
 

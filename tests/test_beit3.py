@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from mpgsam2.modeling.beit3 import BEIT3_PRESETS, BEiT3
+from mpgsam2.parity import DEFAULT_FIXTURE
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original_parity"
+FIXTURE = DEFAULT_FIXTURE
 PREFIX = "mm_extractor.beit3."
 
 
 def _fixture_dir() -> Path:
     if not (FIXTURE / "config.json").is_file():
-        pytest.fail(f"parity fixture not found at {FIXTURE}; the repository expects ../shared beside it")
+        pytest.fail(f"parity fixture not found at {FIXTURE}")
     return FIXTURE
 
 

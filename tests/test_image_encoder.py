@@ -18,15 +18,16 @@ from mpgsam2.modeling.sam2.image_encoder import (
     image_encoder_config,
 )
 from mpgsam2.modeling.sam2.position_encoding import PositionEmbeddingSine
+from mpgsam2.parity import DEFAULT_FIXTURE
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original_parity"
+FIXTURE = DEFAULT_FIXTURE
 PREFIX = "visual_model.image_encoder."
 DECODER = "visual_model.sam_mask_decoder."
 
 
 def _fixture_dir() -> Path:
     if not (FIXTURE / "config.json").is_file():
-        pytest.fail(f"parity fixture not found at {FIXTURE}; the repository expects ../shared beside it")
+        pytest.fail(f"parity fixture not found at {FIXTURE}")
     return FIXTURE
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,8 +18,9 @@ from torch import Tensor
 from mpgsam2.modeling.sam2.mask_decoder import MaskDecoder
 from mpgsam2.modeling.sam2.prompt_encoder import PromptEncoder
 from mpgsam2.modeling.sam2.two_way_transformer import TwoWayTransformer
+from mpgsam2.parity import DEFAULT_FIXTURE
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original_parity"
+FIXTURE = DEFAULT_FIXTURE
 PE_PREFIX = "visual_model.sam_prompt_encoder."
 DEC_PREFIX = "visual_model.sam_mask_decoder."
 # Original MPG module names -> ours.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +14,9 @@ from mpgsam2.modeling.sam2.memory_attention import MemoryAttention, build_memory
 from mpgsam2.modeling.sam2.memory_encoder import CXBlock, MemoryEncoder, build_memory_encoder
 from mpgsam2.modeling.sam2.position_encoding import PositionEmbeddingSine
 from mpgsam2.modeling.sam2.presets import sam2_model_config
+from mpgsam2.parity import DEFAULT_FIXTURE
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original_parity"
+FIXTURE = DEFAULT_FIXTURE
 ATOL = 1e-5
 
 # Memory sections of sam2_hiera_l.yaml (the layout of the released large checkpoint).
@@ -32,7 +32,7 @@ def _strip(cfg: dict) -> dict:
 @cache
 def _fixture() -> dict:
     if not (FIXTURE / "config.json").is_file():
-        pytest.fail(f"parity fixture not found at {FIXTURE}; the repository expects ../shared beside it")
+        pytest.fail(f"parity fixture not found at {FIXTURE}")
     from safetensors.torch import load_file
 
     cfg = json.loads((FIXTURE / "config.json").read_text())["sam2_config_resolved"]

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from mpgsam2.parity import DEFAULT_FIXTURE
 from mpgsam2.text import Beit3Tokenizer
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original_parity"
+FIXTURE = DEFAULT_FIXTURE
 SPM = FIXTURE / "tiny_sentencepiece.model"
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ import torch.distributed as dist
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from data_modules import UnsafeConfigError, checked_data_config
 from mpgsam2.data import (
     MeViSSource,
     RefDAVISSource,
@@ -56,8 +58,8 @@ from mpgsam2.inference.submission import (
 )
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
 from mpgsam2.utils import check_tokenizer_fits, write_json_atomic
-from mpgsam2.weights import load_into, load_mpgsam2
-from mpgsam2.weights.checkpoints import folder_tokenizer, read_train_checkpoint
+from mpgsam2.weights import CheckpointError, load_model, weights_digest
+from mpgsam2.weights.checkpoints import read_train_checkpoint
 
 log = logging.getLogger("eval")
 
@@ -68,38 +70,22 @@ MEVIS_CHUNK = 24  # spec §3.2: MeViS is evaluated in independent 24-frame chunk
 # ------------------------------------------------------------------------------------------------ the model
 
 
-def read_checkpoint(path: str | Path) -> tuple[DictConfig, dict[str, torch.Tensor]]:
-    """The run config and the model's state dict (our key names) of a ``train.py`` checkpoint.
+def stored_run_config(path: str | Path, run_config: Any) -> DictConfig:
+    """The parts of a ``train.py`` checkpoint's stored run config that evaluation uses (its data config and
+    validation chunk size), checked to be data: nothing read from a checkpoint is instantiated unless it names
+    one of the project's data modules (``data_modules.checked_data_config``).
 
     Raises:
-        CheckpointError: the file is missing, is not loadable with ``weights_only=True``, or was not written by
-            ``train.py`` (no state dict or stored config).
+        CheckpointError: the checkpoint stores no run config.
+        UnsafeConfigError: the stored config asks for anything but plain values of a known data module.
     """
-    ckpt = read_train_checkpoint(path)
-    return OmegaConf.create(ckpt.require("config")), ckpt.state_dict
-
-
-def load_model(
-    path: str | Path, hf_gamma_compat: bool = False
-) -> tuple[MPGSAM2, DictConfig | None, Path | None]:
-    """The model of ``ckpt=``, the run config when it is a ``train.py`` checkpoint, and the tokenizer file a
-    released folder ships (a checkpoint's run config names its own).
-
-    Args:
-        path: a ``train.py`` Lightning checkpoint (file), or a folder with ``config.json`` and weights (our
-            ``save_mpgsam2`` export or a released MPG-SAM 2 checkpoint).
-        hf_gamma_compat: see :func:`mpgsam2.weights.load_mpgsam2` (released folders only).
-    """
-    path = Path(path)
-    if path.is_dir():
-        return load_mpgsam2(path, hf_gamma_compat=hf_gamma_compat), None, folder_tokenizer(path)
-    run_config, state = read_checkpoint(path)
-    model_cfg = run_config.model
-    # every weight is in the checkpoint: do not read the training run's initial weights again
-    model_cfg.weights = {"mpgsam2": None, "beit3": None, "sam2": None}
-    model = instantiate(model_cfg)
-    log.info("%s", load_into(model, state, source=str(path)))
-    return model, run_config, None
+    if not isinstance(run_config, Mapping):
+        raise CheckpointError(f"{path}: not a train.py checkpoint (no stored 'mpgsam2.config')")
+    data = checked_data_config(run_config.get("data"), str(path))
+    chunk = (run_config.get("system") or {}).get("eval_chunk_size")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int)):
+        raise UnsafeConfigError(f"{path}: system.eval_chunk_size={chunk!r} is not an integer or null")
+    return OmegaConf.create({"data": data, "system": {"eval_chunk_size": chunk}})
 
 
 # ------------------------------------------------------------------------------------------------ the data
@@ -258,7 +244,9 @@ def _datamodule(
 
 
 def _score_folder(cfg: DictConfig, out_dir: Path, rank: int) -> dict[str, Any]:
-    run_config = read_checkpoint(cfg.ckpt)[0] if cfg.get("ckpt") and Path(cfg.ckpt).is_file() else None
+    run_config = None
+    if cfg.get("ckpt") and Path(cfg.ckpt).is_file():
+        run_config = stored_run_config(cfg.ckpt, read_train_checkpoint(cfg.ckpt).stored.get("config"))
     datamodule = _datamodule(cfg, run_config, None, None)
     kind = dataset_kind(datamodule, cfg.get("dataset"))
     if kind == "refcoco":
@@ -288,7 +276,9 @@ def _score_folder(cfg: DictConfig, out_dir: Path, rank: int) -> dict[str, Any]:
 def _evaluate_model(
     cfg: DictConfig, out_dir: Path, rank: int, world: int, device: torch.device
 ) -> dict[str, Any]:
-    model, run_config, tokenizer = load_model(cfg.ckpt, bool(cfg.get("hf_gamma_compat", False)))
+    loaded = load_model(cfg.ckpt, bool(cfg.get("hf_gamma_compat", False)))
+    model, tokenizer = loaded.model, loaded.tokenizer_path
+    run_config = None if loaded.path.is_dir() else stored_run_config(loaded.path, loaded.run_config)
     if cfg.get("tokenizer"):
         tokenizer = Path(cfg.tokenizer)
     model.to(device)
@@ -319,12 +309,16 @@ def _evaluate_model(
             out_dir / "staging.json",
             {
                 "checkpoint": str(Path(cfg.ckpt).resolve()),
+                "weights": weights_digest(model),
                 "dataset": kind,
                 "sources": [t.source.name for t in targets],
                 "chunk_size": chunk,
                 "max_frames": max_frames,
                 "mask_format": MASK_FORMATS[kind],
+                "tokenizer": str(datamodule.tokenizer_path),
             },
+            restart=bool(cfg.get("restart", False)),
+            staging=staging,
         )
     barrier()
     log.info(

@@ -24,7 +24,7 @@ from mpgsam2.inference.predictor import predict_expression, resize_logits
 from mpgsam2.metrics import JFMetric
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
 from mpgsam2.utils import check_tokenizer_fits
-from mpgsam2.weights.checkpoints import TRAIN_CHECKPOINT_KEY
+from mpgsam2.weights.checkpoints import TRAIN_CHECKPOINT_KEY, train_checkpoint_record
 
 __all__ = ["RVOSLitModule", "build_param_groups"]
 
@@ -233,20 +233,4 @@ class RVOSLitModule(L.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # plain containers only, so the file loads with torch.load(weights_only=True)
-        checkpoint[CHECKPOINT_KEY] = {
-            "config": self.run_config,
-            "model_config": _plain(self.model.config.to_dict()),
-            "tokenizer_path": self.tokenizer_path,
-        }
-
-
-def _plain(value: Any) -> Any:
-    """Recursively turn a config value into JSON-like containers (tuples to lists, dtypes to strings)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
+        checkpoint[CHECKPOINT_KEY] = train_checkpoint_record(self.run_config, self.model, self.tokenizer_path)

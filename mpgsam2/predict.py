@@ -23,11 +23,9 @@ from PIL import Image
 from mpgsam2.data.sources import read_rgb_frames
 from mpgsam2.data.transforms import ClipTransform
 from mpgsam2.inference.predictor import predict_expression
-from mpgsam2.modeling.config import MPGSAM2Config
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
 from mpgsam2.text.tokenizer import Beit3Tokenizer
-from mpgsam2.weights import load_into, load_mpgsam2
-from mpgsam2.weights.checkpoints import folder_tokenizer, read_train_checkpoint
+from mpgsam2.weights import load_model
 
 __all__ = ["load_model_for_inference", "main", "segment_video"]
 
@@ -37,25 +35,9 @@ FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def load_model_for_inference(path: str | Path, hf_gamma_compat: bool = False) -> tuple[MPGSAM2, Path | None]:
-    """The model in ``path`` and the tokenizer file it names or ships (None when it does neither).
-
-    Args:
-        path: a ``train.py`` checkpoint (built from its stored model config; the tokenizer it recorded), or a
-            folder with ``config.json`` and weights (our export or a released folder; its
-            ``sentencepiece.bpe.model`` when present).
-        hf_gamma_compat: see :func:`mpgsam2.weights.load_mpgsam2` (released folders only).
-
-    Raises:
-        CheckpointError: not a train.py checkpoint, nor a folder with a config and weights.
-    """
-    path = Path(path)
-    if path.is_dir():
-        return load_mpgsam2(path, hf_gamma_compat=hf_gamma_compat), folder_tokenizer(path)
-    ckpt = read_train_checkpoint(path)
-    model = MPGSAM2(MPGSAM2Config.from_dict(ckpt.require("model_config")))
-    logger.info("%s", load_into(model, ckpt.state_dict, source=str(path)))
-    tokenizer = ckpt.stored.get("tokenizer_path")
-    return model, Path(tokenizer) if tokenizer else None
+    """The model in ``path`` and the tokenizer file it names or ships (see :func:`mpgsam2.weights.load_model`)."""
+    loaded = load_model(path, hf_gamma_compat=hf_gamma_compat)
+    return loaded.model, loaded.tokenizer_path
 
 
 @torch.inference_mode()

@@ -33,7 +33,7 @@ from mpgsam2.data import MeViSSource, RefDAVISSource
 from mpgsam2.data.synthetic import SyntheticConfig, generate_synthetic_ytvos
 from mpgsam2.metrics import JFMetric
 from mpgsam2.weights import save_mpgsam2
-from mpgsam2.weights.checkpoints import RELEASED_TOKENIZER
+from mpgsam2.weights.checkpoints import RELEASED_TOKENIZER, train_checkpoint_record
 
 YTVOS_VIDEOS = {
     "va": {
@@ -258,7 +258,8 @@ def test_train_checkpoint_uses_its_data_config_and_swapped_captions(tmp_path: Pa
     ckpt = tmp_path / "model.ckpt"
     run_config = OmegaConf.to_container(train_cfg, resolve=True)
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    torch.save({"mpgsam2": {"config": run_config}, "state_dict": state}, ckpt)
+    record = train_checkpoint_record(run_config, model, None)
+    torch.save({"mpgsam2": record, "state_dict": state}, ckpt)
     data_dir = tmp_path / "train" / "data"
     plain = eval_entry.run(
         compose_config("eval", [f"ckpt={ckpt}", "+data.val_max_frames=2"], tmp_path / "a", data_dir)

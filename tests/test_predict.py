@@ -72,13 +72,14 @@ def test_predict_refuses_to_overwrite_and_needs_frames(trained, tmp_path):
 
 
 def test_the_three_train_checkpoint_readers_share_one_reader_and_its_errors(tmp_path):
-    """eval.py, predict and build_model(weights={"mpgsam2": x.ckpt}) read train.py files the same way."""
+    """eval.py, predict and build_model(weights={"mpgsam2": x.ckpt}) read train.py files the same way: eval.py
+    and predict through mpgsam2.weights.load_model, all three through read_train_checkpoint."""
     from data_helpers import tiny_video_model
 
     import eval as eval_entry
     from mpgsam2.build import build_model
     from mpgsam2.lit_module import CHECKPOINT_KEY
-    from mpgsam2.weights import CheckpointError
+    from mpgsam2.weights import CheckpointError, load_model
     from mpgsam2.weights.checkpoints import TRAIN_CHECKPOINT_KEY, read_train_checkpoint
 
     assert TRAIN_CHECKPOINT_KEY == CHECKPOINT_KEY  # the key lit_module writes is the one read
@@ -91,16 +92,17 @@ def test_the_three_train_checkpoint_readers_share_one_reader_and_its_errors(tmp_
     with pytest.raises(
         CheckpointError, match=r"no_config\.ckpt: not a train.py checkpoint.*'mpgsam2\.config'"
     ):
-        eval_entry.read_checkpoint(no_config)
-    with pytest.raises(CheckpointError, match=r"no_config\.ckpt: .*'mpgsam2\.model_config'"):
-        predict.load_model_for_inference(no_config)
+        eval_entry.stored_run_config(no_config, read_train_checkpoint(no_config).stored.get("config"))
+    for load in (predict.load_model_for_inference, load_model):
+        with pytest.raises(CheckpointError, match=r"no_config\.ckpt: .*'mpgsam2\.model_config'"):
+            load(no_config)
     conf = _tiny_model_config()
     rebuilt = build_model(conf["beit3"], conf["sam2"], weights={"mpgsam2": str(no_config)})
     assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), model.state_dict().values()))
 
     bad = {
         "missing.ckpt": "checkpoint not found",
-        "garbage.ckpt": r"not a loadable checkpoint \(weights_only=True\)",
+        "garbage.ckpt": r"corrupt or truncated torch checkpoint",
         "no_state.ckpt": r"not a train.py checkpoint \(no Lightning 'state_dict'",
         "other_module.ckpt": r"not a train.py checkpoint \(no Lightning 'state_dict' with 'model\.' weights",
     }
@@ -109,7 +111,7 @@ def test_the_three_train_checkpoint_readers_share_one_reader_and_its_errors(tmp_
     torch.save({"state_dict": {"net.w": torch.ones(1)}}, tmp_path / "other_module.ckpt")
     for name, message in bad.items():
         path = tmp_path / name
-        for read in (eval_entry.read_checkpoint, predict.load_model_for_inference, read_train_checkpoint):
+        for read in (load_model, predict.load_model_for_inference, read_train_checkpoint):
             with pytest.raises(CheckpointError, match=rf"{name}: {message}"):
                 read(path)
         with pytest.raises(CheckpointError, match=rf"{name}: {message}"):

@@ -217,6 +217,12 @@ class StagingArea:
         if self.partial_root.exists():
             shutil.rmtree(self.partial_root)
 
+    def clear(self) -> None:
+        """Deletes every staged unit, finished or partial (a restart from scratch)."""
+        self.remove_partials()
+        if self.root.exists():
+            shutil.rmtree(self.root)
+
 
 def _expressions_file(source: ReferringVideoSource) -> str:
     """What to name in an error about an identifier of ``source`` (its expressions json when it has one)."""
@@ -484,23 +490,40 @@ def write_submission_zip(
     return path
 
 
-def check_manifest(path: str | os.PathLike[str], manifest: Mapping[str, Any]) -> None:
-    """Records what a staging folder holds, or checks a restarted run against it.
+def check_manifest(
+    path: str | os.PathLike[str],
+    manifest: Mapping[str, Any],
+    restart: bool = False,
+    staging: StagingArea | None = None,
+) -> None:
+    """Records what a staging folder holds (the weights' content hash, the data and the settings), or checks a
+    restarted run against it.
+
+    Args:
+        path: the manifest file beside the staging folder.
+        manifest: what this run would stage.
+        restart: when the staged predictions are of another evaluation, discard them (``staging``'s videos) and
+            start over instead of refusing.
 
     Raises:
-        ValueError: naming ``path``, when an earlier run staged predictions of another model, dataset or
-            setting there (resuming would mix them).
+        ValueError: naming ``path``, when an earlier run staged predictions of another model (other weights,
+            even under the same file name), dataset or setting there and ``restart`` is off (resuming would mix
+            them).
     """
     path = Path(path)
     current = json.loads(json.dumps(manifest, sort_keys=True, default=str))
     if path.is_file():
         previous = json.loads(path.read_text())
-        if previous != current:
-            diff = {k: (previous.get(k), current.get(k)) for k in set(previous) | set(current)}
-            diff = {k: v for k, v in diff.items() if v[0] != v[1]}
+        if previous == current:
+            return
+        diff = {k: (previous.get(k), current.get(k)) for k in set(previous) | set(current)}
+        diff = {k: v for k, v in diff.items() if v[0] != v[1]}
+        if not restart:
             raise ValueError(
                 f"{path}: this run folder holds predictions of another evaluation ({diff}, as (staged, now)); "
-                "use a new run folder or delete its staging/ to start over"
+                "use a new run folder, or restart=true to discard them and start over"
             )
-        return
+        log.warning("%s: discarding the staged predictions of another evaluation (%s)", path, sorted(diff))
+        if staging is not None:
+            staging.clear()
     write_json_atomic(path, current)

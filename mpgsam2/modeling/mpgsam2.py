@@ -162,6 +162,21 @@ class ClipOutput:
     frames: list[FrameOutput] = field(default_factory=list)
 
 
+# the dtypes a config (possibly read from someone else's checkpoint) may name; never looked up by name on torch
+MEMORY_STORAGE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def memory_storage_dtype(name: str | None) -> torch.dtype | None:
+    """The dtype SAM 2 memories are stored in between frames (None: as computed)."""
+    if name is None:
+        return None
+    if name not in MEMORY_STORAGE_DTYPES:
+        raise ValueError(
+            f"memory_storage_dtype={name!r}: expected None or one of {sorted(MEMORY_STORAGE_DTYPES)}"
+        )
+    return MEMORY_STORAGE_DTYPES[name]
+
+
 class MPGSAM2(nn.Module):
     """The MPG-SAM 2 model. Build with ``MPGSAM2(config)``; load weights with ``mpgsam2.weights``."""
 
@@ -181,7 +196,7 @@ class MPGSAM2(nn.Module):
         self.sparse_prompt_mlp = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, c))
         self.text_proj = nn.Linear(d, c)
         self.sentence_head = nn.Linear(c, 1)
-        storage = None if config.memory_storage_dtype is None else getattr(torch, config.memory_storage_dtype)
+        storage = memory_storage_dtype(config.memory_storage_dtype)
         sam2_cfg = dict(config.sam2)
         sam2_cfg.setdefault("memory_storage_dtype", storage)
         self.sam: SAM2Tracker = build_sam2_tracker(

@@ -7,6 +7,7 @@ Typical use::
     report = load_checkpoint(model, "sam2_hiera_large.pt", fmt="sam2")   # then "beit3_large_patch16_224.pth"
 """
 
+from mpgsam2.weights.checkpoints import LoadedModel, load_model, weights_digest
 from mpgsam2.weights.convert import (
     BEIT3_IGNORE,
     BEIT3_RULES,
@@ -37,6 +38,9 @@ from mpgsam2.weights.loader import (
 from mpgsam2.weights.pretrained import init_from_components, load_mpgsam2, save_mpgsam2
 
 __all__ = [
+    "LoadedModel",
+    "load_model",
+    "weights_digest",
     "init_from_components",
     "load_mpgsam2",
     "save_mpgsam2",

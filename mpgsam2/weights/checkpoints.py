@@ -1,28 +1,43 @@
-"""The one reader of ``train.py`` (Lightning) checkpoints, and where a model folder keeps its tokenizer.
+"""The one reader of ``train.py`` (Lightning) checkpoints, and the one loader of a model from any path.
 
 ``eval.py``, ``python -m mpgsam2.predict`` and ``build_model(weights={"mpgsam2": "x.ckpt"})`` all read
-checkpoints through :func:`read_train_checkpoint`, so the three agree on what a valid file is and on the errors.
+checkpoints through :func:`read_train_checkpoint`, so the three agree on what a valid file is and on the errors;
+``eval.py`` and ``predict`` turn a path into a model with :func:`load_model`.
+
+A checkpoint is data, never code: the model is rebuilt from the stored ``MPGSAM2Config`` values by the project's
+own classes (no ``_target_`` or other name in the file is imported or instantiated), and the stored run config
+is returned as plain containers for the caller to check (``data_modules.checked_data_config``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from mpgsam2.weights.io import CheckpointError
+from mpgsam2.modeling.config import MPGSAM2Config
+from mpgsam2.modeling.mpgsam2 import MPGSAM2
+from mpgsam2.weights.io import CheckpointError, load_torch_file
 
 __all__ = [
     "RELEASED_TOKENIZER",
     "TRAIN_CHECKPOINT_KEY",
+    "LoadedModel",
     "TrainCheckpoint",
     "folder_tokenizer",
+    "load_model",
     "read_train_checkpoint",
+    "train_checkpoint_record",
+    "weights_digest",
 ]
+
+logger = logging.getLogger(__name__)
 
 # checkpoint[TRAIN_CHECKPOINT_KEY] = {"config", "model_config", "tokenizer_path"}, written by
 # mpgsam2.lit_module, which imports this key (this module stays free of Lightning)
@@ -30,6 +45,29 @@ TRAIN_CHECKPOINT_KEY = "mpgsam2"
 # the tokenizer file of a released MPG-SAM 2 folder (HF save_pretrained of XLMRobertaTokenizer, = beit3.spm)
 RELEASED_TOKENIZER = "sentencepiece.bpe.model"
 _MODEL_PREFIX = "model."  # RVOSLitModule keeps the network as `self.model`
+
+
+def train_checkpoint_record(
+    run_config: Mapping[str, Any] | None, model: MPGSAM2, tokenizer_path: str | None
+) -> dict[str, Any]:
+    """What ``train.py`` stores in ``checkpoint[TRAIN_CHECKPOINT_KEY]``, as plain containers only (the file must load
+    with ``torch.load(weights_only=True)``): the run config, the model's config and the tokenizer path."""
+    return {
+        "config": _plain(run_config or {}),
+        "model_config": _plain(model.config.to_dict()),
+        "tokenizer_path": tokenizer_path,
+    }
+
+
+def _plain(value: Any) -> Any:
+    """Recursively turn a config value into JSON-like containers (tuples to lists, dtypes to strings)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -62,12 +100,7 @@ def read_train_checkpoint(path: str | Path) -> TrainCheckpoint:
             ``state_dict`` with ``model.`` weights (the message names the file).
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointError(f"{path}: not a loadable checkpoint (weights_only=True): {err}") from err
+    ckpt = load_torch_file(path)
     lightning_state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     state = (
         {k[len(_MODEL_PREFIX) :]: v for k, v in lightning_state.items() if k.startswith(_MODEL_PREFIX)}
@@ -87,3 +120,70 @@ def folder_tokenizer(folder: str | Path) -> Path | None:
     """The sentencepiece model a released MPG-SAM 2 folder ships, None when it has none."""
     tokenizer = Path(folder) / RELEASED_TOKENIZER
     return tokenizer if tokenizer.is_file() else None
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model read from a path, with what inference needs beside it.
+
+    Attributes:
+        model: the network (on the CPU, in the mode ``MPGSAM2`` starts in).
+        tokenizer_path: the sentencepiece model the checkpoint recorded or the folder ships (None: neither).
+        run_config: a ``train.py`` checkpoint's resolved run config, plain containers (None for folders). Data
+            only: check it before use (``data_modules.checked_data_config``).
+        path: where it was read from.
+    """
+
+    model: MPGSAM2
+    tokenizer_path: Path | None
+    run_config: Mapping[str, Any] | None
+    path: Path
+
+
+def load_model(path: str | Path, hf_gamma_compat: bool = False) -> LoadedModel:
+    """The model in ``path``: a ``train.py`` checkpoint (rebuilt from its stored ``model_config``), our export
+    folder or a released MPG-SAM 2 folder (``config.json`` + weights, with ``sentencepiece.bpe.model``).
+
+    Args:
+        path: the file or folder.
+        hf_gamma_compat: see :func:`mpgsam2.weights.load_mpgsam2` (released folders only).
+
+    Raises:
+        CheckpointError: the path is neither, a stored value is invalid, or the weights do not fit (the message
+            names the file and the key).
+    """
+    from mpgsam2.weights.loader import load_into
+    from mpgsam2.weights.pretrained import load_mpgsam2
+
+    path = Path(path)
+    if path.is_dir():
+        model = load_mpgsam2(path, hf_gamma_compat=hf_gamma_compat)
+        return LoadedModel(model, folder_tokenizer(path), None, path)
+    ckpt = read_train_checkpoint(path)
+    stored_config = ckpt.require("model_config")
+    if not isinstance(stored_config, Mapping):
+        raise CheckpointError(f"{path}: '{TRAIN_CHECKPOINT_KEY}.model_config' is not a mapping")
+    try:
+        config = MPGSAM2Config.from_dict(dict(stored_config))
+        model = MPGSAM2(config)
+    except (TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{path}: invalid '{TRAIN_CHECKPOINT_KEY}.model_config': {err}") from err
+    logger.info("%s", load_into(model, ckpt.state_dict, source=str(path)))
+    tokenizer = ckpt.stored.get("tokenizer_path")
+    run_config = ckpt.stored.get("config")
+    return LoadedModel(
+        model,
+        Path(tokenizer) if isinstance(tokenizer, str) and tokenizer else None,
+        run_config if isinstance(run_config, Mapping) else None,
+        path,
+    )
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A content hash of a model's state (names, shapes, dtypes and bytes): equal iff the weights are equal."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.state_dict().items()):
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(data.shape)}:{data.dtype};".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()

@@ -16,13 +16,20 @@ import struct
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CheckpointError", "read_state_dict", "HF_WEIGHT_FILES", "STATE_DICT_WRAPPER_KEYS"]
+__all__ = [
+    "CheckpointError",
+    "HF_WEIGHT_FILES",
+    "STATE_DICT_WRAPPER_KEYS",
+    "load_torch_file",
+    "read_state_dict",
+]
 
 # Top-level keys under which training scripts store the state dict: {"model": sd} (SAM 2, BEiT-3, DETR-style
 # scripts), {"state_dict": sd} (Lightning), {"module": sd} (DeepSpeed mp_rank_00_model_states.pt).
@@ -123,23 +130,37 @@ def _read_safetensors(p: Path) -> dict[str, Tensor]:
 
 
 def _read_torch(p: Path, *, mmap: bool) -> dict[str, Tensor]:
+    return _extract_state_dict(load_torch_file(p, mmap=mmap), p)
+
+
+def load_torch_file(path: str | os.PathLike[str], *, mmap: bool = False) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with errors that name the file.
+
+    Raises:
+        CheckpointError: the file is missing, damaged, or holds objects other than tensors and plain containers
+            (an arbitrary pickle is refused, never retried with ``weights_only=False``).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: checkpoint not found")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
+        return torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         # A zip-format file is checksummed, so only a legacy-format file can reach here through damage.
         if "weights only" in str(e).lower() and (mmap or not _names_missing_global(str(e))):
-            first = _first_line(str(e), "WeightsUnpickler") or _first_line(str(e), "Unsupported")
+            found = re.search(r"GLOBAL (\S+)", str(e))
+            needs = f" (it needs {found.group(1)})" if found else ""
+            # `from None`: torch's own message advises weights_only=False, which this project never does
             raise CheckpointError(
-                f"{p}: refusing to load an arbitrary pickle: the file holds objects other than tensors and plain "
-                f"containers, and this reader only uses torch.load(weights_only=True). Re-save the state dict "
-                f"alone (torch.save(model.state_dict(), ...)) from a trusted environment. Detail: {first}"
-            ) from e
+                f"{p}: refusing to load an arbitrary pickle{needs}: the file holds objects other than tensors and "
+                "plain containers, and this project only loads checkpoints with torch.load(weights_only=True). "
+                "Re-save the state dict alone (torch.save(model.state_dict(), ...)) from a trusted environment."
+            ) from None
         raise CheckpointError(f"{p}: corrupt or truncated torch checkpoint ({_first_line(str(e))})") from e
     except Exception as e:  # weights_only unpickling of damaged bytes fails in many ways (EOF, Index, Key...)
         raise CheckpointError(
             f"{p}: corrupt or truncated torch checkpoint ({type(e).__name__}: {_first_line(str(e))})"
         ) from e
-    return _extract_state_dict(obj, p)
 
 
 def _names_missing_global(message: str) -> bool:

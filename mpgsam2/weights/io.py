@@ -147,16 +147,17 @@ def load_torch_file(path: str | os.PathLike[str], *, mmap: bool = False) -> Any:
         return torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         # A zip-format file is checksummed, so only a legacy-format file can reach here through damage.
-        if "weights only" in str(e).lower() and (mmap or not _names_missing_global(str(e))):
-            found = re.search(r"GLOBAL (\S+)", str(e))
-            needs = f" (it needs {found.group(1)})" if found else ""
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        if found and "weights only" in str(e).lower() and (mmap or not _names_missing_global(str(e))):
+            needs = f" (it needs {found.group(1)})"
             # `from None`: torch's own message advises weights_only=False, which this project never does
             raise CheckpointError(
                 f"{p}: refusing to load an arbitrary pickle{needs}: the file holds objects other than tensors and "
                 "plain containers, and this project only loads checkpoints with torch.load(weights_only=True). "
                 "Re-save the state dict alone (torch.save(model.state_dict(), ...)) from a trusted environment."
             ) from None
-        raise CheckpointError(f"{p}: corrupt or truncated torch checkpoint ({_first_line(str(e))})") from e
+        detail = _first_line(str(e), "WeightsUnpickler error:") or _first_line(str(e))
+        raise CheckpointError(f"{p}: corrupt or truncated torch checkpoint ({detail})") from None
     except Exception as e:  # weights_only unpickling of damaged bytes fails in many ways (EOF, Index, Key...)
         raise CheckpointError(
             f"{p}: corrupt or truncated torch checkpoint ({type(e).__name__}: {_first_line(str(e))})"

@@ -14,6 +14,7 @@ import pickle
 import re
 import struct
 import sys
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,8 @@ def load_torch_file(path: str | os.PathLike[str], *, mmap: bool = False) -> Any:
     except pickle.UnpicklingError as e:
         # A zip-format file is checksummed, so only a legacy-format file can reach here through damage.
         found = re.search(r"GLOBAL (\S+)", str(e))
-        if found and "weights only" in str(e).lower() and (mmap or not _names_missing_global(str(e))):
+        checksummed = mmap or zipfile.is_zipfile(p)  # a zip-format file cannot be damaged into a refusal
+        if found and "weights only" in str(e).lower() and (checksummed or not _names_missing_global(str(e))):
             needs = f" (it needs {found.group(1)})"
             # `from None`: torch's own message advises weights_only=False, which this project never does
             raise CheckpointError(
@@ -156,12 +158,18 @@ def load_torch_file(path: str | os.PathLike[str], *, mmap: bool = False) -> Any:
                 "plain containers, and this project only loads checkpoints with torch.load(weights_only=True). "
                 "Re-save the state dict alone (torch.save(model.state_dict(), ...)) from a trusted environment."
             ) from None
-        detail = _first_line(str(e), "WeightsUnpickler error:") or _first_line(str(e))
+        detail = _unpickler_detail(str(e))
         raise CheckpointError(f"{p}: corrupt or truncated torch checkpoint ({detail})") from None
     except Exception as e:  # weights_only unpickling of damaged bytes fails in many ways (EOF, Index, Key...)
         raise CheckpointError(
             f"{p}: corrupt or truncated torch checkpoint ({type(e).__name__}: {_first_line(str(e))})"
         ) from e
+
+
+def _unpickler_detail(message: str) -> str:
+    """What torch's weights-only unpickler found wrong, without its advice around it."""
+    tail = message.split("WeightsUnpickler error:", 1)[-1]
+    return _first_line(tail) or "unreadable pickle"
 
 
 def _names_missing_global(message: str) -> bool:

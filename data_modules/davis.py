@@ -13,19 +13,17 @@ __all__ = ["RefDAVISDataModule"]
 
 class RefDAVISDataModule(ReferringVideoDataModule):
     """Args: root: the converted ``ref-davis`` folder (``train/``, ``valid/``, ``meta_expressions/``);
-    annotator: keep only this annotator set's expressions (0..3) or all (None); val_split: the split used for
-    validation/prediction ("valid"); **kwargs: see ReferringVideoDataModule."""
+    annotator: keep only this annotator set's expressions (0..3) or all (None); **kwargs: see
+    ReferringVideoDataModule (``val_split`` "valid" by default)."""
+
+    eval_split = "valid"
 
     def __init__(
-        self, root: str, annotator: int | None = None, val_split: str = "valid", **kwargs: object
+        self, root: str, annotator: int | None = None, val_split: str | None = "valid", **kwargs: object
     ) -> None:
         self.root = Path(root)
         self.annotator = annotator
-        self.val_split = val_split
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+        super().__init__(val_split=val_split, **kwargs)  # type: ignore[arg-type]
 
-    def train_source(self) -> ReferringVideoSource:
-        return RefDAVISSource(self.root, "train", self.annotator)
-
-    def val_source(self) -> ReferringVideoSource:
-        return RefDAVISSource(self.root, self.val_split, self.annotator)
+    def split_source(self, split: str) -> ReferringVideoSource:
+        return RefDAVISSource(self.root, split, self.annotator)

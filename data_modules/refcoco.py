@@ -36,6 +36,7 @@ class RefCOCODataModule(ReferringVideoDataModule):
     """
 
     collate_class = ReferringImageCollate
+    eval_split = "val"
 
     def __init__(
         self,
@@ -57,8 +58,7 @@ class RefCOCODataModule(ReferringVideoDataModule):
         self.names = tuple(names)
         self.train_split = train_split
         self.val_name = val_name
-        self.val_split = val_split
-        super().__init__(num_frames=1, photometric=photometric, **kwargs)  # type: ignore[arg-type]
+        super().__init__(val_split=val_split, num_frames=1, photometric=photometric, **kwargs)  # type: ignore[arg-type]
         self.val_batch_size = val_batch_size or self.batch_size
 
     def train_sources(self) -> list[RefCOCOSource]:

@@ -21,17 +21,18 @@ class SyntheticDataModule(ReferringVideoDataModule):
         **kwargs: see :class:`ReferringVideoDataModule`.
     """
 
-    def __init__(self, root: str, generator: dict | None = None, **kwargs: object) -> None:
+    eval_split = "valid"
+
+    def __init__(
+        self, root: str, generator: dict | None = None, val_split: str | None = "valid", **kwargs: object
+    ) -> None:
         self.root = Path(root)
         self.generator_config = SyntheticConfig(**(generator or {}))
         kwargs.setdefault("tokenizer_path", str(self.root / "tokenizer.model"))
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+        super().__init__(val_split=val_split, **kwargs)  # type: ignore[arg-type]
 
     def prepare_data(self) -> None:
         generate_synthetic_ytvos(self.root, self.generator_config)
 
-    def train_source(self) -> ReferringVideoSource:
-        return RefYTVOSSource(self.root, "train")
-
-    def val_source(self) -> ReferringVideoSource:
-        return RefYTVOSSource(self.root, "valid")
+    def split_source(self, split: str) -> ReferringVideoSource:
+        return RefYTVOSSource(self.root, split)

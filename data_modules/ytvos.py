@@ -1,5 +1,6 @@
-"""Ref-YouTube-VOS (official layout; see ``mpgsam2.data.ytvos``): train for training, the 202-video valid split
-for inference (no public masks: it is scored by the server)."""
+"""Ref-YouTube-VOS (official layout; see ``mpgsam2.data.ytvos``): train for training; the 202-video valid split
+has no public masks (the server scores it): eval.py writes its submission. Training validates on held-out
+training videos (``val_split=holdout``) or not at all (the paper's recipe)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,13 @@ __all__ = ["RefYTVOSDataModule"]
 
 class RefYTVOSDataModule(ReferringVideoDataModule):
     """Args: root: the ``ref-youtube-vos`` folder (``train/``, ``valid/``, ``meta_expressions/``);
-    val_split: the split used for validation/prediction ("valid"); **kwargs: see ReferringVideoDataModule."""
+    **kwargs: see ReferringVideoDataModule (``val_split``: None, "holdout" or a split with masks)."""
 
-    def __init__(self, root: str, val_split: str = "valid", **kwargs: object) -> None:
+    eval_split = "valid"
+
+    def __init__(self, root: str, **kwargs: object) -> None:
         self.root = Path(root)
-        self.val_split = val_split
         super().__init__(**kwargs)  # type: ignore[arg-type]
 
-    def train_source(self) -> ReferringVideoSource:
-        return RefYTVOSSource(self.root, "train")
-
-    def val_source(self) -> ReferringVideoSource:
-        return RefYTVOSSource(self.root, self.val_split)
+    def split_source(self, split: str) -> ReferringVideoSource:
+        return RefYTVOSSource(self.root, split)

@@ -29,6 +29,8 @@ from mpgsam2.data.sampling import sample_clip_indices
 from mpgsam2.data.sources import (
     ReferringVideoSource,
     SwappedCaptionSource,
+    VideoSubsetSource,
+    holdout_video_ids,
     image_size,
     load_json,
     read_palette_mask,
@@ -59,6 +61,8 @@ __all__ = [
     "ReferringVideoEvalDataset",
     "ReferringVideoSource",
     "SwappedCaptionSource",
+    "VideoSubsetSource",
+    "holdout_video_ids",
     "VideoRecord",
     "caption_flip",
     "davis_annotator",

@@ -10,6 +10,7 @@ All readers raise :class:`~mpgsam2.data.errors.DatasetError` with the offending 
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,8 @@ from mpgsam2.data.records import (
 
 __all__ = [
     "ReferringVideoSource",
+    "VideoSubsetSource",
+    "holdout_video_ids",
     "image_size",
     "load_json",
     "read_palette_mask",
@@ -384,4 +387,56 @@ class SwappedCaptionSource:
 
     def __getattr__(self, name: str) -> object:
         # only reached for attributes not set above: read_frames, read_masks, expressions_file, ...
+        return getattr(self.source, name)
+
+
+# the fixed shuffle the held-out videos are taken from: a larger holdout contains every smaller one, and the
+# held-out set does not change with the training seed
+_HOLDOUT_SHUFFLE = "mpgsam2/holdout"
+
+
+def holdout_video_ids(source: ReferringVideoSource, num_videos: int) -> list[str]:
+    """The ``num_videos`` videos of ``source`` held out of training for validation: the first ``num_videos`` of a
+    fixed shuffle of the sorted video ids (deterministic; independent of any seed).
+
+    Raises:
+        DatasetError: ``num_videos`` is not between 1 and the number of videos minus one.
+    """
+    ids = sorted(v.video_id for v in source.videos)
+    if not 0 < num_videos < len(ids):
+        raise DatasetError(
+            f"{getattr(source, 'expressions_file', source.name)}: cannot hold out {num_videos} of its {len(ids)} "
+            "videos (at least one must be held out and one left to train on)"
+        )
+    random.Random(_HOLDOUT_SHUFFLE).shuffle(ids)
+    return sorted(ids[:num_videos])
+
+
+class VideoSubsetSource:
+    """The videos of ``source`` named in ``video_ids`` (``exclude=True``: all the others), with their expressions;
+    frames, masks and every other attribute come from the wrapped source (e.g. a held-out slice of train)."""
+
+    def __init__(
+        self,
+        source: ReferringVideoSource,
+        video_ids: Sequence[str],
+        exclude: bool = False,
+        tag: str = "subset",
+    ) -> None:
+        chosen = set(video_ids)
+        unknown = chosen - {v.video_id for v in source.videos}
+        if unknown:
+            raise DatasetError(f"{source.name}: unknown video id(s) {sorted(unknown)[:5]}")
+
+        def keep(video: VideoRecord) -> bool:
+            return (video.video_id in chosen) != exclude
+
+        self.source = source
+        self.name = f"{source.name}[{tag}]"
+        self.has_masks = source.has_masks
+        self.videos = [v for v in source.videos if keep(v)]
+        self.expressions = [e for e in source.expressions if keep(e.video)]
+
+    def __getattr__(self, name: str) -> object:
+        # only reached for attributes not set above: read_frames, read_masks, load_masks, expressions_file, ...
         return getattr(self.source, name)

@@ -1,8 +1,12 @@
 """Train MPG-SAM 2: ``python train.py experiment=<name> [key=value ...]`` (configs in ``conf/``).
 
 Builds the model, the data module, the Lightning system, callbacks, loggers and the trainer from the composed
-config; trains (``ckpt_path=`` resumes); then validates the final weights, writes ``<run dir>/metrics.json`` and
-prints ``val/jf=<value>`` as the last line.
+config; trains (``ckpt_path=<run>/checkpoints/last.ckpt`` resumes exactly where that checkpoint was taken); then,
+when the data config has a validation split, validates the final weights, writes ``<run dir>/metrics.json`` and
+prints ``val/jf=<value>`` as the last line (without one it prints the final checkpoint's path).
+
+A run that diverges (a NaN or infinite loss or gradient) stops with an error naming the step and the loss term;
+it writes no ``final.ckpt`` or ``metrics.json`` and leaves the last good ``last.ckpt``.
 """
 
 from __future__ import annotations
@@ -38,12 +42,15 @@ def build_components(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDat
     return system, datamodule
 
 
-def build_trainer(cfg: DictConfig, callbacks_cfg: Any, logger_cfg: Any) -> L.Trainer:
-    """The trainer with the configured callbacks and loggers (each group is a dict of ``_target_`` entries)."""
+def build_trainer(cfg: DictConfig, callbacks_cfg: Any, logger_cfg: Any, validates: bool = True) -> L.Trainer:
+    """The trainer with the configured callbacks and loggers (each group is a dict of ``_target_`` entries).
+    Without validation (``validates=False``) callbacks that monitor a validation metric are left out."""
     callbacks = [instantiate(c) for c in (callbacks_cfg or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (logger_cfg or {}).values() if c is not None]
     if not loggers:  # `logger=none`: the learning-rate monitor has nowhere to write
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
+    if not validates:  # no best.ckpt without a validation metric
+        callbacks = [c for c in callbacks if not str(getattr(c, "monitor", None) or "").startswith("val/")]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
@@ -59,7 +66,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """Train and/or validate as configured; returns the final validation metrics (empty when not validated)."""
     L.seed_everything(cfg.seed, workers=True)
     system, datamodule = build_components(cfg)
-    trainer = build_trainer(cfg, cfg.get("callbacks"), cfg.get("logger"))
+    validates = bool(getattr(datamodule, "validates", True))
+    trainer = build_trainer(cfg, cfg.get("callbacks"), cfg.get("logger"), validates)
     output_dir = Path(cfg.paths.output_dir)
     metrics: dict[str, float] = {}
     try:
@@ -68,10 +76,22 @@ def run(cfg: DictConfig) -> dict[str, float]:
             lg.log_hyperparams(hparams)
         if cfg.train:
             trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+            if trainer.interrupted:  # e.g. Ctrl-C or SIGTERM: no final checkpoint of an unfinished run
+                raise SystemExit(
+                    f"training was interrupted at step {trainer.global_step}; resume from last.ckpt"
+                )
             final = output_dir / "checkpoints" / "final.ckpt"
             trainer.save_checkpoint(final, weights_only=False)  # full state: resumable with ckpt_path=
             log.info("final checkpoint: %s", final)
-        if cfg.validate and not trainer.fast_dev_run:
+        if cfg.train and not validates and trainer.is_global_zero:
+            write_json_atomic(
+                output_dir / "metrics.json",
+                {
+                    "global_step": trainer.global_step,
+                    "checkpoint": str(output_dir / "checkpoints" / "final.ckpt"),
+                },
+            )
+        if cfg.validate and validates and not trainer.fast_dev_run:
             # the reported number comes from the evaluation protocol's path, one expression at a time (as
             # eval.py), so that `python eval.py ckpt=<final.ckpt>` reproduces it exactly; batched validation
             # during training gives the same masks up to float rounding
@@ -96,6 +116,8 @@ def main(cfg: DictConfig) -> float | None:
         # the last line of a run (and Hydra multirun / sweep objective)
         print(f"val/jf={metrics['jf']:.4f}", flush=True)
         return metrics["jf"]
+    if cfg.train:
+        print(f"final checkpoint: {Path(cfg.paths.output_dir) / 'checkpoints' / 'final.ckpt'}", flush=True)
     return None
 
 

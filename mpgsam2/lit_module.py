@@ -26,7 +26,7 @@ from mpgsam2.modeling.mpgsam2 import MPGSAM2
 from mpgsam2.utils import check_tokenizer_fits
 from mpgsam2.weights.checkpoints import TRAIN_CHECKPOINT_KEY, train_checkpoint_record
 
-__all__ = ["RVOSLitModule", "build_param_groups"]
+__all__ = ["RVOSLitModule", "build_param_groups", "one_cycle_schedule"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,28 @@ def build_param_groups(
     return out
 
 
+def one_cycle_schedule(
+    optimizer: Optimizer, max_lr: float, total_steps: int, pct_start: float = 0.3, **kwargs: Any
+) -> torch.optim.lr_scheduler.OneCycleLR:
+    """``torch.optim.lr_scheduler.OneCycleLR`` that also works for short runs.
+
+    Its warm-up ends at step ``pct_start * total_steps - 1``, which must be positive (``trainer.max_steps=20``
+    with ``pct_start=0.05`` would divide by zero); a shorter warm-up is lengthened to 2 steps.
+
+    Raises:
+        ValueError: ``total_steps`` < 3 (e.g. ``trainer.max_steps=-1``: the schedule needs a fixed length).
+    """
+    if total_steps < 3:
+        raise ValueError(
+            f"the one-cycle schedule needs total_steps >= 3 (trainer.max_steps), got {total_steps}"
+        )
+    # deviation: only where torch's schedule would fail; longer runs get exactly torch's schedule
+    pct_start = max(pct_start, 2.0 / total_steps)
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start, **kwargs
+    )
+
+
 class RVOSLitModule(L.LightningModule):
     """Trains and evaluates MPG-SAM 2 on referring-video batches (see ``mpgsam2.data`` for the batch keys).
 
@@ -84,6 +106,9 @@ class RVOSLitModule(L.LightningModule):
         scheduler_interval: "step" or "epoch".
         param_groups: ``[{pattern, lr}, ...]`` (see :func:`build_param_groups`).
         eval_chunk_size: frames per independent inference chunk in validation/prediction (None = whole video).
+        max_nonfinite_steps: how many optimizer steps with a NaN or infinite loss or gradient may be skipped
+            (counted, logged as ``train/nonfinite_steps``); the next one stops training with an error naming the
+            step and the loss term. 0 (the default): the first one stops training.
         run_config: the resolved run configuration as plain containers; stored in every checkpoint so that
             ``eval.py ckpt=...`` can rebuild the model.
     """
@@ -97,6 +122,7 @@ class RVOSLitModule(L.LightningModule):
         scheduler_interval: str = "step",
         param_groups: Sequence[Mapping[str, Any]] = (),
         eval_chunk_size: int | None = None,
+        max_nonfinite_steps: int = 0,
         run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -109,6 +135,11 @@ class RVOSLitModule(L.LightningModule):
         self.scheduler_interval = scheduler_interval
         self.param_group_specs = [dict(g) for g in param_groups]
         self.eval_chunk_size = eval_chunk_size
+        if max_nonfinite_steps < 0:
+            raise ValueError(f"max_nonfinite_steps must be >= 0, got {max_nonfinite_steps}")
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.nonfinite_steps = 0  # skipped so far (saved in checkpoints)
+        self._nonfinite_terms: list[str] = []  # this step's non-finite loss terms
         self.run_config = run_config or {}
         self.tokenizer_path: str | None = None  # the data module's, recorded in checkpoints for inference
         self.val_jf = JFMetric()
@@ -167,12 +198,59 @@ class RVOSLitModule(L.LightningModule):
             num_valid=self._num_valid(valid),
             prior_logits=prior_logits,
         )
+        self._nonfinite_terms = [
+            f"{name}={float(value):g}"
+            for name, value in losses.items()
+            if not bool(torch.isfinite(value).all())
+        ]
+        if self._nonfinite_terms and self.nonfinite_steps >= self.max_nonfinite_steps:
+            raise FloatingPointError(
+                self._divergence_message(f"non-finite loss: {', '.join(self._nonfinite_terms)}")
+            )
         size = valid.shape[0]
         self.log("train/loss", losses["loss_total"], prog_bar=True, batch_size=size)
         for name, value in losses.items():
             if name != "loss_total":
                 self.log(f"train/{name}", value, batch_size=size)
         return {"loss": losses["loss_total"], "pred_masks": pred_masks.detach()}
+
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        # the gradients are reduced over processes here, so every process takes the same decision
+        if str(self.trainer.precision).startswith("16"):
+            return  # fp16's gradient scaler skips overflowing steps itself (they are expected, not divergence)
+        bad_param = next(
+            (
+                n
+                for n, p in self.named_parameters()
+                if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+            ),
+            None,
+        )
+        if bad_param is None and not self._nonfinite_terms:
+            return
+        what = f"non-finite loss: {', '.join(self._nonfinite_terms)}" if self._nonfinite_terms else ""
+        what = what or f"non-finite gradient of {bad_param}"
+        if self.nonfinite_steps >= self.max_nonfinite_steps:
+            raise FloatingPointError(self._divergence_message(what))
+        self.nonfinite_steps += 1
+        logger.warning(
+            "step %d: %s; skipping this step (%d of at most %d)",
+            self.global_step,
+            what,
+            self.nonfinite_steps,
+            self.max_nonfinite_steps,
+        )
+        for param in self.parameters():  # AdamW leaves parameters without a gradient untouched
+            param.grad = None
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps))
+
+    def _divergence_message(self, what: str) -> str:
+        return (
+            f"training diverged at step {self.global_step}: {what}"
+            + (f" ({self.nonfinite_steps} step(s) skipped before)" if self.nonfinite_steps else "")
+            + "; no final checkpoint is written, the last good state is in checkpoints/last.ckpt (lower the "
+            "learning rate, or allow skipping with system.max_nonfinite_steps=K)"
+        )
 
     # ------------------------------------------------------------------ evaluation
     def predict_batch(self, batch: Mapping[str, Any]) -> list[Tensor]:
@@ -234,3 +312,7 @@ class RVOSLitModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = train_checkpoint_record(self.run_config, self.model, self.tokenizer_path)
+        checkpoint["nonfinite_steps"] = self.nonfinite_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.nonfinite_steps = int(checkpoint.get("nonfinite_steps", 0))

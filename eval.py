@@ -125,8 +125,8 @@ def davis_annotators(datamodule: Any) -> list[int]:
 
 
 def eval_targets(kind: str, datamodule: Any, split: str | None) -> list[EvalTarget]:
-    """The sources to predict or score: the data module's validation source (``split=None``) or the reader of
-    ``split``; for Ref-DAVIS17 one source per annotator set, staged under ``anno_<k>``."""
+    """The sources to predict or score: the data module's validation source (``split=None``; its dataset's
+    ``eval_split`` where it validates on nothing) or the reader of ``split``; for Ref-DAVIS17 one source per annotator set, staged under ``anno_<k>``."""
     root = getattr(datamodule, "root", None)
     if kind == "davis":
         split = split or getattr(datamodule, "val_split", None) or "valid"
@@ -134,6 +134,9 @@ def eval_targets(kind: str, datamodule: Any, split: str | None) -> list[EvalTarg
             EvalTarget(RefDAVISSource(root, split, annotator=k), f"anno_{k}")
             for k in davis_annotators(datamodule)
         ]
+    elif split is None and getattr(datamodule, "val_split", None) is None and hasattr(datamodule, "split_source"):
+        # a recipe that validates on nothing (Ref-YouTube-VOS) is evaluated on its dataset's leaderboard split
+        targets = [EvalTarget(datamodule.split_source(datamodule.eval_split))]
     elif split is None:
         targets = [EvalTarget(datamodule.val_source())]
     elif kind == "mevis":

@@ -77,18 +77,20 @@ def one_cycle_schedule(
 ) -> torch.optim.lr_scheduler.OneCycleLR:
     """``torch.optim.lr_scheduler.OneCycleLR`` that also works for short runs.
 
-    Its warm-up ends at step ``pct_start * total_steps - 1``, which must be positive (``trainer.max_steps=20``
-    with ``pct_start=0.05`` would divide by zero); a shorter warm-up is lengthened to 2 steps.
+    Its warm-up ends at step ``pct_start * total_steps - 1``, which must lie strictly between 0 and the last step
+    (``trainer.max_steps=20`` with ``pct_start=0.05`` would divide by zero); a shorter warm-up is lengthened to
+    1.5 steps. A 1-step run gets the schedule's first value.
 
     Raises:
-        ValueError: ``total_steps`` < 3 (e.g. ``trainer.max_steps=-1``: the schedule needs a fixed length).
+        ValueError: ``total_steps`` < 1 (e.g. ``trainer.max_steps=-1``: the schedule needs a fixed length).
     """
-    if total_steps < 3:
+    if total_steps < 1:
         raise ValueError(
-            f"the one-cycle schedule needs total_steps >= 3 (trainer.max_steps), got {total_steps}"
+            f"the one-cycle schedule needs a fixed length: trainer.max_steps >= 1, got {total_steps}"
         )
     # deviation: only where torch's schedule would fail; longer runs get exactly torch's schedule
-    pct_start = max(pct_start, 2.0 / total_steps)
+    total_steps = max(total_steps, 2)
+    pct_start = max(pct_start, 1.5 / total_steps)
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start, **kwargs
     )

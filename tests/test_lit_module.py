@@ -201,3 +201,28 @@ def test_build_model_starts_from_a_train_checkpoint(tmp_path):
     loaded = build_model(conf, sam2, weights={"mpgsam2": str(path)})
     for (name, a), b in zip(source.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("total_steps", [1, 2, 3, 20, 100])
+def test_one_cycle_schedule_runs_every_step_of_a_short_run(total_steps):
+    from mpgsam2.lit_module import one_cycle_schedule
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    scheduler = one_cycle_schedule(optimizer, max_lr=1e-3, total_steps=total_steps, pct_start=0.05)
+    lrs = []
+    for _ in range(total_steps):  # one scheduler step after every optimizer step, as Lightning does
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert all(0 < lr <= 1e-3 for lr in lrs)
+    if total_steps >= 3:
+        assert max(lrs) > lrs[0] and lrs[-1] < max(lrs)  # warms up, then anneals
+
+
+def test_one_cycle_schedule_needs_a_fixed_length():
+    from mpgsam2.lit_module import one_cycle_schedule
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ValueError, match="max_steps"):
+        one_cycle_schedule(optimizer, max_lr=1e-3, total_steps=-1)

@@ -1,6 +1,13 @@
 """Inference over whole videos, leaderboard submission writers and scoring of prediction folders."""
 
-from mpgsam2.inference.predictor import ExpressionPrediction, chunk_bounds, predict_expression, resize_logits
+from mpgsam2.inference.predictor import (
+    ExpressionPrediction,
+    FrameSequence,
+    chunk_bounds,
+    predict_expression,
+    predict_video,
+    resize_logits,
+)
 from mpgsam2.inference.scoring import (
     PredictionFiles,
     davis_unsupervised_scores,
@@ -31,6 +38,7 @@ __all__ = [
     "MASK_FORMATS",
     "EvalTarget",
     "ExpressionPrediction",
+    "FrameSequence",
     "PaletteMerger",
     "PredictionFiles",
     "StagingArea",
@@ -40,6 +48,7 @@ __all__ = [
     "davis_unsupervised_scores",
     "model_predictor",
     "predict_expression",
+    "predict_video",
     "resize_logits",
     "predict_to_staging",
     "probability_masks",

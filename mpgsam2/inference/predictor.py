@@ -7,7 +7,7 @@ original frame size; the binary mask is sigmoid > 0.5, i.e. logit > 0.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +16,19 @@ from torch import Tensor
 
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
 
-__all__ = ["ExpressionPrediction", "chunk_bounds", "predict_expression", "resize_logits"]
+__all__ = [
+    "ExpressionPrediction",
+    "FrameSequence",
+    "chunk_bounds",
+    "predict_expression",
+    "predict_video",
+    "resize_logits",
+]
+
+
+# A video's frames: a (T, 3, H, W) tensor, or any sequence whose item t is frame t as a (3, H, W) tensor (so a reader
+# can decode and transform frames lazily).
+FrameSequence = Tensor | Sequence[Tensor]
 
 
 @dataclass
@@ -92,3 +104,45 @@ def predict_expression(
             logits = session.track(t, sam_frames[start + t]).high_res_logits  # [1, 1, S, S]
             out[start + t] = resize_logits(logits, orig_size)[0, 0]
     return ExpressionPrediction(logits=out)
+
+
+def _frames(frames: FrameSequence, start: int, end: int) -> Tensor:
+    """Frames [start, end) as one (end - start, 3, H, W) tensor."""
+    if isinstance(frames, Tensor):
+        return frames[start:end]
+    return torch.stack([frames[t] for t in range(start, end)])
+
+
+@torch.no_grad()
+def predict_video(
+    model: MPGSAM2,
+    sam_frames: FrameSequence,
+    beit_frames: FrameSequence,
+    expressions: Sequence[tuple[Tensor, Tensor | None]],
+    orig_size: tuple[int, int],
+    chunk_size: int | None = None,
+) -> list[ExpressionPrediction]:
+    """Segment each of K expressions in one video; the unit of work of evaluation and ``mpgsam2.predict``.
+
+    Args:
+        model: the model (its current train/eval mode is used as is).
+        sam_frames: (T, 3, S, S) SAM view, or a sequence of T (3, S, S) frames.
+        beit_frames: (T, 3, Hb, Wb) BEiT-3 view, or a sequence of T (3, Hb, Wb) frames.
+        expressions: K pairs ``(text_ids (L,), text_padding_mask (L,) bool | None)``, of any lengths.
+        orig_size: (H, W) of the original frames.
+        chunk_size: frames per independent chunk (24 for MeViS, spec §3.2), or None for the whole video.
+
+    Returns:
+        K predictions, in the order of ``expressions``: each gives the masks of :func:`predict_expression`.
+    """
+    num_frames = len(sam_frames)
+    if len(beit_frames) != num_frames:
+        raise ValueError(f"{num_frames} SAM frames but {len(beit_frames)} BEiT-3 frames")
+    out = [torch.empty((num_frames, *orig_size), dtype=torch.float32) for _ in expressions]
+    for start, end in chunk_bounds(num_frames, chunk_size):
+        sam_chunk, beit_chunk = _frames(sam_frames, start, end), _frames(beit_frames, start, end)
+        for k, (text_ids, text_padding_mask) in enumerate(expressions):
+            out[k][start:end] = predict_expression(
+                model, sam_chunk, beit_chunk, text_ids, text_padding_mask, orig_size
+            ).logits
+    return [ExpressionPrediction(logits=logits) for logits in out]

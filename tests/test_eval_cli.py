@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import eval as eval_entry
+from data_modules import UnsafeConfigError
 from mpgsam2.data import MeViSSource, RefDAVISSource
 from mpgsam2.data.synthetic import SyntheticConfig, generate_synthetic_ytvos
 from mpgsam2.metrics import JFMetric
@@ -351,3 +352,73 @@ def test_mevis_valid_u_empty_predictions_score_the_frames_without_the_objects(tm
     assert 0 < np.mean(expected) < 1  # the tiny dataset has a frame where the referred objects are absent
     for key in ("j", "f", "jf"):
         assert metrics[key] == pytest.approx(np.mean(expected), abs=1e-12)
+
+
+def _demo_train_checkpoint(tmp_path: Path, edit=None) -> tuple[Path, Path]:
+    """A train.py-style checkpoint of the tiny demo model (its run config stored as data); ``edit(run_config)``
+    tampers with the stored config first. Returns (checkpoint, the demo's data folder)."""
+    train_cfg = compose_config(
+        "train", ["experiment=demo", *TINY_SYNTHETIC, "logger=none"], tmp_path / "train"
+    )
+    model = instantiate(train_cfg.model)
+    run_config = OmegaConf.to_container(train_cfg, resolve=True)
+    if edit is not None:
+        edit(run_config)
+    ckpt = tmp_path / "model.ckpt"
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"mpgsam2": train_checkpoint_record(run_config, model, None), "state_dict": state}, ckpt)
+    return ckpt, tmp_path / "train" / "data"
+
+
+@pytest.mark.parametrize("where", ["data._target_", "data.nested", "model"])
+def test_a_checkpoint_s_stored_config_is_data_never_code(tmp_path: Path, where: str) -> None:
+    """A checkpoint that loads with weights_only=True can still carry a config asking Hydra to call anything
+    (here pathlib.Path.write_text): eval.py must refuse it, naming the file, and write nothing."""
+    victim = tmp_path / "written_by_the_checkpoint.txt"
+    # instantiated, this node writes the file (checked: hydra.utils.instantiate(payload) does)
+    payload = {
+        "_target_": "pathlib.Path.write_text",
+        "_args_": [{"_target_": "pathlib.Path", "_args_": [str(victim)]}, "pwned"],
+    }
+
+    def edit(run_config: dict) -> None:
+        if where == "data._target_":
+            run_config["data"] = payload
+        elif where == "data.nested":
+            run_config["data"]["generator"] = payload
+        else:
+            run_config["model"] = payload
+
+    ckpt, data_dir = _demo_train_checkpoint(tmp_path, edit)
+    cfg = compose_config("eval", [f"ckpt={ckpt}", "+data.val_max_frames=2"], tmp_path / "eval", data_dir)
+    if where == "model":
+        # the model is rebuilt from the stored model config alone; the run config's model node is never called
+        eval_entry.run(cfg)
+    else:
+        with pytest.raises(UnsafeConfigError, match=rf"{ckpt}.*(refusing|_target_)"):
+            eval_entry.run(cfg)
+    assert not victim.exists()
+
+
+def test_a_run_folder_staged_by_other_weights_is_refused_or_restarted(released: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = _ytvos_valid(tmp_path)
+    args = ["data=ytvos", f"data.root={root}"]
+    released = Path(shutil.copytree(released, tmp_path / "released"))  # the module's folder stays as it is
+    first = eval_entry.run(_cfg(tmp_path, f"ckpt={released}", *args))
+    zip_before = Path(first["submission"]).read_bytes()
+    # the same folder name, other weights (a re-trained model written over the old export)
+    other = tiny_video_model()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.5)
+    save_mpgsam2(other, tmp_path / "other")
+    for f in (tmp_path / "other").iterdir():
+        if f.name != RELEASED_TOKENIZER:
+            (released / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(ValueError, match=r"staging.json: .*other evaluation.*weights.*restart=true"):
+        eval_entry.run(_cfg(tmp_path, f"ckpt={released}", *args))
+    assert Path(first["submission"]).read_bytes() == zip_before  # the refusal touched nothing
+    again = eval_entry.run(_cfg(tmp_path, f"ckpt={released}", *args, "restart=true"))
+    assert Path(again["submission"]).read_bytes() != zip_before  # every video predicted again

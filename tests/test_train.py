@@ -143,3 +143,43 @@ def test_ddp_on_two_cpu_processes_syncs_jf(tmp_path, data_dir):
     eval_cfg = compose_config("eval", [f"ckpt={record['checkpoint']}"], tmp_path / "eval", data_dir)
     single = eval_entry.run(eval_cfg)
     assert single["jf"] == pytest.approx(record["jf"], abs=1e-6)
+
+
+DIVERGING = ["validate=false", "system.optimizer.lr=1e6", "system.scheduler=null"]
+
+
+def _all_finite(state_dict: dict) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in state_dict.values() if v.is_floating_point())
+
+
+def test_a_diverging_run_stops_with_an_error_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
+    cfg = _train_cfg(
+        tmp_path,
+        data_dir,
+        "trainer.max_steps=8",
+        *DIVERGING,
+        "callbacks.last_checkpoint.every_n_train_steps=1",
+    )
+    with pytest.raises(FloatingPointError, match=r"training diverged at step \d+: non-finite .*last\.ckpt"):
+        train_entry.run(cfg)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert not (checkpoints / "final.ckpt").exists() and not (tmp_path / "run" / "metrics.json").exists()
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
+    assert _all_finite(last["state_dict"]) and last["global_step"] < 8
+
+
+def test_a_skip_budget_skips_non_finite_steps_and_counts_them(tmp_path, data_dir):
+    cfg = _train_cfg(tmp_path, data_dir, "trainer.max_steps=6", *DIVERGING, "system.max_nonfinite_steps=100")
+    train_entry.run(cfg)
+    final = torch.load(tmp_path / "run" / "checkpoints" / "final.ckpt", map_location="cpu", weights_only=True)
+    assert final["global_step"] == 6 and 0 < final["nonfinite_steps"] <= 6
+    assert _all_finite(final["state_dict"])  # skipped steps never reached the weights
+
+
+def test_resuming_from_a_refused_file_names_it(tmp_path, data_dir):
+    hostile = tmp_path / "hostile.ckpt"
+    torch.save({"state_dict": {}, "payload": Path("x")}, hostile)  # a pickled object: refused by weights_only
+    cfg = _train_cfg(tmp_path, data_dir, "trainer.max_steps=1", "validate=false", f"ckpt_path={hostile}")
+    with pytest.raises(Exception, match=rf"{hostile}: refusing to load an arbitrary pickle") as error:
+        train_entry.run(cfg)
+    assert "weights_only=False" not in str(error.value)

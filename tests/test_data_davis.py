@@ -261,3 +261,16 @@ def test_davis_config_file_matches_the_datamodule() -> None:
     assert cfg["_target_"] == "data_modules.davis.RefDAVISDataModule"
     assert cfg["root"] == "${paths.data_dir}/ref-davis" and cfg["annotator"] is None
     assert cfg["val_split"] == "valid" and cfg["tokenizer_path"] == "${paths.weights_dir}/beit3.spm"
+
+
+def test_davis_scoring_refuses_an_expression_of_an_object_no_annotation_has(
+    root: Path, tmp_path: Path
+) -> None:
+    from mpgsam2.inference import score_davis
+
+    edit_json(_json(root), lambda d: [_exps(d)[str(i)].update(obj_id="7") for i in range(4, 8)])
+    pred = tmp_path / "pred"
+    for k in range(4):
+        (pred / f"anno_{k}").mkdir(parents=True)
+    with pytest.raises(DatasetError, match=r"Annotations/dv_a: object \[7\] of expression '4'.*none of"):
+        score_davis(pred, RefDAVISSource(root, "valid"))

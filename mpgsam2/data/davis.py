@@ -190,7 +190,7 @@ class RefDAVISSource(PaletteMaskSource):
         """
         out = np.isin(self.read_object_masks(expression.video, indices), expression.obj_ids)
         if not out.any():
-            self._check_objects_exist(expression)
+            self.check_objects_exist(expression)
         return out
 
     def annotation_palette(self) -> list[int] | None:

@@ -333,12 +333,12 @@ class PaletteMaskSource(JsonVideoSource):
     ``annotations_dir/<video id>/<frame name>.png`` (Ref-YouTube-VOS, Ref-DAVIS17).
 
     Subclasses also set ``annotations_dir``, ``expressions_file`` and ``_present_ids = {}``; the class attributes
-    ``_objects_word`` / ``_appear_word`` word the error of :meth:`_check_objects_exist`.
+    ``_objects_word`` / ``_appear_word`` word the error of :meth:`check_objects_exist`.
     """
 
     annotations_dir: Path
     expressions_file: Path
-    # video id -> object ids present in any of its annotations (filled lazily, see _check_objects_exist).
+    # video id -> object ids present in any of its annotations (filled lazily, see check_objects_exist).
     _present_ids: dict[str, frozenset[int]]
     _objects_word = "object id(s)"
     _appear_word = "appear"
@@ -352,7 +352,7 @@ class PaletteMaskSource(JsonVideoSource):
         ids = [read_palette_mask(self.mask_path(video, i), image_size(video.frame_paths[i])) for i in indices]
         return np.stack(ids) if ids else np.zeros((0, 0, 0), dtype=np.uint8)
 
-    def _check_objects_exist(self, expression: ExpressionRecord) -> None:
+    def check_objects_exist(self, expression: ExpressionRecord) -> None:
         """Raises when none of the expression's objects is in any annotation of its video (read once, cached)."""
         video = expression.video
         present = self._present_ids.get(video.video_id)

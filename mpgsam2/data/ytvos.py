@@ -140,7 +140,7 @@ class RefYTVOSSource(PaletteMaskSource):
             )
         out = np.isin(self._read_object_ids(video, indices), expression.obj_ids)
         if not out.any():
-            self._check_objects_exist(expression)
+            self.check_objects_exist(expression)
         return out
 
 

@@ -327,7 +327,8 @@ def score_davis(
 
     Raises:
         DatasetError: the source has no masks; a missing ``anno_<k>`` folder, or a missing, undecodable,
-            non-palette or wrongly sized PNG (naming it); more than 20 predicted objects in a video.
+            non-palette or wrongly sized PNG (naming it); more than 20 predicted objects in a video; an expression
+            naming an object that no annotation of its video has (naming the annotation folder and the json).
     """
     _require_masks(source)
     annotators = list(annotators)
@@ -344,8 +345,13 @@ def score_davis(
                 raise DatasetError(f"{files.where(PurePosixPath(f'anno_{k}'))}: annotator folder not found")
         j_all: dict[int, list[np.ndarray]] = {k: [] for k in annotators}
         f_all: dict[int, list[np.ndarray]] = {k: [] for k in annotators}
+        check_objects_exist = getattr(source, "check_objects_exist", None)
         for exprs in by_video.values():
             video = exprs[0].video
+            if check_objects_exist is not None:
+                # an expression of an object no annotation has would be scored as one more unmatched proposal
+                for expr in exprs:
+                    check_objects_exist(expr)
             n = _frame_count(video, max_frames)
             gt, void = _davis_ground_truth(source, video, exprs, n)
             size = tuple(gt.shape[2:]) if gt.shape[0] else _frame_size(source, video)

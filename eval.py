@@ -1,4 +1,5 @@
-"""Evaluate MPG-SAM 2, write leaderboard submissions, or score predictions (logic in ``mpgsam2.inference``).
+"""Evaluate MPG-SAM 2, write leaderboard submissions, or score predictions: the command around
+``mpgsam2.inference.evaluate`` (what each benchmark is: ``mpgsam2.benchmarks``).
 
     # validate a train.py checkpoint with its run's data config (+data.key=value overrides that config)
     python eval.py ckpt=logs/train/runs/<run>/checkpoints/final.ckpt
@@ -36,35 +37,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from data_modules import UnsafeConfigError, checked_data_config
-from mpgsam2.data import (
-    MeViSSource,
-    RefDAVISSource,
-    RefYTVOSSource,
-    SwappedCaptionSource,
-)
-from mpgsam2.inference.images import evaluate_images
-from mpgsam2.inference.scoring import score_predictions
-from mpgsam2.inference.submission import (
-    DATASET_KINDS,
-    MASK_FORMATS,
-    EvalTarget,
-    StagingArea,
-    barrier,
-    check_manifest,
-    model_predictor,
-    predict_to_staging,
-    rank_and_world,
-    write_submission_zip,
-)
+from mpgsam2.benchmarks import Benchmark, benchmark
+from mpgsam2.inference.evaluate import evaluate_model, score_folder
+from mpgsam2.inference.submission import barrier, rank_and_world
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
-from mpgsam2.utils import check_tokenizer_fits, write_json_atomic
-from mpgsam2.weights import CheckpointError, load_model, weights_digest
+from mpgsam2.weights import CheckpointError, load_model
 from mpgsam2.weights.checkpoints import read_train_checkpoint
 
 log = logging.getLogger("eval")
-
-NUM_DAVIS_ANNOTATORS = 4
-MEVIS_CHUNK = 24  # spec §3.2: MeViS is evaluated in independent 24-frame chunks
 
 
 # ------------------------------------------------------------------------------------------------ the model
@@ -83,8 +63,8 @@ def stored_run_config(path: str | Path, run_config: Any) -> DictConfig:
         raise CheckpointError(f"{path}: not a train.py checkpoint (no stored 'mpgsam2.config')")
     data = checked_data_config(run_config.get("data"), str(path))
     chunk = (run_config.get("system") or {}).get("eval_chunk_size")
-    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int)):
-        raise UnsafeConfigError(f"{path}: system.eval_chunk_size={chunk!r} is not an integer or null")
+    if chunk not in (None, "auto") and (isinstance(chunk, bool) or not isinstance(chunk, int)):
+        raise UnsafeConfigError(f"{path}: system.eval_chunk_size={chunk!r} is not an integer, null or auto")
     return OmegaConf.create({"data": data, "system": {"eval_chunk_size": chunk}})
 
 
@@ -105,63 +85,30 @@ def data_config(cfg: DictConfig, run_config: DictConfig | None) -> DictConfig:
     return OmegaConf.merge(run_config.data, given)
 
 
-def dataset_kind(datamodule: Any, kind: str | None) -> str:
-    """``kind`` if given, else inferred from the data module's class name (unknown ones are read like
-    Ref-YouTube-VOS: nested per-expression PNGs)."""
-    if kind is not None:
-        if kind not in (*DATASET_KINDS, "refcoco"):
-            raise ValueError(f"dataset={kind!r}: expected one of {(*DATASET_KINDS, 'refcoco')}")
-        return kind
-    name = type(datamodule).__name__.lower()
-    if "refcoco" in name:
-        return "refcoco"
-    return "mevis" if "mevis" in name else "davis" if "davis" in name else "ytvos"
-
-
-def davis_annotators(datamodule: Any) -> list[int]:
-    """The Ref-DAVIS17 annotator sets to evaluate: all four (the protocol), or the data config's ``annotator``."""
-    annotator = getattr(datamodule, "annotator", None)
-    return list(range(NUM_DAVIS_ANNOTATORS)) if annotator is None else [int(annotator)]
-
-
-def eval_targets(kind: str, datamodule: Any, split: str | None) -> list[EvalTarget]:
-    """The sources to predict or score: the data module's validation source (``split=None``; its dataset's
-    ``eval_split`` where it validates on nothing) or the reader of ``split``; for Ref-DAVIS17 one source per annotator set, staged under ``anno_<k>``."""
-    root = getattr(datamodule, "root", None)
-    if kind == "davis":
-        split = split or getattr(datamodule, "val_split", None) or "valid"
-        targets = [
-            EvalTarget(RefDAVISSource(root, split, annotator=k), f"anno_{k}")
-            for k in davis_annotators(datamodule)
-        ]
-    elif split is None and getattr(datamodule, "val_split", None) is None and hasattr(datamodule, "split_source"):
-        # a recipe that validates on nothing (Ref-YouTube-VOS) is evaluated on its dataset's leaderboard split
-        targets = [EvalTarget(datamodule.split_source(datamodule.eval_split))]
-    elif split is None:
-        targets = [EvalTarget(datamodule.val_source())]
-    elif kind == "mevis":
-        targets = [EvalTarget(MeViSSource(root, split))]
-    elif root is not None:
-        targets = [EvalTarget(RefYTVOSSource(root, split))]
-    else:
-        raise ValueError(f"split={split!r}: {type(datamodule).__name__} has no `root`; leave split unset")
-    if getattr(datamodule, "swap_expressions", False):
-        seed = int(getattr(datamodule, "seed", 0))
-        targets = [EvalTarget(SwappedCaptionSource(t.source, seed), t.folder) for t in targets]
-    return targets
+def benchmark_of(datamodule: Any, name: str | None) -> Benchmark:
+    """The benchmark ``name`` if given (``dataset=``), else the one the data module names."""
+    if name is None:
+        name = getattr(datamodule, "benchmark", None)
+        if name is None:
+            raise ValueError(
+                f"{type(datamodule).__name__} names no benchmark; pass dataset=<ytvos|mevis|davis|refcoco>"
+            )
+    return benchmark(str(name))
 
 
 def chunk_size(
-    cfg: DictConfig, kind: str, run_config: DictConfig | None, from_checkpoint: bool
+    cfg: DictConfig, bench: Benchmark, run_config: DictConfig | None, from_checkpoint: bool
 ) -> int | None:
     """``eval_chunk_size``: an int, null (whole video) or ``auto``: the checkpoint's own validation setting when
-    evaluating with its data config, else the protocol's (MeViS 24 frames, whole video otherwise)."""
+    evaluating with its data config, else the benchmark's protocol."""
     value = cfg.get("eval_chunk_size", "auto")
     if value != "auto":
         return None if value is None else int(value)
     if from_checkpoint and run_config is not None:
-        return run_config.get("system", {}).get("eval_chunk_size")
-    return MEVIS_CHUNK if kind == "mevis" else None
+        stored = run_config.get("system", {}).get("eval_chunk_size")
+        if stored != "auto":
+            return stored
+    return bench.chunk_size
 
 
 # ------------------------------------------------------------------------------------------------ processes
@@ -251,134 +198,36 @@ def _score_folder(cfg: DictConfig, out_dir: Path, rank: int) -> dict[str, Any]:
     if cfg.get("ckpt") and Path(cfg.ckpt).is_file():
         run_config = stored_run_config(cfg.ckpt, read_train_checkpoint(cfg.ckpt).stored.get("config"))
     datamodule = _datamodule(cfg, run_config, None, None)
-    kind = dataset_kind(datamodule, cfg.get("dataset"))
-    if kind == "refcoco":
-        raise ValueError(
-            "predictions= scores video layouts (ytvos, mevis, davis); RefCOCO is scored with ckpt="
-        )
-    targets = eval_targets(kind, datamodule, cfg.get("split"))
+    bench = benchmark_of(datamodule, cfg.get("dataset"))
     if rank != 0:
         return {}
-    metrics = score_predictions(
-        cfg.predictions,
-        targets[0].source,
-        kind,
-        max_frames=getattr(datamodule, "val_max_frames", None),
-        annotators=davis_annotators(datamodule),
-    )
-    record = {
-        **metrics,
-        "predictions": str(cfg.predictions),
-        "dataset": kind,
-        "source": targets[0].source.name,
-    }
-    write_json_atomic(out_dir / "metrics.json", record)
-    return metrics
+    return score_folder(cfg.predictions, datamodule, bench, out_dir, cfg.get("split"))
 
 
 def _evaluate_model(
     cfg: DictConfig, out_dir: Path, rank: int, world: int, device: torch.device
 ) -> dict[str, Any]:
     loaded = load_model(cfg.ckpt, bool(cfg.get("hf_gamma_compat", False)))
-    model, tokenizer = loaded.model, loaded.tokenizer_path
     run_config = None if loaded.path.is_dir() else stored_run_config(loaded.path, loaded.run_config)
-    if cfg.get("tokenizer"):
-        tokenizer = Path(cfg.tokenizer)
-    model.to(device)
+    tokenizer = Path(cfg.tokenizer) if cfg.get("tokenizer") else loaded.tokenizer_path
+    model = loaded.model.to(device)
     datamodule = _datamodule(cfg, run_config, model, tokenizer)
-    kind = dataset_kind(datamodule, cfg.get("dataset"))
-    if kind == "refcoco":
-        return _evaluate_images(cfg, datamodule, model, out_dir, rank, device)
-    targets = eval_targets(kind, datamodule, cfg.get("split"))
+    bench = benchmark_of(datamodule, cfg.get("dataset"))
     from_checkpoint = "_target_" not in (cfg.get("data") or {})
-    chunk = chunk_size(cfg, kind, run_config, from_checkpoint)
-    has_masks = all(t.source.has_masks for t in targets)
-    submission = cfg.get("submission")
-    submission = (not has_masks) if submission is None else bool(submission)
-    if submission and kind == "davis":
-        raise ValueError(
-            "Ref-DAVIS17 has no submission server: it is scored locally (leave submission unset)"
-        )
-    if not submission and not has_masks:
-        raise ValueError(
-            f"{targets[0].source.name} has no public ground truth: it cannot be scored here; use submission=true"
-        )
-    collate = datamodule.collate
-    check_tokenizer_fits(int(collate.tokenizer.vocab_size), model, datamodule.tokenizer_path)
-    max_frames = getattr(datamodule, "val_max_frames", None)
-    staging = StagingArea(out_dir / "staging")
-    if rank == 0:
-        check_manifest(
-            out_dir / "staging.json",
-            {
-                "checkpoint": str(Path(cfg.ckpt).resolve()),
-                "weights": weights_digest(model),
-                "dataset": kind,
-                "sources": [t.source.name for t in targets],
-                "chunk_size": chunk,
-                "max_frames": max_frames,
-                "mask_format": MASK_FORMATS[kind],
-                "tokenizer": str(datamodule.tokenizer_path),
-            },
-            restart=bool(cfg.get("restart", False)),
-            staging=staging,
-        )
-    barrier()
-    log.info(
-        "predicting %s on %s (chunk %s, %d process(es)) into %s",
-        [t.source.name for t in targets],
-        device,
-        chunk,
-        world,
-        staging.root,
-    )
-    predict_to_staging(
-        model_predictor(model, device, chunk),
-        targets,
-        staging,
-        MASK_FORMATS[kind],
-        transform=datamodule.eval_transform(),
-        collate=collate,
-        max_frames=max_frames,
-        num_workers=int(getattr(datamodule, "num_workers", 0)),
+    return evaluate_model(
+        model,
+        datamodule,
+        bench,
+        out_dir,
+        checkpoint=str(cfg.ckpt),
+        split=cfg.get("split"),
+        submission=cfg.get("submission"),
+        chunk_size=chunk_size(cfg, bench, run_config, from_checkpoint),
+        restart=bool(cfg.get("restart", False)),
+        device=device,
         rank=rank,
         world=world,
     )
-    barrier()
-    if rank != 0:
-        return {}
-    staging.remove_partials()
-    if submission:
-        return {"submission": str(write_submission_zip(out_dir / "submission.zip", staging, targets, kind))}
-    metrics = score_predictions(
-        staging.root, targets[0].source, kind, max_frames=max_frames, annotators=davis_annotators(datamodule)
-    )
-    sources = [t.source.name for t in targets]
-    record = {
-        **metrics,
-        "checkpoint": str(cfg.ckpt),
-        "dataset": kind,
-        "sources": sources,
-        "chunk_size": chunk,
-    }
-    write_json_atomic(out_dir / "metrics.json", record)
-    return metrics
-
-
-def _evaluate_images(
-    cfg: DictConfig, datamodule: Any, model: MPGSAM2, out_dir: Path, rank: int, device: torch.device
-) -> dict[str, Any]:
-    """RefCOCO/+/g validation (no submission server): mIoU, cIoU and J&F on the main process."""
-    if rank != 0:
-        return {}
-    if cfg.get("split"):
-        datamodule.val_split = str(cfg.split)
-    datamodule.setup("validate")
-    metrics = evaluate_images(model.eval(), datamodule.val_dataloader(), device)
-    record = {**metrics, "checkpoint": str(cfg.ckpt), "dataset": "refcoco"}
-    write_json_atomic(out_dir / "metrics.json", record)
-    log.info("mIoU=%.4f cIoU=%.4f over %d samples", metrics["miou"], metrics["ciou"], metrics["num_samples"])
-    return metrics
 
 
 def final_line(result: dict[str, Any]) -> str | None:

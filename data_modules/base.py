@@ -130,8 +130,8 @@ class ReferringVideoDataModule(L.LightningDataModule):
 
     # builds the loaders' collate_fn from the tokenizer (RefCOCO: the image-batch variant)
     collate_class: type[ReferringCollate] = ReferringCollate
-    # the split eval.py predicts when neither split= nor val_split says another (the benchmark's own)
-    eval_split: str = "valid"
+    # the row of mpgsam2.benchmarks.BENCHMARKS this dataset is evaluated by (every subclass names its own)
+    benchmark: str
 
     def __init__(
         self,

@@ -16,7 +16,7 @@ class RefDAVISDataModule(ReferringVideoDataModule):
     annotator: keep only this annotator set's expressions (0..3) or all (None); **kwargs: see
     ReferringVideoDataModule (``val_split`` "valid" by default)."""
 
-    eval_split = "valid"
+    benchmark = "davis"
 
     def __init__(
         self, root: str, annotator: int | None = None, val_split: str | None = "valid", **kwargs: object

@@ -15,7 +15,7 @@ class MeViSDataModule(ReferringVideoDataModule):
     """Args: root: the ``mevis`` folder (``train/``, ``valid_u/``, ``valid/``); **kwargs: see
     ReferringVideoDataModule (``val_split`` "valid_u" by default; MeViS trains on ``num_frames=8`` clips)."""
 
-    eval_split = "valid_u"
+    benchmark = "mevis"
 
     def __init__(self, root: str, val_split: str | None = "valid_u", **kwargs: object) -> None:
         self.root = Path(root)

@@ -36,7 +36,7 @@ class RefCOCODataModule(ReferringVideoDataModule):
     """
 
     collate_class = ReferringImageCollate
-    eval_split = "val"
+    benchmark = "refcoco"
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ class SyntheticDataModule(ReferringVideoDataModule):
         **kwargs: see :class:`ReferringVideoDataModule`.
     """
 
-    eval_split = "valid"
+    benchmark = "ytvos"  # the Ref-YouTube-VOS layout and protocol
 
     def __init__(
         self, root: str, generator: dict | None = None, val_split: str | None = "valid", **kwargs: object

@@ -16,7 +16,7 @@ class RefYTVOSDataModule(ReferringVideoDataModule):
     """Args: root: the ``ref-youtube-vos`` folder (``train/``, ``valid/``, ``meta_expressions/``);
     **kwargs: see ReferringVideoDataModule (``val_split``: None, "holdout" or a split with masks)."""
 
-    eval_split = "valid"
+    benchmark = "ytvos"
 
     def __init__(self, root: str, **kwargs: object) -> None:
         self.root = Path(root)

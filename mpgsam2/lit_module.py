@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from mpgsam2.benchmarks import benchmark
 from mpgsam2.inference.predictor import predict_expression, resize_logits
 from mpgsam2.metrics import JFMetric
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
@@ -107,7 +108,8 @@ class RVOSLitModule(L.LightningModule):
             original (its ``lr_drop`` never took effect, spec §2.2).
         scheduler_interval: "step" or "epoch".
         param_groups: ``[{pattern, lr}, ...]`` (see :func:`build_param_groups`).
-        eval_chunk_size: frames per independent inference chunk in validation/prediction (None = whole video).
+        eval_chunk_size: frames per independent inference chunk in validation/prediction (None = whole video;
+            "auto" = the protocol of the data module's benchmark, :mod:`mpgsam2.benchmarks`, resolved at setup).
         max_nonfinite_steps: how many optimizer steps with a NaN or infinite loss or gradient may be skipped
             (counted, logged as ``train/nonfinite_steps``); the next one stops training with an error naming the
             step and the loss term. 0 (the default): the first one stops training.
@@ -123,7 +125,7 @@ class RVOSLitModule(L.LightningModule):
         scheduler: Callable[[Optimizer], Any] | None = None,
         scheduler_interval: str = "step",
         param_groups: Sequence[Mapping[str, Any]] = (),
-        eval_chunk_size: int | None = None,
+        eval_chunk_size: int | str | None = None,
         max_nonfinite_steps: int = 0,
         run_config: dict[str, Any] | None = None,
     ) -> None:
@@ -148,6 +150,9 @@ class RVOSLitModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
+        if self.eval_chunk_size == "auto":
+            name = getattr(datamodule, "benchmark", None)
+            self.eval_chunk_size = None if name is None else benchmark(name).chunk_size
         path = getattr(datamodule, "tokenizer_path", None)
         if path:
             self.tokenizer_path = str(Path(path).resolve())
@@ -201,7 +206,7 @@ class RVOSLitModule(L.LightningModule):
             prior_logits=prior_logits,
         )
         self._nonfinite_terms = [
-            f"{name}={float(value):g}"
+            f"{name}={float(value.detach()):g}"
             for name, value in losses.items()
             if not bool(torch.isfinite(value).all())
         ]

@@ -266,7 +266,7 @@ def test_davis_config_file_matches_the_datamodule() -> None:
 def test_davis_scoring_refuses_an_expression_of_an_object_no_annotation_has(
     root: Path, tmp_path: Path
 ) -> None:
-    from mpgsam2.inference import score_davis
+    from mpgsam2.metrics.scoring import score_davis
 
     edit_json(_json(root), lambda d: [_exps(d)[str(i)].update(obj_id="7") for i in range(4, 8)])
     pred = tmp_path / "pred"

@@ -142,7 +142,9 @@ def test_ytvos_valid_writes_the_submission_zip_and_resumes(released: Path, tmp_p
 def test_interrupted_eval_finishes_with_the_same_zip(released: Path, tmp_path: Path, monkeypatch) -> None:
     root = _ytvos_valid(tmp_path)
     clean = eval_entry.run(_cfg(tmp_path / "clean", f"ckpt={released}", "data=ytvos", f"data.root={root}"))
-    real = eval_entry.model_predictor
+    import mpgsam2.inference.evaluate as evaluate
+
+    real = evaluate.model_predictor
     calls = []
 
     def crashing(*args, **kwargs):
@@ -157,13 +159,13 @@ def test_interrupted_eval_finishes_with_the_same_zip(released: Path, tmp_path: P
         return wrapped
 
     cfg = _cfg(tmp_path / "b", f"ckpt={released}", "data=ytvos", f"data.root={root}")
-    monkeypatch.setattr(eval_entry, "model_predictor", crashing)
+    monkeypatch.setattr(evaluate, "model_predictor", crashing)
     with pytest.raises(KeyboardInterrupt):
         eval_entry.run(cfg)
     run_dir = tmp_path / "b" / "run"
     assert calls == ["va", "va"] and not (run_dir / "submission.zip").exists()
     assert sorted(p.name for p in (run_dir / "staging").iterdir()) == ["va"]
-    monkeypatch.setattr(eval_entry, "model_predictor", real)
+    monkeypatch.setattr(evaluate, "model_predictor", real)
     result = eval_entry.run(cfg)
     assert Path(result["submission"]).read_bytes() == Path(clean["submission"]).read_bytes()
     assert not [p for p in run_dir.rglob("*") if p.name.endswith((".tmp", ".partial"))]
@@ -300,7 +302,7 @@ def test_configuration_errors_are_explained(released: Path, tmp_path: Path) -> N
                 "submission=false",
             )
         )
-    with pytest.raises(ValueError, match="dataset='coco'"):
+    with pytest.raises(ValueError, match="unknown benchmark 'coco'"):
         eval_entry.run(
             _cfg(tmp_path / "d", f"ckpt={released}", "data=mevis", f"data.root={root}", "dataset=coco")
         )

@@ -226,3 +226,16 @@ def test_one_cycle_schedule_needs_a_fixed_length():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     with pytest.raises(ValueError, match="max_steps"):
         one_cycle_schedule(optimizer, max_lr=1e-3, total_steps=-1)
+
+
+@pytest.mark.parametrize(("bench", "chunk"), [("mevis", 24), ("ytvos", None), ("davis", None)])
+def test_auto_eval_chunk_size_is_the_benchmark_s_protocol(bench, chunk):
+    from types import SimpleNamespace
+
+    from mpgsam2.benchmarks import benchmark
+
+    system = _system(MPGSAM2(tiny_config()))
+    system.eval_chunk_size = "auto"
+    system._trainer = SimpleNamespace(datamodule=SimpleNamespace(benchmark=bench))
+    system.setup("validate")
+    assert system.eval_chunk_size == chunk == benchmark(bench).chunk_size

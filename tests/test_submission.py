@@ -31,15 +31,14 @@ from mpgsam2.inference import (
     StagingArea,
     binary_masks,
     check_manifest,
-    davis_unsupervised_scores,
     predict_to_staging,
     probability_masks,
-    score_predictions,
     shard,
     write_submission_zip,
     write_zip,
 )
 from mpgsam2.metrics import JFMetric, boundary_f_measure, region_similarity
+from mpgsam2.metrics.scoring import davis_unsupervised_scores, score_predictions
 
 
 class _StubTokenizer:
@@ -210,7 +209,7 @@ def test_mevis_style_zip_has_the_videos_at_its_root(valid_source, tmp_path: Path
         assert set(zf.namelist()) == _expected_names(valid_source, "")
         values = np.concatenate([np.asarray(Image.open(zf.open(n))).ravel() for n in zf.namelist()])
     assert values.min() == 0 and values.max() > 200 and not ((values > 0) & (values < 127)).any()
-    with pytest.raises(ValueError, match="no submission zip"):
+    with pytest.raises(ValueError, match="Ref-DAVIS17 has no submission server"):
         write_submission_zip(tmp_path / "d.zip", staging, [EvalTarget(valid_source)], "davis")
 
 
@@ -259,7 +258,8 @@ def test_sharded_processes_split_the_videos_and_give_the_same_zip(valid_source, 
                 world=2,
             )
         )
-    assert written == [[("vid_a",)], [("vid_c",)]]
+    # balanced by cost (frames x expressions): the larger vid_c alone on rank 0, vid_a on rank 1
+    assert written == [[("vid_c",)], [("vid_a",)]]
     assert write_submission_zip(tmp_path / "sharded.zip", staging, targets, "ytvos").read_bytes() == reference
 
 
@@ -569,3 +569,16 @@ def test_palette_writer_needs_one_object_per_expression(train_source, tmp_path: 
             transform=TRANSFORM,
             collate=COLLATE,
         )
+
+
+def test_shard_balances_by_cost_and_covers_every_item_once() -> None:
+    items = list("abcdefg")
+    costs = [1, 50, 2, 2, 30, 30, 1]
+    shares = [shard(items, rank, 3, costs) for rank in range(3)]
+    assert sorted(x for share in shares for x in share) == items  # each item on exactly one process
+    assert all(share == sorted(share, key=items.index) for share in shares)  # in the items' order
+    loads = sorted(sum(costs[items.index(x)] for x in share) for share in shares)
+    assert loads == [33, 33, 50]  # b alone; e and f apart, the small ones fill in
+    assert shard(items, 1, 3) == ["b", "e"]  # without costs: round robin
+    with pytest.raises(ValueError, match="2 costs for 7 items"):
+        shard(items, 0, 3, [1, 2])

@@ -1,4 +1,4 @@
-"""Inference over whole videos, leaderboard submission writers and scoring of prediction folders."""
+"""Inference over whole videos and the leaderboard submission writers (scoring: :mod:`mpgsam2.metrics.scoring`)."""
 
 from mpgsam2.inference.predictor import (
     ExpressionPrediction,
@@ -8,16 +8,7 @@ from mpgsam2.inference.predictor import (
     predict_video,
     resize_logits,
 )
-from mpgsam2.inference.scoring import (
-    PredictionFiles,
-    davis_unsupervised_scores,
-    score_davis,
-    score_expressions,
-    score_predictions,
-)
 from mpgsam2.inference.submission import (
-    DATASET_KINDS,
-    MASK_FORMATS,
     EvalTarget,
     PaletteMerger,
     StagingArea,
@@ -34,18 +25,14 @@ from mpgsam2.inference.submission import (
 )
 
 __all__ = [
-    "DATASET_KINDS",
-    "MASK_FORMATS",
     "EvalTarget",
     "ExpressionPrediction",
     "FrameSequence",
     "PaletteMerger",
-    "PredictionFiles",
     "StagingArea",
     "binary_masks",
     "check_manifest",
     "chunk_bounds",
-    "davis_unsupervised_scores",
     "model_predictor",
     "predict_expression",
     "predict_video",
@@ -53,9 +40,6 @@ __all__ = [
     "predict_to_staging",
     "probability_masks",
     "rank_and_world",
-    "score_davis",
-    "score_expressions",
-    "score_predictions",
     "shard",
     "submission_entries",
     "write_submission_zip",

@@ -6,7 +6,7 @@ of its PNGs are on disk, so after an interruption the finished units are skipped
 (its partial folder is cleared first). The zip is written under a temporary name and renamed, so it exists only
 when complete. Nothing here imports Lightning or Hydra.
 
-Staging layouts (the same as the folders a user may score with :func:`~mpgsam2.inference.scoring.score_predictions`):
+Staging layouts (the same as the folders a user may score with :func:`~mpgsam2.metrics.scoring.score_predictions`):
 
 - Ref-YouTube-VOS and MeViS: ``<staging>/<video>/<exp_id>/<frame>.png`` (mode ``L``);
 - Ref-DAVIS17: ``<staging>/anno_<k>/<video>/<frame>.png`` (mode ``P``, DAVIS palette, one index per object).
@@ -39,6 +39,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
+from mpgsam2.benchmarks import Benchmark, benchmark
 from mpgsam2.data.errors import DatasetError
 from mpgsam2.data.records import ExpressionRecord, validate_path_component, validate_video_id
 from mpgsam2.data.sources import ReferringVideoSource
@@ -49,8 +50,6 @@ from mpgsam2.modeling.mpgsam2 import MPGSAM2
 from mpgsam2.utils import write_json_atomic
 
 __all__ = [
-    "DATASET_KINDS",
-    "MASK_FORMATS",
     "EvalTarget",
     "PaletteMerger",
     "StagingArea",
@@ -69,11 +68,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DATASET_KINDS = ("ytvos", "mevis", "davis")
-# the PNG format each benchmark expects (see the module docstring)
-MASK_FORMATS = {"ytvos": "binary", "mevis": "probability", "davis": "palette"}
-# the folder every file of the submission zip sits in (MeViS: the video folders at the root, spec §3.2)
-ZIP_PREFIX = {"ytvos": "Annotations/", "mevis": ""}
 DAVIS_BACKGROUND = 0.1  # parity: inference_davis.py's constant background plane
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed entry times: the same predictions give the same zip bytes
 
@@ -165,11 +159,27 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shard(items: Sequence[Any], rank: int, world: int) -> list[Any]:
-    """This process's share: ``items[rank], items[rank + world], ...`` (round robin, no padding)."""
+def shard(items: Sequence[Any], rank: int, world: int, costs: Sequence[float] | None = None) -> list[Any]:
+    """This process's share of ``items``, in their order.
+
+    Without ``costs``: round robin (``items[rank], items[rank + world], ...``). With ``costs`` (one per item, e.g.
+    frames x expressions of a video): balanced by cost, each item in turn from the most costly (ties by position)
+    going to the process with the least cost so far (ties to the lowest rank), the same on every process.
+    """
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"invalid rank {rank} of world size {world}")
-    return list(items[rank::world])
+    if costs is None:
+        return list(items[rank::world])
+    if len(costs) != len(items):
+        raise ValueError(f"{len(costs)} costs for {len(items)} items")
+    load = [0.0] * world
+    mine = []
+    for i in sorted(range(len(items)), key=lambda i: (-costs[i], i)):
+        owner = min(range(world), key=lambda r: (load[r], r))
+        load[owner] += costs[i]
+        if owner == rank:
+            mine.append(i)
+    return [items[i] for i in sorted(mine)]
 
 
 # ------------------------------------------------------------------------------------------------ staging
@@ -306,8 +316,8 @@ def predict_to_staging(
 ) -> list[Unit]:
     """Predicts this process's share of the units that are not done yet and stages them.
 
-    Units are sharded round robin over ``world`` processes (:func:`shard`), so every process must see the same
-    ``targets``; a unit found complete (see :class:`StagingArea`) is skipped, so a restarted run only predicts
+    Units are sharded over ``world`` processes balanced by cost, frames x expressions (:func:`shard`), so every
+    process must see the same ``targets``; a unit found complete (see :class:`StagingArea`) is skipped, so a restarted run only predicts
     what is missing, with any number of processes.
 
     Args:
@@ -346,7 +356,8 @@ def predict_to_staging(
     units = [p[0] for p in plan]
     if len(set(units)) != len(units):
         raise ValueError("two targets write the same staging folder; give each a distinct `folder`")
-    pending = [p for p in shard(plan, rank, world) if not staging.is_done(p[0])]
+    costs = [_unit_cost(target, indices, max_frames) for _, target, indices, _ in plan]
+    pending = [p for p in shard(plan, rank, world, costs) if not staging.is_done(p[0])]
     log.info(
         "rank %d/%d: %d of %d units to predict (%d done)",
         rank,
@@ -371,6 +382,12 @@ def predict_to_staging(
         _write_unit(predict, batches, staging, unit, target, indices, mask_format, palette)
         written.append(unit)
     return written
+
+
+def _unit_cost(target: EvalTarget, indices: list[int], max_frames: int | None) -> int:
+    """Frames x expressions: what predicting a unit costs, to first order."""
+    num_frames = target.source.expressions[indices[0]].video.num_frames
+    return min(num_frames, max_frames or num_frames) * len(indices)
 
 
 def _write_unit(
@@ -455,16 +472,17 @@ def write_zip(path: str | os.PathLike[str], entries: Iterable[tuple[str, Path]])
 
 
 def submission_entries(
-    staging: StagingArea, targets: Sequence[EvalTarget], kind: str
+    staging: StagingArea, targets: Sequence[EvalTarget], bench: Benchmark | str
 ) -> list[tuple[str, Path]]:
     """The files of a Ref-YouTube-VOS / MeViS submission, one per (video, expression, frame) of ``targets``.
 
     Raises:
-        ValueError: ``kind`` has no submission format (Ref-DAVIS17 is scored locally).
+        ValueError: the benchmark has no submission server (Ref-DAVIS17 and RefCOCO are scored locally).
         FileNotFoundError: a unit or PNG is missing from the staging folder (naming it).
     """
-    if kind not in ZIP_PREFIX:
-        raise ValueError(f"no submission zip for dataset {kind!r} (only {sorted(ZIP_PREFIX)})")
+    bench = benchmark(bench) if isinstance(bench, str) else bench
+    if bench.zip_prefix is None:
+        raise ValueError(f"{bench.title} has no submission server: it is scored locally")
     entries = []
     for target in targets:
         for unit, indices in target.units():
@@ -477,15 +495,15 @@ def submission_entries(
                     file = folder / expr.exp_id / f"{name}.png"
                     if not file.is_file():
                         raise FileNotFoundError(f"{file}: prediction missing from the staging folder")
-                    entries.append((ZIP_PREFIX[kind] + "/".join((*unit, expr.exp_id, f"{name}.png")), file))
+                    entries.append((bench.zip_prefix + "/".join((*unit, expr.exp_id, f"{name}.png")), file))
     return entries
 
 
 def write_submission_zip(
-    path: str | os.PathLike[str], staging: StagingArea, targets: Sequence[EvalTarget], kind: str
+    path: str | os.PathLike[str], staging: StagingArea, targets: Sequence[EvalTarget], bench: Benchmark | str
 ) -> Path:
     """:func:`submission_entries` zipped to ``path`` (atomically, see :func:`write_zip`)."""
-    path = write_zip(path, submission_entries(staging, targets, kind))
+    path = write_zip(path, submission_entries(staging, targets, bench))
     log.info("submission written: %s", path)
     return path
 

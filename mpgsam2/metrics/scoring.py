@@ -1,13 +1,13 @@
 """Scoring folders of predicted PNGs against a source with ground truth (any method's output, or ours).
 
-Two layouts:
+Two layouts, by the benchmark's ``scoring`` (:mod:`mpgsam2.benchmarks`):
 
-- ``"ytvos"`` / ``"mevis"`` (expressions): ``<pred>/<video>/<exp_id>/<frame>.png``, optionally under a top
+- ``"expressions"`` (Ref-YouTube-VOS, MeViS): ``<pred>/<video>/<exp_id>/<frame>.png``, optionally under a top
   ``Annotations/`` folder (the Ref-YouTube-VOS zip). Any non-zero grey value is foreground. Each expression is
   scored over its frames with :class:`~mpgsam2.metrics.JFMetric` (per-frame ``db_eval_iou`` /
   ``db_eval_boundary``, mean over frames, then over expressions), which is what MeViS ``tools/eval_mevis.py``
   computes for valid_u.
-- ``"davis"``: ``<pred>/anno_<k>/<video>/<frame>.png`` palette PNGs (index = object, 0 = background), scored per
+- ``"davis"`` (Ref-DAVIS17): ``<pred>/anno_<k>/<video>/<frame>.png`` palette PNGs (index = object, 0 = background), scored per
   annotator set with the DAVIS-2017 **unsupervised** evaluation (davisvideochallenge/davis2017-evaluation, the
   ``eval_davis.py`` the original runs, spec §3.3): per video, every predicted object (palette index
   1..max, at most 20) against every ground-truth object, per-frame J and F (void pixels, index 255 of the
@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
+from mpgsam2.benchmarks import Benchmark, benchmark
 from mpgsam2.data.errors import DatasetError
 from mpgsam2.data.records import ExpressionRecord, VideoRecord
 from mpgsam2.data.sources import ReferringVideoSource, image_size
@@ -43,7 +44,6 @@ from mpgsam2.metrics.jf import DEFAULT_BOUND_TH
 
 __all__ = [
     "DAVIS_MAX_PROPOSALS",
-    "LAYOUTS",
     "PredictionFiles",
     "davis_unsupervised_scores",
     "score_davis",
@@ -53,10 +53,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("ytvos", "mevis", "davis")
 DAVIS_MAX_PROPOSALS = 20  # parity: davis2017 evaluation refuses more predicted objects per video
 DAVIS_VOID = 255
-NUM_DAVIS_ANNOTATORS = 4
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
@@ -307,7 +305,7 @@ def score_davis(
     pred: str | os.PathLike[str],
     source: ReferringVideoSource,
     *,
-    annotators: Iterable[int] = range(NUM_DAVIS_ANNOTATORS),
+    annotators: Iterable[int] | None = None,
     max_frames: int | None = None,
     bound_th: float = DEFAULT_BOUND_TH,
 ) -> dict[str, Any]:
@@ -318,7 +316,7 @@ def score_davis(
         source: the split with ground truth (any annotator view of it: only its videos and masks are used).
             With ``read_object_masks(video, indices)`` (the Ref-DAVIS17 reader) the raw annotation ids give the
             objects and void pixels exactly as the DAVIS toolkit; otherwise the objects its expressions refer to.
-        annotators: the annotator sets to score.
+        annotators: the annotator sets to score (default: all of Ref-DAVIS17's).
         max_frames: score only the first N frames of each video.
 
     Returns:
@@ -331,7 +329,7 @@ def score_davis(
             naming an object that no annotation of its video has (naming the annotation folder and the json).
     """
     _require_masks(source)
-    annotators = list(annotators)
+    annotators = benchmark("davis").annotators if annotators is None else list(annotators)
     by_video: dict[str, list[ExpressionRecord]] = {}
     for expr in source.expressions:
         by_video.setdefault(expr.video.video_id, []).append(expr)
@@ -382,17 +380,22 @@ def score_davis(
 def score_predictions(
     pred: str | os.PathLike[str],
     source: ReferringVideoSource,
-    layout: str,
+    bench: Benchmark | str,
     *,
     max_frames: int | None = None,
     bound_th: float = DEFAULT_BOUND_TH,
-    annotators: Iterable[int] = range(NUM_DAVIS_ANNOTATORS),
+    annotators: Iterable[int] | None = None,
 ) -> dict[str, Any]:
-    """Scores a folder (or zip) of PNGs against ``source``: :func:`score_expressions` for ``layout`` ``"ytvos"``
-    and ``"mevis"``, :func:`score_davis` (over ``annotators``) for ``"davis"``. Returns at least
-    ``{"j", "f", "jf"}``."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    if layout == "davis":
+    """Scores a folder (or zip) of PNGs against ``source`` as the benchmark ``bench`` is scored:
+    :func:`score_expressions` (Ref-YouTube-VOS, MeViS) or :func:`score_davis` over ``annotators`` (default: all of
+    the benchmark's sets). Returns at least ``{"j", "f", "jf"}``.
+
+    Raises:
+        ValueError: a benchmark whose predictions are not PNG folders (RefCOCO is scored in memory).
+    """
+    bench = benchmark(bench) if isinstance(bench, str) else bench
+    if bench.scoring == "davis":
         return score_davis(pred, source, annotators=annotators, max_frames=max_frames, bound_th=bound_th)
+    if bench.scoring != "expressions":
+        raise ValueError(f"{bench.title} predictions are scored in memory, not from a folder of PNGs")
     return score_expressions(pred, source, max_frames=max_frames, bound_th=bound_th)

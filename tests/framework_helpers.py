@@ -40,3 +40,28 @@ def compose_config(
         cfg.paths.data_dir = str(data_dir or tmp_path / "data")
         cfg.paths.log_dir = str(tmp_path / "logs")
     return cfg
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+RESOLVED_PARTS = ("model", "data", "system", "trainer")
+
+
+def resolved_experiment(experiment: str) -> dict:
+    """The resolved model / data / system / trainer trees of ``experiment=<experiment>``, with fixed paths
+    (``/data``, ``/weights``) and mandatory values left as ``???``: what a config refactor must not change."""
+    from omegaconf import OmegaConf
+
+    with hydra_config_dir():
+        cfg = compose(config_name="train", overrides=[f"experiment={experiment}"], return_hydra_config=False)
+    with open_dict(cfg):
+        cfg.paths = {
+            "root_dir": "/root",
+            "data_dir": "/data",
+            "log_dir": "/logs",
+            "weights_dir": "/weights",
+            "output_dir": "/run",
+        }
+    return {
+        part: OmegaConf.to_container(cfg[part], resolve=True, throw_on_missing=False)
+        for part in RESOLVED_PARTS
+    }

@@ -46,13 +46,15 @@ EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 RESOLVED_PARTS = ("model", "data", "system", "trainer")
 
 
-def resolved_experiment(experiment: str) -> dict:
+def resolved_experiment(experiment: str, *overrides: str) -> dict:
     """The resolved model / data / system / trainer trees of ``experiment=<experiment>``, with fixed paths
     (``/data``, ``/weights``) and mandatory values left as ``???``: what a config refactor must not change."""
     from omegaconf import OmegaConf
 
     with hydra_config_dir():
-        cfg = compose(config_name="train", overrides=[f"experiment={experiment}"], return_hydra_config=False)
+        cfg = compose(
+            config_name="train", overrides=[f"experiment={experiment}", *overrides], return_hydra_config=False
+        )
     with open_dict(cfg):
         cfg.paths = {
             "root_dir": "/root",
@@ -65,3 +67,12 @@ def resolved_experiment(experiment: str) -> dict:
         part: OmegaConf.to_container(cfg[part], resolve=True, throw_on_missing=False)
         for part in RESOLVED_PARTS
     }
+
+
+def composed_data_config(name: str) -> dict:
+    """``conf/data/<name>.yaml`` as composed (shared keys included), interpolations left as written."""
+    from omegaconf import OmegaConf
+
+    with hydra_config_dir():
+        cfg = compose(config_name="train", overrides=[f"data={name}"], return_hydra_config=False)
+    return OmegaConf.to_container(cfg.data, resolve=False)

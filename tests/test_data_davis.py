@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from data_helpers import (
     check_first_training_batch,
     davis_captions,
@@ -18,6 +17,7 @@ from data_helpers import (
     tiny_video_model,
     write_davis_dataset,
 )
+from framework_helpers import composed_data_config
 from PIL import Image
 
 from data_modules import RefDAVISDataModule
@@ -257,7 +257,7 @@ def test_davis_datamodule_trains_one_step(tmp_path: Path, tokenizer_path: Path) 
 
 
 def test_davis_config_file_matches_the_datamodule() -> None:
-    cfg = yaml.safe_load((CONF_DIR / "data" / "davis.yaml").read_text())
+    cfg = composed_data_config("davis")
     assert cfg["_target_"] == "data_modules.davis.RefDAVISDataModule"
     assert cfg["root"] == "${paths.data_dir}/ref-davis" and cfg["annotator"] is None
     assert cfg["val_split"] == "valid" and cfg["tokenizer_path"] == "${paths.weights_dir}/beit3.spm"

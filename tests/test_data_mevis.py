@@ -17,6 +17,7 @@ from data_helpers import (
     tiny_video_model,
     write_mevis_dataset,
 )
+from framework_helpers import composed_data_config
 from PIL import Image
 from pycocotools import mask as coco_mask
 
@@ -331,14 +332,13 @@ def test_mevis_datamodule_trains_one_step(root: Path, tokenizer_path: Path) -> N
 
 
 def test_mevis_datamodule_valid_split_and_config(tmp_path: Path, tokenizer_path: Path) -> None:
-    import yaml
 
     root = write_mevis_dataset(tmp_path, "valid", masks=False)
     dm = MeViSDataModule(root=str(root), val_split="valid", tokenizer_path=str(tokenizer_path), sam_size=32)
     dm.setup("validate")
     item = dm.val_dataset[3]
     assert item["meta"]["video"] == "mv_b" and "orig_masks" not in item and not item["valid"].any()
-    cfg = yaml.safe_load((CONF_DIR / "data" / "mevis.yaml").read_text())
+    cfg = composed_data_config("mevis")
     assert cfg["_target_"] == "data_modules.mevis.MeViSDataModule" and cfg["num_frames"] == 8
     assert cfg["root"] == "${paths.data_dir}/mevis" and cfg["val_split"] == "valid_u"
     assert cfg["tokenizer_path"] == "${paths.weights_dir}/beit3.spm"

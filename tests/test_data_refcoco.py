@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from data_helpers import (
     REFCOCO_IMAGES,
     REFCOCO_OBJECTS,
@@ -17,6 +16,7 @@ from data_helpers import (
     expected_refcoco_mask,
     write_refcoco_dataset,
 )
+from framework_helpers import composed_data_config
 from PIL import Image
 
 from data_modules import RefCOCODataModule
@@ -398,7 +398,7 @@ def test_datamodule_options(coco_root: Path, tokenizer_path: Path) -> None:
 
 
 def test_config_file_matches_the_datamodule() -> None:
-    cfg = yaml.safe_load((CONF_DIR / "data" / "refcoco.yaml").read_text())
+    cfg = composed_data_config("refcoco")
     assert cfg["_target_"] == "data_modules.refcoco.RefCOCODataModule"
     assert cfg["names"] == list(NAMES) and cfg["batch_size"] == 8 and cfg["photometric"] is False
     assert cfg["tokenizer_path"] == "${paths.weights_dir}/beit3.spm"

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from mpgsam2.modeling.beit3 import BEIT3_PRESETS
 from mpgsam2.modeling.config import MPGSAM2Config
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
-from mpgsam2.modeling.sam2.presets import SAM2_CONFIG_NAMES, apply_overrides, sam2_model_config
+from mpgsam2.modeling.sam2.presets import SAM2_CONFIG_NAMES, merge_settings, sam2_model_config
 
-__all__ = ["ConfigError", "build_model", "sam2_config_name"]
+__all__ = ["ConfigError", "beit3_config", "build_model", "model_config", "sam2_config_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +51,58 @@ def sam2_config_name(size: str, version: str) -> str:
     return name
 
 
+def beit3_config(beit3: Mapping[str, Any]) -> dict[str, Any]:
+    """BEiT-3 constructor arguments: ``{"preset": "base"|"large", ...}`` is the preset's numbers
+    (``BEIT3_PRESETS``, the one place they are stated) with the other keys over them; without ``preset``, the
+    mapping as given (e.g. the tiny test model).
+
+    Raises:
+        ConfigError: an unknown preset.
+    """
+    beit3 = dict(beit3)
+    preset = beit3.pop("preset", None)
+    if preset is None:
+        return beit3
+    if preset not in BEIT3_PRESETS:
+        raise ConfigError(f"model.beit3.preset={preset!r}: expected one of {sorted(BEIT3_PRESETS)}")
+    return {**BEIT3_PRESETS[preset], **beit3}
+
+
+def model_config(beit3: Mapping[str, Any], sam2: Mapping[str, object], **options: object) -> MPGSAM2Config:
+    """The model configuration ``build_model`` builds (same arguments, without the weights).
+
+    Raises:
+        ConfigError: an unknown option, size, version or SAM 2 setting.
+    """
+    beit3 = beit3_config(beit3)
+    sam2 = dict(sam2)
+    unknown = set(sam2) - {"size", "version", "settings"}
+    if unknown:
+        hint = (
+            " (model.sam2.overrides became model.sam2.settings, a nested mapping)"
+            if "overrides" in unknown
+            else ""
+        )
+        raise ConfigError(
+            f"model.sam2 has unknown keys {sorted(unknown)}; expected size, version, settings{hint}"
+        )
+    name = sam2_config_name(str(sam2.get("size", "l")), str(sam2.get("version", "2.0")))
+    try:
+        sam2_dict = merge_settings(
+            sam2_model_config(name), dict(sam2.get("settings") or {}), "model.sam2.settings"
+        )
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    fields = set(MPGSAM2Config.__dataclass_fields__) - {"beit3", "sam2", "extra"}
+    bad = set(options) - fields
+    if bad:
+        raise ConfigError(f"unknown model option(s) {sorted(bad)}; known: {sorted(fields)}")
+    config = MPGSAM2Config(beit3=beit3, sam2=sam2_dict, **options)  # type: ignore[arg-type]
+    return config
+
+
 def build_model(
-    beit3: Mapping[str, int],
+    beit3: Mapping[str, Any],
     sam2: Mapping[str, object],
     weights: Mapping[str, str | None] | None = None,
     hf_gamma_compat: bool = False,
@@ -60,11 +112,10 @@ def build_model(
 
     Args:
         beit3: ``BEiT3`` constructor arguments (embed_dim, num_heads, ffn_dim, num_layers, vocab_size,
-            img_size, patch_size).
-        sam2: ``{"size": "t"|"s"|"b+"|"l", "version": "2.0"|"2.1", "overrides": ["++model.key=value", ...],
-            "settings": {"dotted.key": value}}``; both edit the official config (e.g. the tiny test size),
-            ``settings`` after ``overrides`` (a dict, so an experiment can change one key without restating
-            the size's list).
+            img_size, patch_size), or ``{"preset": "base"|"large", ...}`` (see :func:`beit3_config`).
+        sam2: ``{"size": "t"|"s"|"b+"|"l", "version": "2.0"|"2.1", "settings": {nested mapping}}``: the official
+            config of that size and version with ``settings`` deep-merged over it (e.g. the tiny test size, or
+            ``model.sam2.settings.memory_attention.num_layers=2``; see ``presets.merge_settings``).
         weights: ``{"mpgsam2": path, "beit3": path, "sam2": path}``, each optional. ``mpgsam2`` (a full model:
             a train.py ``.ckpt``, our export or a released MPG-SAM 2 checkpoint) excludes the other two, which are the original's
             training start (official BEiT-3 ``.pth`` and SAM 2 ``.pt``). Loading is strict: see
@@ -76,21 +127,7 @@ def build_model(
     Raises:
         ConfigError: an unknown option, size or version, or conflicting weights.
     """
-    sam2 = dict(sam2)
-    unknown = set(sam2) - {"size", "version", "overrides", "settings"}
-    if unknown:
-        raise ConfigError(
-            f"model.sam2 has unknown keys {sorted(unknown)}; expected size, version, overrides, settings"
-        )
-    name = sam2_config_name(str(sam2.get("size", "l")), str(sam2.get("version", "2.0")))
-    overrides = [str(o) for o in sam2.get("overrides") or ()]
-    overrides += [f"++model.{k}={_yaml_value(v)}" for k, v in dict(sam2.get("settings") or {}).items()]
-    sam2_dict = apply_overrides(sam2_model_config(name), overrides)
-    fields = set(MPGSAM2Config.__dataclass_fields__) - {"beit3", "sam2", "extra"}
-    bad = set(options) - fields
-    if bad:
-        raise ConfigError(f"unknown model option(s) {sorted(bad)}; known: {sorted(fields)}")
-    config = MPGSAM2Config(beit3=dict(beit3), sam2=sam2_dict, **options)  # type: ignore[arg-type]
+    config = model_config(beit3, sam2, **options)
     model = MPGSAM2(config)
     _load_weights(model, dict(weights or {}), hf_gamma_compat)
     return model
@@ -101,16 +138,6 @@ def _load_lightning_checkpoint(model: MPGSAM2, path: Path) -> object:
     from mpgsam2.weights.checkpoints import read_train_checkpoint
 
     return load_into(model, read_train_checkpoint(path).state_dict, source=str(path))
-
-
-def _yaml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_yaml_value(v) for v in value) + "]"
-    return str(value)
 
 
 def _load_weights(model: MPGSAM2, weights: dict[str, str | None], hf_gamma_compat: bool) -> None:

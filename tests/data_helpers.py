@@ -585,13 +585,11 @@ def tiny_video_model():
     """The tiny MPG-SAM 2 of ``conf/model/{beit3,sam2}/tiny.yaml`` (random weights, seed 0, image encoder
     trainable); its views are ``model.sam.image_size`` and ``model.config.beit3["img_size"]`` pixels."""
     import torch
-    from omegaconf import OmegaConf
+    from framework_helpers import tiny_preset
 
     from mpgsam2.build import build_model
 
-    conf = Path(__file__).resolve().parents[1] / "conf" / "model"
-    beit3 = OmegaConf.to_container(OmegaConf.load(conf / "beit3" / "tiny.yaml"))
-    sam2 = OmegaConf.to_container(OmegaConf.load(conf / "sam2" / "tiny.yaml"))
+    beit3, sam2 = tiny_preset()
     torch.manual_seed(0)
     return build_model(beit3=beit3, sam2=sam2, freeze_image_encoder=False)
 

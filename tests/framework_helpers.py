@@ -76,3 +76,13 @@ def composed_data_config(name: str) -> dict:
     with hydra_config_dir():
         cfg = compose(config_name="train", overrides=[f"data={name}"], return_hydra_config=False)
     return OmegaConf.to_container(cfg.data, resolve=False)
+
+
+def tiny_preset() -> tuple[dict, dict]:
+    """(beit3, sam2) of ``conf/model/{beit3,sam2}/tiny.yaml``: the one tiny model of the tests, the benchmarks
+    and the demo."""
+    from omegaconf import OmegaConf
+
+    beit3 = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "beit3" / "tiny.yaml"))
+    sam2 = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "sam2" / "tiny.yaml"))
+    return beit3, sam2

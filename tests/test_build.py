@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from framework_helpers import tiny_preset
 
 from mpgsam2.build import ConfigError, build_model, sam2_config_name
 from mpgsam2.modeling.beit3 import BEiT3
@@ -15,9 +15,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def _tiny() -> tuple[dict, dict]:
-    beit3 = OmegaConf.to_container(OmegaConf.load(CONF / "model/beit3/tiny.yaml"))
-    sam2 = OmegaConf.to_container(OmegaConf.load(CONF / "model/sam2/tiny.yaml"))
-    return beit3, sam2
+    return tiny_preset()
 
 
 def test_sam2_config_names_cover_sizes_and_versions():
@@ -29,11 +27,45 @@ def test_sam2_config_names_cover_sizes_and_versions():
         sam2_config_name("xl", "2.0")
 
 
-def test_settings_edit_the_sam2_config_after_the_overrides():
+def test_settings_are_deep_merged_over_the_official_sam2_config():
     beit3, sam2 = _tiny()
-    assert build_model(beit3, sam2).sam.pred_obj_scores is True  # the Hiera-T yaml predicts object scores
-    sam2["settings"] = {"pred_obj_scores": False, "pred_obj_scores_mlp": False, "fixed_no_obj_ptr": False}
-    assert build_model(beit3, sam2).sam.pred_obj_scores is False
+    model = build_model(beit3, sam2)
+    assert model.sam.pred_obj_scores is True  # the Hiera-T yaml predicts object scores
+    assert model.config.sam2["memory_attention"]["layer"]["d_model"] == 32  # the tiny preset's nested key
+    assert model.config.sam2["memory_attention"]["layer"]["self_attention"]["rope_theta"] == 10000.0  # kept
+    sam2["settings"] = {
+        **sam2["settings"],
+        "pred_obj_scores": False,
+        "pred_obj_scores_mlp": False,
+        "fixed_no_obj_ptr": False,
+        "memory_attention": {**sam2["settings"]["memory_attention"], "num_layers": 2},
+    }
+    model = build_model(beit3, sam2)
+    assert model.sam.pred_obj_scores is False and len(model.sam.memory_attention.layers) == 2
+    assert model.config.sam2["memory_attention"]["layer"]["d_model"] == 32
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"num_maskmemm": 3}, "unknown SAM 2 config keys: num_maskmemm"),
+        ({"memory_attention": 3}, r"model.sam2.settings.memory_attention=3: .*holds a mapping"),
+        (
+            {"image_size": {"h": 1}},
+            r"model.sam2.settings.image_size: a mapping, but .*plain value there \(1024\)",
+        ),
+    ],
+)
+def test_bad_sam2_settings_are_named(settings, match):
+    beit3, sam2 = _tiny()
+    with pytest.raises((ConfigError, ValueError), match=match):
+        build_model(beit3, {"size": "t", "version": "2.0", "settings": settings})
+
+
+def test_the_old_override_strings_are_refused_with_their_replacement():
+    beit3, sam2 = _tiny()
+    with pytest.raises(ConfigError, match="overrides became model.sam2.settings"):
+        build_model(beit3, {**sam2, "overrides": ["++model.num_maskmem=3"]})
 
 
 def test_options_reach_the_model_config():
@@ -76,3 +108,14 @@ def test_position_init_std_sets_the_random_position_tables():
     for model, std in ((default, 1.0), (small, 0.02)):
         table = model.encoder.embed_positions.B.weight
         assert table.std().item() == pytest.approx(std, rel=0.05)
+
+
+def test_beit3_presets_are_named_and_keys_given_beside_them_win():
+    from mpgsam2.build import beit3_config
+    from mpgsam2.modeling.beit3 import BEIT3_PRESETS
+
+    large = beit3_config({"preset": "large", "img_size": 224, "patch_size": 16})
+    assert large == {**BEIT3_PRESETS["large"], "img_size": 224, "patch_size": 16}
+    assert beit3_config({"preset": "base", "num_layers": 2})["num_layers"] == 2
+    with pytest.raises(ConfigError, match="model.beit3.preset='huge'"):
+        beit3_config({"preset": "huge"})

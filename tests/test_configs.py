@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from lightning.pytorch import Trainer
 from omegaconf import OmegaConf
 
+from mpgsam2.build import beit3_config
 from mpgsam2.lit_module import RVOSLitModule
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
 
@@ -53,7 +54,8 @@ def test_experiment_composes_and_instantiates_at_tiny_size(experiment, tmp_path)
 @pytest.mark.parametrize("experiment", ["ytvos_large", "mevis_large", "refcoco_large"])
 def test_real_recipes_keep_the_paper_sizes_and_learning_rates(experiment, tmp_path):
     cfg = compose_config("train", [f"experiment={experiment}"], tmp_path)
-    assert cfg.model.beit3.embed_dim == 1024 and cfg.model.beit3.num_layers == 24
+    beit3 = beit3_config(cfg.model.beit3)
+    assert beit3["embed_dim"] == 1024 and beit3["num_layers"] == 24
     assert cfg.model.sam2.size == "l"
     assert cfg.system.optimizer.weight_decay == 5e-4
     assert cfg.system.param_groups[0].lr == 5e-5

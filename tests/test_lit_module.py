@@ -166,7 +166,7 @@ def test_setup_records_the_tokenizer_for_checkpoints(tmp_path):
     spm = tmp_path / "tok.model"
 
     class _Trainer:
-        datamodule = type("DM", (), {"tokenizer_vocab_size": 50, "tokenizer_path": str(spm)})()
+        datamodule = type("DM", (), {"tokenizer_vocab_size": 64, "tokenizer_path": str(spm)})()
 
     system._trainer = _Trainer()
     system.setup("fit")  # a vocabulary of exactly the model's size fits
@@ -174,7 +174,7 @@ def test_setup_records_the_tokenizer_for_checkpoints(tmp_path):
     system.on_save_checkpoint(checkpoint)
     stored = checkpoint["mpgsam2"]
     assert stored["tokenizer_path"] == str(spm.resolve())
-    assert stored["model_config"]["beit3"]["vocab_size"] == 50
+    assert stored["model_config"]["beit3"]["vocab_size"] == 64
     assert (
         torch.load(_saved(tmp_path, checkpoint), weights_only=True)["mpgsam2"] == stored
     )  # plain containers

@@ -9,51 +9,28 @@ import sys
 
 import pytest
 import torch
+from framework_helpers import tiny_preset
 
 from mpgsam2 import parity
+from mpgsam2.build import model_config
 from mpgsam2.modeling.config import MPGSAM2Config
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
+from mpgsam2.modeling.sam2.presets import merge_settings
 from mpgsam2.weights import original_name
 
 
-def tiny_config(**kwargs) -> MPGSAM2Config:
-    """A very small random model (BEiT-3 width 32, SAM width 32, 64 px SAM input)."""
-    beit3 = dict(
-        embed_dim=32, num_heads=2, ffn_dim=64, num_layers=1, vocab_size=50, img_size=32, patch_size=8
-    )
-    overrides = [
-        "++model.image_size=64",
-        "++model.image_encoder.trunk.embed_dim=8",
-        "++model.image_encoder.trunk.num_heads=1",
-        "++model.image_encoder.trunk.stages=[1,1,1,1]",
-        "++model.image_encoder.trunk.global_att_blocks=[3]",
-        "++model.image_encoder.trunk.window_spec=[4,4,4,2]",
-        "++model.image_encoder.trunk.window_pos_embed_bkg_spatial_size=[2,2]",
-        "++model.image_encoder.neck.backbone_channel_list=[64,32,16,8]",
-        "++model.image_encoder.neck.d_model=32",
-        "++model.image_encoder.neck.position_encoding.num_pos_feats=32",
-        "++model.memory_attention.d_model=32",
-        "++model.memory_attention.num_layers=1",
-        "++model.memory_attention.layer.d_model=32",
-        "++model.memory_attention.layer.dim_feedforward=64",
-        "++model.memory_attention.layer.self_attention.embedding_dim=32",
-        "++model.memory_attention.layer.cross_attention.embedding_dim=32",
-        "++model.memory_attention.layer.cross_attention.kv_in_dim=16",
-        "++model.memory_encoder.out_dim=16",
-        "++model.memory_encoder.in_dim=32",
-        "++model.memory_encoder.position_encoding.num_pos_feats=16",
-        "++model.memory_encoder.mask_downsampler.embed_dim=32",
-        "++model.memory_encoder.fuser.layer.dim=32",
-    ] + kwargs.pop("extra_overrides", [])
-    cfg = MPGSAM2Config.from_presets("base", "sam2_hiera_t.yaml", overrides, **kwargs)
-    cfg.beit3.update(beit3)
-    return cfg
+def tiny_config(sam2_settings: dict | None = None, **options) -> MPGSAM2Config:
+    """The tiny preset (``conf/model/{beit3,sam2}/tiny.yaml``: BEiT-3 width 64, SAM width 32, 64 px SAM input),
+    with ``sam2_settings`` merged over its SAM 2 settings and ``options`` set."""
+    beit3, sam2 = tiny_preset()
+    sam2["settings"] = merge_settings(sam2["settings"], sam2_settings or {})
+    return model_config(beit3, sam2, **options)
 
 
 def random_clip(model: MPGSAM2, frames: int, batch: int = 1, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     s = model.sam.image_size
-    hb = model.beit3.img_size if hasattr(model.beit3, "img_size") else 32
+    hb = int(model.config.beit3["img_size"])
     sam = torch.randn(batch, frames, 3, s, s, generator=g)
     beit = torch.randn(batch, frames, 3, hb, hb, generator=g)
     ids = torch.randint(4, 40, (batch, 7), generator=g)
@@ -116,7 +93,7 @@ def test_streaming_equals_clip_forward(fixture_dir):
 
 def test_streaming_state_is_bounded_and_pruning_is_exact(monkeypatch):
     torch.manual_seed(0)
-    cfg = tiny_config(extra_overrides=["++model.num_maskmem=3", "++model.max_obj_ptrs_in_encoder=4"])
+    cfg = tiny_config({"num_maskmem": 3, "max_obj_ptrs_in_encoder": 4})
     model = MPGSAM2(cfg).eval()
     frames = 12
     sam, beit, ids, pad = random_clip(model, frames)
@@ -239,7 +216,7 @@ def test_sam21_semantics_track_and_train():
     """SAM 2.1: projected signed pointer positions and the no-object spatial embedding take part."""
     torch.manual_seed(0)
     cfg = tiny_config()
-    cfg21 = MPGSAM2Config.from_presets("base", "sam2.1_hiera_t.yaml", [])
+    cfg21 = MPGSAM2Config.from_presets("base", "sam2.1_hiera_t.yaml")
     cfg.sam2.update(
         {
             k: cfg21.sam2[k]

@@ -23,12 +23,11 @@ from torch import Tensor, nn
 
 __all__ = ["BEIT3_PRESETS", "BEiT3"]
 
-# Official BEiT-3 sizes (unilm beit3 modeling_utils) and a tiny preset for tests.
-# Note: the MPG-SAM 2 "tiny" release uses BEiT-3 *base*; "test" here is only a fast unit-test size.
+# Official BEiT-3 sizes (unilm beit3 modeling_utils). The MPG-SAM 2 "tiny" model uses BEiT-3 *base*; the tiny
+# random model of the tests and the demo is conf/model/beit3/tiny.yaml.
 BEIT3_PRESETS: dict[str, dict[str, int]] = {
     "base": {"embed_dim": 768, "num_heads": 12, "ffn_dim": 3072, "num_layers": 12, "vocab_size": 64010},
     "large": {"embed_dim": 1024, "num_heads": 16, "ffn_dim": 4096, "num_layers": 24, "vocab_size": 64010},
-    "test": {"embed_dim": 64, "num_heads": 4, "ffn_dim": 256, "num_layers": 2, "vocab_size": 1000},
 }
 
 # parity: torchscale (like fairseq) starts learned positions at index 2, so each table has 2 unused rows.
@@ -305,7 +304,7 @@ class BEiT3(nn.Module):
 
     @classmethod
     def from_preset(cls, name: str, **overrides: int | float) -> BEiT3:
-        """Builds one of ``BEIT3_PRESETS`` ("base", "large", "test"), with optional kwarg overrides."""
+        """Builds one of ``BEIT3_PRESETS`` ("base", "large"), with optional kwarg overrides."""
         if name not in BEIT3_PRESETS:
             raise KeyError(f"unknown BEiT-3 preset {name!r}; choose one of {sorted(BEIT3_PRESETS)}")
         return cls(**{**BEIT3_PRESETS[name], **overrides})

@@ -78,14 +78,12 @@ class MPGSAM2Config:
         cls,
         beit3: str = "large",
         sam2: str = "sam2_hiera_l.yaml",
-        sam2_overrides: list[str] | None = None,
         **kwargs: Any,
     ) -> MPGSAM2Config:
         """E.g. ``from_presets("base", "sam2.1_hiera_t.yaml")``."""
         if beit3 not in BEIT3_PRESETS:
             raise ValueError(f"unknown BEiT-3 preset {beit3!r}; known: {', '.join(BEIT3_PRESETS)}")
-        model = apply_overrides(sam2_model_config(sam2), list(sam2_overrides or []))
-        return cls(beit3=dict(BEIT3_PRESETS[beit3]), sam2=model, **kwargs)
+        return cls(beit3=dict(BEIT3_PRESETS[beit3]), sam2=sam2_model_config(sam2), **kwargs)
 
 
 def config_from_original(hf_config: dict[str, Any], source: str = "config.json") -> MPGSAM2Config:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import copy
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mpgsam2.modeling.sam2.image_encoder import image_encoder_config
@@ -141,8 +142,45 @@ def _parse_value(text: str) -> Any:
         return lowered
 
 
+def merge_settings(
+    model: dict[str, Any], settings: Mapping[str, Any], where: str = "settings"
+) -> dict[str, Any]:
+    """``model`` with the nested mapping ``settings`` deep-merged over it (a copy): a mapping merges into the
+    mapping at its key, any other value replaces the value there. New keys may be added (the presets list only
+    what the official yaml files state; the builder refuses a key its modules do not take).
+
+    Raises:
+        ValueError: a mapping given where the preset holds a plain value, or the reverse, naming the key.
+    """
+    out = copy.deepcopy(model)
+    for key, value in settings.items():
+        path = f"{where}.{key}"
+        if isinstance(value, Mapping):
+            current = out.get(key, {})
+            if not isinstance(current, dict):
+                raise ValueError(
+                    f"{path}: a mapping, but the SAM 2 config holds a plain value there ({current!r})"
+                )
+            out[key] = merge_settings(current, value, path)
+        elif isinstance(out.get(key), dict):
+            raise ValueError(
+                f"{path}={value!r}: the SAM 2 config holds a mapping there; set its keys instead"
+            )
+        else:
+            out[key] = _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """Lists and scalars of a config (e.g. OmegaConf's ListConfig) as plain Python values."""
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [_plain(v) for v in value]
+    return copy.deepcopy(value)
+
+
 def apply_overrides(model: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply Hydra-style overrides (``++model.image_encoder.trunk.embed_dim=16``) to a ``model`` dict.
+    """Apply Hydra-style overrides (the form released ``config.json`` files use; configs use
+    :func:`merge_settings`) (``++model.image_encoder.trunk.embed_dim=16``) to a ``model`` dict.
 
     ``++`` and ``+`` (add or set) and plain ``key=value`` (set an existing key) are accepted; a plain override of
     a key that does not exist is an error, as in Hydra.

@@ -10,6 +10,7 @@ and the last ``max_obj_ptrs_in_encoder - 1`` object pointers), so memory stays f
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -618,7 +619,13 @@ def build_sam2_tracker(
         cfg.pop(key, None)
     extra = dict(cfg.pop("sam_mask_decoder_extra_args", None) or {})
     extra.update(mask_decoder_kwargs or {})
-    known = set(SAM2Tracker.__init__.__code__.co_varnames)
+    known = set(inspect.signature(SAM2Tracker.__init__).parameters) - {
+        "self",
+        "image_encoder",
+        "memory_attention",
+        "memory_encoder",
+        "mask_decoder_kwargs",
+    }
     unknown = sorted(set(cfg) - known)
     if unknown:
         raise ValueError(f"unknown SAM 2 config keys: {', '.join(unknown)}")

@@ -53,14 +53,24 @@ class CrossAttentionFusionBlock(nn.Module):
         self.activation = nn.ReLU()
 
     def forward(
-        self, tgt: Tensor, memory: Tensor, pos: Tensor | None = None, query_pos: Tensor | None = None
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        pos: Tensor | None = None,
+        query_pos: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
     ) -> Tensor:
-        """tgt: [Nq, B, C]; memory: [Nk, B, C]; pos: [Nk, B, C] on keys; query_pos: [Nq, B or 1, C] -> [Nq, B, C]."""
+        """tgt: [Nq, B, C]; memory: [Nk, B, C]; pos: [Nk, B, C] on keys; query_pos: [Nq, B or 1, C] -> [Nq, B, C].
+
+        key_padding_mask: [B, Nk] bool, True = memory token not attended (None: all attended, as the original).
+        """
         # The unmodified tensor is passed on (not a copy) when there is no position, so that key and value are
         # the same object and nn.MultiheadAttention takes the same packed-projection path as in the original.
         query = tgt if query_pos is None else tgt + query_pos
         key = memory if pos is None else memory + pos
-        attended = self.multihead_attn(query=query, key=key, value=memory)[0]
+        attended = self.multihead_attn(query=query, key=key, value=memory, key_padding_mask=key_padding_mask)[
+            0
+        ]
         tgt = self.norm1(tgt + self.dropout1(attended))
         ffn = self.linear2(self.dropout(self.activation(self.linear1(tgt))))
         return self.norm2(tgt + self.dropout2(ffn))
@@ -199,6 +209,7 @@ class MaskDecoder(nn.Module):
         global_context_flat: Tensor | None = None,
         obj_memory: Tensor | None = None,
         obj_memory_pos: Tensor | None = None,
+        text_key_padding_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Predict masks from the image embedding and the prompts.
 
@@ -218,6 +229,8 @@ class MaskDecoder(nn.Module):
                 object global fusion; None takes ``global_context`` flattened, and skips the block if that is None.
             obj_memory: [K, B, C] object pointers of earlier frames; None (first frame) skips the historical fusion.
             obj_memory_pos: [K, B, C] their temporal positional encoding.
+            text_key_padding_mask: [B, L] bool, True = word not attended by the pixel fusion; None attends every
+                word (the original). Lets expressions padded to a common length run as one batch.
 
         Returns:
             masks: [B, M', 4E, 4E] mask logits (M' = M with ``multimask_output``, else 1).
@@ -230,7 +243,7 @@ class MaskDecoder(nn.Module):
             global_context_flat = global_context.flatten(1, 2)
         if self.use_pixel_global_fusion and global_context is not None:
             image_embeddings = self._pixel_global_fusion(
-                image_embeddings, image_pe, global_context, text_feat
+                image_embeddings, image_pe, global_context, text_feat, text_key_padding_mask
             )
 
         masks, iou_pred, mask_tokens_out, object_score_logits = self._predict_masks(
@@ -262,7 +275,12 @@ class MaskDecoder(nn.Module):
         return masks, iou_pred, sam_tokens_out, object_score_logits
 
     def _pixel_global_fusion(
-        self, image_embeddings: Tensor, image_pe: Tensor, global_context: Tensor, text_feat: Tensor | None
+        self,
+        image_embeddings: Tensor,
+        image_pe: Tensor,
+        global_context: Tensor,
+        text_feat: Tensor | None,
+        text_key_padding_mask: Tensor | None = None,
     ) -> Tensor:
         """Image embedding [B, C, E, E] cross-attends to [patchified global context ; words] -> [B, C, E, E]."""
         b, _, h, w = image_embeddings.shape
@@ -278,11 +296,19 @@ class MaskDecoder(nn.Module):
             global_context.to(dtype), "b t (h p1 w p2) c -> (t h w) b (c p1 p2)", h=grid // p, p1=p, p2=p
         )
         memory = self.context_patch_proj(patches)
+        key_padding_mask = None
         if text_feat is not None:
+            if text_key_padding_mask is not None:
+                # deviation: words past an expression's length are not attended, so expressions padded to a common
+                # length give their own results; the original never batches expressions (mask None = original).
+                context_keys = text_key_padding_mask.new_zeros(b, memory.shape[0])
+                key_padding_mask = torch.cat([context_keys, text_key_padding_mask.bool()], dim=1)
             memory = torch.cat([memory, rearrange(text_feat.to(dtype), "b l c -> l b c")], dim=0)
         tgt = rearrange(image_embeddings, "b c h w -> (h w) b c")
         query_pos = rearrange(image_pe, "b c h w -> (h w) b c")
-        fused = self.pixel_global_fusion(tgt=tgt, memory=memory, query_pos=query_pos)
+        fused = self.pixel_global_fusion(
+            tgt=tgt, memory=memory, query_pos=query_pos, key_padding_mask=key_padding_mask
+        )
         return rearrange(fused, "(h w) b c -> b c h w", h=h, w=w)
 
     def _predict_masks(

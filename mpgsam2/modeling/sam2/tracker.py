@@ -63,12 +63,15 @@ class FramePrompts:
     sparse_token: [B, 1, C] multimodal class token (sparse prompt), or None.
     text_feat: [B, L, C] word features of the expression for this frame.
     global_context: [B, T, G*G, C] mask features of every frame of the clip (with temporal position).
+    text_key_padding_mask: [B, L] bool, True = word the decoder does not attend (expressions batched at a common
+        length), or None (every word attended, the original).
     """
 
     mask_prior: Tensor | None
     sparse_token: Tensor | None
     text_feat: Tensor | None
     global_context: Tensor | None
+    text_key_padding_mask: Tensor | None = None
 
 
 @dataclass
@@ -453,6 +456,7 @@ class SAM2Tracker(nn.Module):
             global_context_flat=None if context is None else context.flatten(1, 2),
             obj_memory=obj_memory,
             obj_memory_pos=obj_memory_pos,
+            text_key_padding_mask=prompts.text_key_padding_mask,
         )
         return {"masks": masks, "ious": ious, "tokens": tokens, "object_score_logits": obj_scores}
 

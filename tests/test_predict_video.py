@@ -168,3 +168,23 @@ def test_bad_inputs_are_refused(model):
     with pytest.raises(ValueError, match="precision"):
         predict_video(model, sam[0], beit[0], [(ids[0], pad[0])], SIZE, precision="int8")
     assert predict_video(model, sam[0], beit[0], [], SIZE) == []
+
+
+def test_compile_flag_runs_encoder_and_memory_attention_compiled(model, monkeypatch):
+    compiled = []
+
+    def fake_compile(fn):  # torch.compile itself takes minutes on this machine; check the wiring
+        def run(*args, **kwargs):
+            compiled.append(fn.__self__)
+            return fn(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    sam, beit, ids, pad = random_clip(model, frames=3, seed=9)
+    plain = predict_video(model, sam[0], beit[0], [(ids[0], pad[0])], SIZE)[0]
+    out = predict_video(model, sam[0], beit[0], [(ids[0], pad[0])], SIZE, compile=True)[0]
+    assert {id(m) for m in compiled} == {id(model.sam.image_encoder), id(model.sam.memory_attention)}
+    torch.testing.assert_close(out.logits, plain.logits)
+    assert "forward" not in vars(model.sam.image_encoder)  # restored afterwards
+    assert not any("_orig_mod" in key for key in model.state_dict())

@@ -7,12 +7,15 @@ original frame size; the binary mask is sigmoid > 0.5, i.e. logit > 0.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
 from mpgsam2.modeling.sam2.tracker import FrameFeatures
@@ -22,6 +25,7 @@ __all__ = [
     "FrameSequence",
     "PRECISIONS",
     "chunk_bounds",
+    "expression_text",
     "predict_expression",
     "predict_video",
     "resize_logits",
@@ -115,8 +119,42 @@ def _frames(frames: FrameSequence, start: int, end: int) -> Tensor:
     return torch.stack([frames[t] for t in range(start, end)])
 
 
+def expression_text(batch: Mapping[str, Any], row: int = 0) -> tuple[Tensor, Tensor]:
+    """Row ``row`` of a collated batch's text, trimmed to the expression's own length: ids (L,) and mask (L,).
+
+    The length runs to the last token that is not padding (every expression ends with its end-of-sentence
+    token). parity: the padding mask itself is not used to cut, since with ``unk_as_pad`` unknown pieces inside
+    the expression count as padding too and stay in place, as when the expression is collated alone.
+    """
+    ids, pad = batch["text_ids"][row], batch["text_padding_mask"][row].bool()
+    real = (~pad).nonzero()
+    length = int(real[-1]) + 1 if len(real) else ids.shape[0]
+    return ids[:length], pad[:length]
+
+
 # inference precisions: fp32, or autocast to a 16-bit type (the weights stay float32)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# compiled forwards of (image encoder, memory attention) per model, made on first use and kept with the model
+_COMPILED: weakref.WeakKeyDictionary[nn.Module, tuple[Callable[..., Any], ...]] = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def _compiled(model: MPGSAM2, enabled: bool) -> Iterator[None]:
+    """Within the block, the image encoder and memory attention run through ``torch.compile``."""
+    if not enabled:
+        yield
+        return
+    modules = (model.sam.image_encoder, model.sam.memory_attention)
+    if model not in _COMPILED:
+        _COMPILED[model] = tuple(torch.compile(m.forward) for m in modules)
+    for module, forward in zip(modules, _COMPILED[model]):
+        module.forward = forward  # an instance attribute: parameters and state-dict keys are untouched
+    try:
+        yield
+    finally:
+        for module in modules:
+            del module.forward
 
 
 def _pad_expressions(
@@ -159,6 +197,7 @@ def predict_video(
     chunk_size: int | None = None,
     *,
     precision: str = "fp32",
+    compile: bool = False,
     beit_frame_batch: int = 8,
 ) -> list[ExpressionPrediction]:
     """Segment each of K expressions in one video; the unit of work of evaluation and ``mpgsam2.predict``.
@@ -178,6 +217,9 @@ def predict_video(
         chunk_size: frames per independent chunk (24 for MeViS, spec §3.2), or None for the whole video.
         precision: ``"fp32"``, or ``"bf16"`` / ``"fp16"``: autocast on the model's device (meant for CUDA;
             masks then differ from fp32 where logits are near 0, and memories are stored as configured).
+        compile: run the Hiera image encoder and the memory attention through ``torch.compile`` (compiled on the
+            first call, kept for the model; the memory attention recompiles while the memory bank fills up).
+            The same computation, so the masks agree up to float rounding.
         beit_frame_batch: frames per BEiT-3 call (bounds its activation memory; the result does not depend on it).
 
     Returns:
@@ -197,7 +239,7 @@ def predict_video(
     dtype = PRECISIONS[precision]
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     cfg = model.config
-    with autocast:
+    with autocast, _compiled(model, compile):
         for start, end in chunk_bounds(num_frames, chunk_size):
             tokens = []
             for g0, g1 in chunk_bounds(end - start, beit_frame_batch):
@@ -205,6 +247,10 @@ def predict_video(
                 tokens.append(model.encode_tokens(group.unsqueeze(0).expand(k, *group.shape), ids, text_pad))
             context = model.context_from_tokens(torch.cat(tokens, dim=1))
             del tokens
+            # the decoder's projections of the clip context, once per chunk instead of once per frame
+            cache = (
+                None if model.training else model.sam.sam_mask_decoder.context_cache(context.global_context)
+            )
             state = model.sam.new_state(num_frames=end - start)
             for t in range(end - start):
                 frame = _frames(sam_frames, start + t, start + t + 1).to(device)
@@ -218,6 +264,7 @@ def predict_video(
                 )
                 prompts = context.frame_prompts(t, cfg.use_dense_prior, cfg.use_sparse_token)
                 prompts.text_key_padding_mask = word_mask
+                prompts.context_cache = cache
                 logits = model.sam.track_step(state, t, feats, prompts).high_res_logits  # [K, 1, S, S]
                 out[:, start + t] = resize_logits(logits, orig_size)[:, 0]
     return [ExpressionPrediction(logits=logits) for logits in out]

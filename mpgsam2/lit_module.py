@@ -21,7 +21,12 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from mpgsam2.benchmarks import benchmark
-from mpgsam2.inference.predictor import predict_expression, resize_logits
+from mpgsam2.inference.predictor import (
+    expression_text,
+    predict_expression,
+    predict_video,
+    resize_logits,
+)
 from mpgsam2.metrics import JFMetric
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
 from mpgsam2.utils import check_tokenizer_fits
@@ -264,28 +269,38 @@ class RVOSLitModule(L.LightningModule):
         """Whole-video predictions for each expression of an evaluation batch: a list of (T, H, W) logits at
         each expression's original size.
 
-        One expression per batch (the default) is tracked frame by frame (memory bounded by the SAM 2 window).
-        A batch of several expressions (possible when their videos have equal length and size, e.g. the
-        synthetic dataset) runs as one batched clip forward, which gives the same masks faster; image batches
-        use the image path.
+        Several expressions of one video run through :func:`~mpgsam2.inference.predict_video` (image features
+        once per frame, the expressions tracked as one batch); a single expression through
+        :func:`~mpgsam2.inference.predict_expression`; both stream frame by frame (memory bounded by the SAM 2
+        window). A batch of expressions of different videos (possible when the videos have equal length and
+        size, e.g. the synthetic dataset) runs as one batched clip forward when there are no chunks, else one
+        video at a time; image batches use the image path. Videos are told apart by ``meta["video"]`` (items
+        without one are separate videos).
         """
         metas = batch["meta"]
-        if batch.get("image_batch") or (len(metas) > 1 and self.eval_chunk_size is None):
+        groups: dict[object, list[int]] = {}
+        for i, meta in enumerate(metas):
+            groups.setdefault(meta.get("video", ("item", i)), []).append(i)
+        if batch.get("image_batch") or (len(groups) > 1 and self.eval_chunk_size is None):
             with torch.no_grad():
                 logits = self._clip_logits(batch)[0][:, :, 0].float()  # [B, T, S, S]
             return [resize_logits(logits[i : i + 1], m["orig_size"])[0] for i, m in enumerate(metas)]
-        results = []
-        for i, meta in enumerate(metas):
-            pred = predict_expression(
-                self.model,
-                batch["sam_frames"][i],
-                batch["beit_frames"][i],
-                batch["text_ids"][i],
-                batch["text_padding_mask"][i],
-                tuple(meta["orig_size"]),
-                chunk_size=self.eval_chunk_size,
+        results: list[Tensor] = [torch.empty(0)] * len(metas)
+        for rows in groups.values():
+            first = rows[0]
+            frames = (batch["sam_frames"][first], batch["beit_frames"][first])
+            size = tuple(metas[first]["orig_size"])
+            if len(rows) == 1:
+                results[first] = predict_expression(
+                    self.model, *frames, *expression_text(batch, first), size, chunk_size=self.eval_chunk_size
+                ).logits
+                continue
+            expressions = [expression_text(batch, i) for i in rows]
+            predictions = predict_video(
+                self.model, *frames, expressions, size, chunk_size=self.eval_chunk_size
             )
-            results.append(pred.logits)
+            for i, prediction in zip(rows, predictions):
+                results[i] = prediction.logits
         return results
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:

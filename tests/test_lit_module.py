@@ -10,6 +10,7 @@ import torch
 from test_model import random_clip, tiny_config
 from torch import nn
 
+from mpgsam2.inference import predict_expression
 from mpgsam2.lit_module import RVOSLitModule, build_param_groups
 from mpgsam2.losses import MPGSAM2Criterion
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
@@ -239,3 +240,34 @@ def test_auto_eval_chunk_size_is_the_benchmark_s_protocol(bench, chunk):
     system._trainer = SimpleNamespace(datamodule=SimpleNamespace(benchmark=bench))
     system.setup("validate")
     assert system.eval_chunk_size == chunk == benchmark(bench).chunk_size
+
+
+def test_expressions_of_one_video_run_through_predict_video_trimmed_to_their_length(monkeypatch):
+    import mpgsam2.lit_module as lit
+
+    torch.manual_seed(0)
+    system = _system(MPGSAM2(tiny_config())).eval()
+    sam, beit, ids, _ = random_clip(system.model, frames=3, seed=4)
+    # a collated batch: 3 expressions of one video, right-padded with pad id 3 to the longest; the middle one
+    # has an unknown piece (id 3, masked like padding) inside it, which trimming must keep
+    rows = [[0, 11, 12, 13, 14, 2], [0, 21, 3, 2, 3, 3], [0, 31, 2, 3, 3, 3]]
+    text_ids = torch.tensor(rows)
+    batch = {
+        "sam_frames": sam.expand(3, -1, -1, -1, -1),
+        "beit_frames": beit.expand(3, -1, -1, -1, -1),
+        "text_ids": text_ids,
+        "text_padding_mask": text_ids == 3,
+        "meta": [{"video": "v", "orig_size": (48, 40)} for _ in range(3)],
+    }
+    calls = []
+    original = lit.predict_video
+    monkeypatch.setattr(lit, "predict_video", lambda *a, **k: calls.append(a[3]) or original(*a, **k))
+    out = system.predict_batch(batch)
+    assert len(calls) == 1 and [len(ids) for ids, _ in calls[0]] == [6, 4, 3]
+    assert calls[0][1][1].tolist() == [False, False, True, False]
+    for row, logits in zip(range(3), out):
+        n = [6, 4, 3][row]
+        reference = predict_expression(
+            system.model, sam[0], beit[0], text_ids[row, :n], text_ids[row, :n] == 3, (48, 40)
+        )
+        torch.testing.assert_close(logits, reference.logits, atol=1e-4, rtol=1e-4)

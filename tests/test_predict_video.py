@@ -2,24 +2,189 @@
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Sequence
+
+import pytest
 import torch
 from test_model import random_clip, tiny_config
 
-from mpgsam2.inference import predict_expression, predict_video
-from mpgsam2.modeling.mpgsam2 import MPGSAM2
+from mpgsam2.inference import ExpressionPrediction, predict_expression, predict_video
+from mpgsam2.modeling.mpgsam2 import MPGSAM2, PostNormEncoderLayer
+
+SIZE = (20, 30)
 
 
-def test_predict_video_equals_predict_expression_per_expression_with_lazy_frames():
+class LazyFrames(Sequence):
+    """Frames handed out one at a time, counting every read and the most frames alive at once."""
+
+    def __init__(self, frames: torch.Tensor) -> None:
+        self.frames = frames
+        self.reads: list[int] = []
+        self.alive = 0
+        self.peak_alive = 0
+
+    def _freed(self) -> None:
+        self.alive -= 1
+
+    def __len__(self) -> int:
+        return self.frames.shape[0]
+
+    def __getitem__(self, t: int) -> torch.Tensor:
+        if not 0 <= t < len(self):
+            raise IndexError(t)
+        self.reads.append(t)
+        frame = self.frames[t].clone()
+        self.alive += 1
+        self.peak_alive = max(self.peak_alive, self.alive)
+        weakref.finalize(frame, self._freed)
+        return frame
+
+
+def assert_same_masks(prediction: ExpressionPrediction, reference: ExpressionPrediction) -> None:
+    """Probabilities within 1e-4; masks equal except where the reference probability is within 1e-4 of 0.5."""
+    assert prediction.logits.shape == reference.logits.shape
+    diff = (prediction.probs - reference.probs).abs().max().item()
+    assert diff <= 1e-4, f"probabilities differ by {diff}"
+    undecided = (reference.probs - 0.5).abs() <= 1e-4
+    assert torch.equal(prediction.masks & ~undecided, reference.masks & ~undecided)
+
+
+@pytest.fixture(scope="module")
+def model() -> MPGSAM2:
     torch.manual_seed(0)
-    model = MPGSAM2(tiny_config()).eval()
-    sam, beit, ids, pad = random_clip(model, frames=5, batch=1)
-    sam, beit = sam[0], beit[0]
-    lengths = [ids.shape[1], ids.shape[1] - 2]
-    expressions = [(ids[0, :n], pad[0, :n]) for n in lengths]
-    lazy_sam = [sam[t] for t in range(sam.shape[0])]  # a sequence of frames, not one tensor
-    for chunk_size in (None, 2):
-        out = predict_video(model, lazy_sam, beit, expressions, (20, 30), chunk_size=chunk_size)
-        assert len(out) == 2
-        for (text_ids, mask), prediction in zip(expressions, out):
-            reference = predict_expression(model, sam, beit, text_ids, mask, (20, 30), chunk_size=chunk_size)
-            torch.testing.assert_close(prediction.logits, reference.logits, atol=1e-4, rtol=1e-4)
+    return MPGSAM2(tiny_config()).eval()
+
+
+def expressions_of(ids: torch.Tensor, lengths: list[int], own_padding: bool = True):
+    """Expressions cut from one id row at different lengths; some with a padding mask (with padded tail), one
+    with None."""
+    out = []
+    for i, n in enumerate(lengths):
+        text = ids[0, :n].clone()
+        text[n - 1] = 2
+        if i == 1:
+            mask = None
+        else:
+            mask = torch.zeros(n, dtype=torch.bool)
+            if own_padding and i == 2 and n > 3:
+                mask[-2:] = True  # a collated expression: its own padding, also masked when run alone
+        out.append((text, mask))
+    return out
+
+
+def check(model, sam, beit, expressions, chunk_size=None) -> list[ExpressionPrediction]:
+    out = predict_video(model, sam, beit, expressions, SIZE, chunk_size=chunk_size)
+    assert len(out) == len(expressions)
+    sam_t = sam.frames if isinstance(sam, LazyFrames) else sam
+    beit_t = beit.frames if isinstance(beit, LazyFrames) else beit
+    for (text_ids, mask), prediction in zip(expressions, out):
+        reference = predict_expression(model, sam_t, beit_t, text_ids, mask, SIZE, chunk_size=chunk_size)
+        assert_same_masks(prediction, reference)
+    return out
+
+
+def test_one_expression(model):
+    sam, beit, ids, pad = random_clip(model, frames=4)
+    check(model, sam[0], beit[0], [(ids[0], pad[0])])
+
+
+def test_expressions_of_different_lengths_each_get_their_own_masks(model):
+    sam, beit, ids, _ = random_clip(model, frames=4, seed=1)
+    ids = torch.randint(4, 40, (1, 12), generator=torch.Generator().manual_seed(3))
+    expressions = expressions_of(ids, [12, 5, 9, 3])
+    out = check(model, sam[0], beit[0], expressions)
+    # the expressions really differ (else equality above would say little about per-expression batching)
+    assert (out[0].probs - out[1].probs).abs().max() > 5e-4  # 5x the tolerance
+
+
+def test_lengths_batched_without_the_decoder_word_mask_would_differ(model, monkeypatch):
+    # the test above relies on masking the words past each expression's length in the decoder: without it the
+    # short expressions attend to other expressions' padding and their logits move
+    sam, beit, _, _ = random_clip(model, frames=3, seed=2)
+    ids = torch.randint(4, 40, (1, 12), generator=torch.Generator().manual_seed(3))
+    expressions = expressions_of(ids, [12, 4])
+    reference = predict_expression(model, sam[0], beit[0], *expressions[1], SIZE)
+    from mpgsam2.modeling.sam2 import tracker
+
+    original = tracker.SAM2Tracker.forward_heads
+
+    def unmasked(self, pix_feat, high_res, prompts, **kwargs):
+        prompts.text_key_padding_mask = None
+        return original(self, pix_feat, high_res, prompts, **kwargs)
+
+    monkeypatch.setattr(tracker.SAM2Tracker, "forward_heads", unmasked)
+    out = predict_video(model, sam[0], beit[0], expressions, SIZE)
+    assert (out[1].probs - reference.probs).abs().max() > 1e-4
+
+
+def test_chunks_and_lazy_frames_are_read_once(model):
+    sam, beit, ids, _ = random_clip(model, frames=7, seed=4)
+    ids = torch.randint(4, 40, (1, 10), generator=torch.Generator().manual_seed(5))
+    lazy_sam, lazy_beit = LazyFrames(sam[0]), LazyFrames(beit[0])
+    expressions = expressions_of(ids, [10, 6, 8])
+    check(model, lazy_sam, lazy_beit, expressions, chunk_size=3)
+    # each frame is read once, whatever K, and SAM frames in order (streamed, not materialised up front)
+    assert lazy_sam.reads == list(range(7))
+    assert sorted(lazy_beit.reads) == list(range(7))
+    assert lazy_sam.peak_alive == 1
+
+
+def test_chunked_result_differs_from_whole_video(model):
+    # chunks are independent runs: a chunked prediction is not the whole-video one (so the chunk test checks chunks)
+    sam, beit, ids, pad = random_clip(model, frames=5, seed=6)
+    whole = predict_video(model, sam[0], beit[0], [(ids[0], pad[0])], SIZE)[0]
+    chunked = predict_video(model, sam[0], beit[0], [(ids[0], pad[0])], SIZE, chunk_size=2)[0]
+    assert (whole.probs - chunked.probs).abs().max() > 5e-4
+
+
+def test_no_object(model):
+    sam, beit, ids, _ = random_clip(model, frames=4, seed=7)
+    head = model.sam.sam_mask_decoder.pred_obj_score_head
+    last = head.layers[-1] if hasattr(head, "layers") else head
+    saved = last.bias.detach().clone()
+    try:
+        with torch.no_grad():
+            last.bias.fill_(-1e4)  # the object-score head says absent on every frame
+        out = check(model, sam[0], beit[0], expressions_of(ids, [7, 4]))
+        assert all(not p.masks.any() for p in out)
+    finally:
+        with torch.no_grad():
+            last.bias.copy_(saved)
+
+
+def test_prior_ffn_in_token_chunks_is_exact(model, monkeypatch):
+    sam, beit, ids, pad = random_clip(model, frames=3, seed=8)
+    whole = predict_video(model, sam[0], beit[0], [(ids[0], pad[0])], SIZE)[0]
+    monkeypatch.setattr(PostNormEncoderLayer, "inference_ffn_chunk", 5)  # 3 x 16 tokens -> 10 chunks
+    chunked = predict_video(model, sam[0], beit[0], [(ids[0], pad[0])], SIZE)[0]
+    torch.testing.assert_close(chunked.logits, whole.logits, atol=1e-5, rtol=1e-5)
+
+
+def test_bad_inputs_are_refused(model):
+    sam, beit, ids, pad = random_clip(model, frames=2)
+    with pytest.raises(ValueError, match="BEiT-3 frames"):
+        predict_video(model, sam[0], beit[0, :1], [(ids[0], pad[0])], SIZE)
+    with pytest.raises(ValueError, match="precision"):
+        predict_video(model, sam[0], beit[0], [(ids[0], pad[0])], SIZE, precision="int8")
+    assert predict_video(model, sam[0], beit[0], [], SIZE) == []
+
+
+def test_compile_flag_runs_encoder_and_memory_attention_compiled(model, monkeypatch):
+    compiled = []
+
+    def fake_compile(fn):  # torch.compile itself takes minutes on this machine; check the wiring
+        def run(*args, **kwargs):
+            compiled.append(fn.__self__)
+            return fn(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    sam, beit, ids, pad = random_clip(model, frames=3, seed=9)
+    plain = predict_video(model, sam[0], beit[0], [(ids[0], pad[0])], SIZE)[0]
+    out = predict_video(model, sam[0], beit[0], [(ids[0], pad[0])], SIZE, compile=True)[0]
+    assert {id(m) for m in compiled} == {id(model.sam.image_encoder), id(model.sam.memory_attention)}
+    torch.testing.assert_close(out.logits, plain.logits)
+    assert "forward" not in vars(model.sam.image_encoder)  # restored afterwards
+    assert not any("_orig_mod" in key for key in model.state_dict())

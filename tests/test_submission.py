@@ -3,6 +3,7 @@ tiny datasets in the Ref-YouTube-VOS layout with a fake predictor (no model)."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import shutil
 import zipfile
@@ -31,6 +32,7 @@ from mpgsam2.inference import (
     StagingArea,
     binary_masks,
     check_manifest,
+    model_predictor,
     predict_to_staging,
     probability_masks,
     shard,
@@ -582,3 +584,59 @@ def test_shard_balances_by_cost_and_covers_every_item_once() -> None:
     assert shard(items, 1, 3) == ["b", "e"]  # without costs: round robin
     with pytest.raises(ValueError, match="2 costs for 7 items"):
         shard(items, 0, 3, [1, 2])
+
+
+def test_model_predictor_stages_a_video_in_one_call_with_the_per_expression_masks(valid_source, tmp_path):
+    from test_model import tiny_config
+
+    from mpgsam2.modeling.mpgsam2 import MPGSAM2
+
+    torch.manual_seed(0)
+    model = MPGSAM2(tiny_config())
+    with torch.no_grad():  # a random tiny model barely reads the words; make them matter
+        model.text_proj.weight.mul_(30)
+    predictor = model_predictor(model, "cpu", None)
+    calls = []
+    real_unit = predictor.predict_unit
+
+    def spy(batches):
+        out = real_unit(batches)
+        calls.append((batches, out))
+        return out
+
+    predictor.predict_unit = spy
+    transform = ClipTransform(model.sam.image_size, int(model.config.beit3["img_size"]), train=False)
+
+    def tokenizer(texts):  # caption-dependent ids of caption-dependent lengths, right-padded with 3
+        rows = [[0, *(4 + ord(c) % 40 for c in text[:8]), 2] for text in texts]
+        ids = torch.full((len(rows), max(map(len, rows))), 3)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+        return ids, ids != 3
+
+    collate = ReferringCollate(tokenizer)
+
+    def stage(name, predict):
+        staging = StagingArea(tmp_path / name)
+        predict_to_staging(
+            predict, [EvalTarget(valid_source)], staging, "probability", transform=transform, collate=collate
+        )
+        return {p.relative_to(staging.root): p.read_bytes() for p in staging.root.rglob("*.png")}
+
+    per_video = stage("video", predictor)
+    videos = {e.video.video_id for e in valid_source.expressions}
+    sizes = [len(batches) for batches, _ in calls]
+    assert len(calls) == len(videos) and sum(sizes) == len(valid_source.expressions) and max(sizes) > 1
+    for batches, out in calls:  # each expression's logits are its own (as predicted alone), in order
+        alone = [real_unit([{**batches[0], **b}])[0] for b in batches]
+        for logits, reference in zip(out, alone):
+            assert (torch.sigmoid(logits) - torch.sigmoid(reference)).abs().max() <= 1e-4
+        if len(out) > 1:  # and the expressions of a video differ, so an order mix-up would show
+            assert (torch.sigmoid(alone[0]) - torch.sigmoid(alone[1])).abs().max() > 1e-3
+    per_expression = stage("expr", lambda batch: real_unit([batch])[0])  # no predict_unit: one call each
+    assert per_video.keys() == per_expression.keys() and len(per_video) > 0
+    # 8-bit probability PNGs: equal up to a rare one-level rounding step
+    for key, data in per_video.items():
+        a = np.asarray(Image.open(io.BytesIO(data)), dtype=int)
+        b = np.asarray(Image.open(io.BytesIO(per_expression[key])), dtype=int)
+        assert np.abs(a - b).max() <= 1, key

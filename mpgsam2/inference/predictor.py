@@ -7,19 +7,25 @@ original frame size; the binary mask is sigmoid > 0.5, i.e. logit > 0.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
+from mpgsam2.modeling.sam2.tracker import FrameFeatures
 
 __all__ = [
     "ExpressionPrediction",
     "FrameSequence",
+    "PRECISIONS",
     "chunk_bounds",
+    "expression_text",
     "predict_expression",
     "predict_video",
     "resize_logits",
@@ -107,10 +113,78 @@ def predict_expression(
 
 
 def _frames(frames: FrameSequence, start: int, end: int) -> Tensor:
-    """Frames [start, end) as one (end - start, 3, H, W) tensor."""
+    """Frames [start, end) as one (end - start, 3, H, W) tensor (only these frames are read)."""
     if isinstance(frames, Tensor):
         return frames[start:end]
     return torch.stack([frames[t] for t in range(start, end)])
+
+
+def expression_text(batch: Mapping[str, Any], row: int = 0) -> tuple[Tensor, Tensor]:
+    """Row ``row`` of a collated batch's text, trimmed to the expression's own length: ids (L,) and mask (L,).
+
+    The length runs to the last token that is not padding (every expression ends with its end-of-sentence
+    token). parity: the padding mask itself is not used to cut, since with ``unk_as_pad`` unknown pieces inside
+    the expression count as padding too and stay in place, as when the expression is collated alone.
+    """
+    ids, pad = batch["text_ids"][row], batch["text_padding_mask"][row].bool()
+    real = (~pad).nonzero()
+    length = int(real[-1]) + 1 if len(real) else ids.shape[0]
+    return ids[:length], pad[:length]
+
+
+# inference precisions: fp32, or autocast to a 16-bit type (the weights stay float32)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# compiled forwards of (image encoder, memory attention) per model, made on first use and kept with the model
+_COMPILED: weakref.WeakKeyDictionary[nn.Module, tuple[Callable[..., Any], ...]] = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def _compiled(model: MPGSAM2, enabled: bool) -> Iterator[None]:
+    """Within the block, the image encoder and memory attention run through ``torch.compile``."""
+    if not enabled:
+        yield
+        return
+    modules = (model.sam.image_encoder, model.sam.memory_attention)
+    if model not in _COMPILED:
+        _COMPILED[model] = tuple(torch.compile(m.forward) for m in modules)
+    for module, forward in zip(modules, _COMPILED[model]):
+        module.forward = forward  # an instance attribute: parameters and state-dict keys are untouched
+    try:
+        yield
+    finally:
+        for module in modules:
+            del module.forward
+
+
+def _pad_expressions(
+    expressions: Sequence[tuple[Tensor, Tensor | None]], device: torch.device
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """K expressions as one batch at the longest length L.
+
+    Returns ids [K, L]; the BEiT-3 padding mask [K, L] (each expression's own mask, then True past its length;
+    None when nothing is padded); the decoder's word mask [K, L] (True only past each expression's length, so
+    the decoder sees exactly the words it sees when the expression runs alone; None when all lengths agree).
+    """
+    lengths = [int(ids.shape[0]) for ids, _ in expressions]
+    if min(lengths) < 1:
+        raise ValueError("every expression needs at least one token")
+    longest = max(lengths)
+    ids = torch.zeros((len(expressions), longest), dtype=torch.long, device=device)
+    pad = torch.ones((len(expressions), longest), dtype=torch.bool, device=device)
+    for k, (text_ids, text_pad) in enumerate(expressions):
+        if text_ids.dim() != 1 or (text_pad is not None and text_pad.shape != text_ids.shape):
+            raise ValueError(f"expression {k}: expected text_ids (L,) and a mask (L,) or None")
+        ids[k, : lengths[k]] = text_ids
+        pad[k, : lengths[k]] = False if text_pad is None else text_pad.to(device=device, dtype=torch.bool)
+    positions = torch.arange(longest, device=device)
+    beyond = positions[None, :] >= torch.tensor(lengths, device=device)[:, None]
+    all_same = all(n == longest for n in lengths)
+    return ids, (pad if pad.any() else None), (None if all_same else beyond)
+
+
+def _model_device(model: MPGSAM2) -> torch.device:
+    return next(model.parameters()).device
 
 
 @torch.no_grad()
@@ -121,8 +195,18 @@ def predict_video(
     expressions: Sequence[tuple[Tensor, Tensor | None]],
     orig_size: tuple[int, int],
     chunk_size: int | None = None,
+    *,
+    precision: str = "fp32",
+    compile: bool = False,
+    beit_frame_batch: int = 8,
 ) -> list[ExpressionPrediction]:
     """Segment each of K expressions in one video; the unit of work of evaluation and ``mpgsam2.predict``.
+
+    The K expressions run as one batch: BEiT-3 and the mask-prior generator see them padded to a common length
+    (padding masked wherever words are read, so each gets the masks it gets alone), each frame's Hiera features
+    are computed once and shared, and SAM 2 tracks the K targets together (each with its own memory bank and
+    object pointers). Frames are read from the sequences as they are needed: BEiT-3 in groups of
+    ``beit_frame_batch``, SAM frames one at a time, so memory grows with T only by the BEiT-3 context.
 
     Args:
         model: the model (its current train/eval mode is used as is).
@@ -131,18 +215,56 @@ def predict_video(
         expressions: K pairs ``(text_ids (L,), text_padding_mask (L,) bool | None)``, of any lengths.
         orig_size: (H, W) of the original frames.
         chunk_size: frames per independent chunk (24 for MeViS, spec §3.2), or None for the whole video.
+        precision: ``"fp32"``, or ``"bf16"`` / ``"fp16"``: autocast on the model's device (meant for CUDA;
+            masks then differ from fp32 where logits are near 0, and memories are stored as configured).
+        compile: run the Hiera image encoder and the memory attention through ``torch.compile`` (compiled on the
+            first call, kept for the model; the memory attention recompiles while the memory bank fills up).
+            The same computation, so the masks agree up to float rounding.
+        beit_frame_batch: frames per BEiT-3 call (bounds its activation memory; the result does not depend on it).
 
     Returns:
         K predictions, in the order of ``expressions``: each gives the masks of :func:`predict_expression`.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     num_frames = len(sam_frames)
     if len(beit_frames) != num_frames:
         raise ValueError(f"{num_frames} SAM frames but {len(beit_frames)} BEiT-3 frames")
-    out = [torch.empty((num_frames, *orig_size), dtype=torch.float32) for _ in expressions]
-    for start, end in chunk_bounds(num_frames, chunk_size):
-        sam_chunk, beit_chunk = _frames(sam_frames, start, end), _frames(beit_frames, start, end)
-        for k, (text_ids, text_padding_mask) in enumerate(expressions):
-            out[k][start:end] = predict_expression(
-                model, sam_chunk, beit_chunk, text_ids, text_padding_mask, orig_size
-            ).logits
+    if not expressions:
+        return []
+    device = _model_device(model)
+    ids, text_pad, word_mask = _pad_expressions(expressions, device)
+    k = ids.shape[0]
+    out = torch.empty((k, num_frames, *orig_size), dtype=torch.float32)
+    dtype = PRECISIONS[precision]
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    cfg = model.config
+    with autocast, _compiled(model, compile):
+        for start, end in chunk_bounds(num_frames, chunk_size):
+            tokens = []
+            for g0, g1 in chunk_bounds(end - start, beit_frame_batch):
+                group = _frames(beit_frames, start + g0, start + g1).to(device)
+                tokens.append(model.encode_tokens(group.unsqueeze(0).expand(k, *group.shape), ids, text_pad))
+            context = model.context_from_tokens(torch.cat(tokens, dim=1))
+            del tokens
+            # the decoder's projections of the clip context, once per chunk instead of once per frame
+            cache = (
+                None if model.training else model.sam.sam_mask_decoder.context_cache(context.global_context)
+            )
+            state = model.sam.new_state(num_frames=end - start)
+            for t in range(end - start):
+                frame = _frames(sam_frames, start + t, start + t + 1).to(device)
+                shared = model._image_features(frame)  # once per frame, whatever K
+                feats = FrameFeatures(
+                    top=shared.top.expand(k, -1, -1, -1),
+                    top_pos=shared.top_pos.expand(k, -1, -1, -1),
+                    high_res=None
+                    if shared.high_res is None
+                    else [x.expand(k, -1, -1, -1) for x in shared.high_res],
+                )
+                prompts = context.frame_prompts(t, cfg.use_dense_prior, cfg.use_sparse_token)
+                prompts.text_key_padding_mask = word_mask
+                prompts.context_cache = cache
+                logits = model.sam.track_step(state, t, feats, prompts).high_res_logits  # [K, 1, S, S]
+                out[:, start + t] = resize_logits(logits, orig_size)[:, 0]
     return [ExpressionPrediction(logits=logits) for logits in out]

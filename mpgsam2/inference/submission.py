@@ -45,12 +45,13 @@ from mpgsam2.data.records import ExpressionRecord, validate_path_component, vali
 from mpgsam2.data.sources import ReferringVideoSource
 from mpgsam2.data.synthetic import davis_palette
 from mpgsam2.data.video_dataset import ReferringVideoEvalDataset
-from mpgsam2.inference.predictor import predict_expression
+from mpgsam2.inference.predictor import expression_text, predict_video
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
 from mpgsam2.utils import write_json_atomic
 
 __all__ = [
     "EvalTarget",
+    "ModelPredictor",
     "PaletteMerger",
     "StagingArea",
     "barrier",
@@ -276,28 +277,53 @@ class EvalTarget:
 # ------------------------------------------------------------------------------------------------ inference
 
 
-def model_predictor(model: MPGSAM2, device: str | torch.device, chunk_size: int | None) -> Predictor:
-    """A :data:`Predictor` running ``model`` on ``device`` (eval mode, ``torch.inference_mode``).
+class ModelPredictor:
+    """Runs ``model`` on ``device`` (eval mode, ``torch.inference_mode``); a :data:`Predictor` that also predicts
+    a whole video's expressions at once (:meth:`predict_unit`, which :func:`predict_to_staging` prefers).
 
     Args:
         chunk_size: frames per independent chunk (MeViS: 24, spec §3.2), None for the whole video.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (see :func:`mpgsam2.inference.predict_video`).
     """
-    model.eval()
 
-    def predict(batch: Mapping[str, Any]) -> Tensor:
-        meta = batch["meta"][0]
+    def __init__(
+        self,
+        model: MPGSAM2,
+        device: str | torch.device,
+        chunk_size: int | None,
+        precision: str = "fp32",
+    ) -> None:
+        self.model = model.eval()
+        self.device = device
+        self.chunk_size = chunk_size
+        self.precision = precision
+
+    def __call__(self, batch: Mapping[str, Any]) -> Tensor:
+        """One collated expression (batch size 1) -> its (T, H, W) logits."""
+        return self.predict_unit([batch])[0]
+
+    def predict_unit(self, batches: Sequence[Mapping[str, Any]]) -> list[Tensor]:
+        """The K collated expressions (batch size 1 each) of one video -> K (T, H, W) logits, in one
+        :func:`predict_video` call over the first batch's frames (the others' frames are not read)."""
+        first = batches[0]
         with torch.inference_mode():
-            return predict_expression(
-                model,
-                batch["sam_frames"][0].to(device),
-                batch["beit_frames"][0].to(device),
-                batch["text_ids"][0].to(device),
-                batch["text_padding_mask"][0].to(device),
-                tuple(meta["orig_size"]),
-                chunk_size=chunk_size,
-            ).logits
+            predictions = predict_video(
+                self.model,
+                first["sam_frames"][0].to(self.device),
+                first["beit_frames"][0].to(self.device),
+                [tuple(x.to(self.device) for x in expression_text(b)) for b in batches],
+                tuple(first["meta"][0]["orig_size"]),
+                chunk_size=self.chunk_size,
+                precision=self.precision,
+            )
+        return [p.logits for p in predictions]
 
-    return predict
+
+def model_predictor(
+    model: MPGSAM2, device: str | torch.device, chunk_size: int | None, precision: str = "fp32"
+) -> ModelPredictor:
+    """A :class:`ModelPredictor` (see there)."""
+    return ModelPredictor(model, device, chunk_size, precision)
 
 
 def predict_to_staging(
@@ -390,6 +416,36 @@ def _unit_cost(target: EvalTarget, indices: list[int], max_frames: int | None) -
     return min(num_frames, max_frames or num_frames) * len(indices)
 
 
+_FRAME_KEYS = ("sam_frames", "beit_frames")
+
+
+def _predict_unit(
+    predict: Predictor, batches: Iterator[dict[str, Any]], target: EvalTarget, indices: list[int]
+) -> Iterator[tuple[ExpressionRecord, dict[str, Any], Tensor]]:
+    """(expression, batch, logits) for each expression of a unit: the whole video in one call when ``predict``
+    can (``predict_unit``), else one call per expression."""
+    unit_predict = getattr(predict, "predict_unit", None)
+    exprs = [target.source.expressions[i] for i in indices]
+    if unit_predict is None:
+        for expr in exprs:
+            batch = _checked(next(batches), expr)
+            yield expr, batch, predict(batch)
+        return
+    collected = []
+    for k, expr in enumerate(exprs):
+        batch = _checked(next(batches), expr)
+        if k:  # the video's frames are the same in every item: keep one copy
+            batch = {key: value for key, value in batch.items() if key not in _FRAME_KEYS}
+        collected.append(batch)
+    yield from zip(exprs, collected, unit_predict(collected))
+
+
+def _checked(batch: dict[str, Any], expr: ExpressionRecord) -> dict[str, Any]:
+    meta = batch["meta"][0]
+    assert (meta["video"], meta["exp_id"]) == (expr.video.video_id, expr.exp_id), (meta, expr)
+    return batch
+
+
 def _write_unit(
     predict: Predictor,
     batches: Iterator[dict[str, Any]],
@@ -403,13 +459,9 @@ def _write_unit(
     tmp = staging.begin(unit)
     merger: PaletteMerger | None = None
     frame_names: list[str] = []
-    for i in indices:
-        expr = target.source.expressions[i]
-        batch = next(batches)
+    for expr, batch, logits in _predict_unit(predict, batches, target, indices):
         meta = batch["meta"][0]
-        assert (meta["video"], meta["exp_id"]) == (expr.video.video_id, expr.exp_id), (meta, expr)
         frame_names = list(meta["frame_names"])
-        logits = predict(batch)
         shape = (len(frame_names), *tuple(meta["orig_size"]))
         if tuple(logits.shape) != shape:
             raise ValueError(

@@ -32,6 +32,10 @@ from mpgsam2.modeling.sam2.tracker import (
 class PostNormEncoderLayer(nn.Module):
     """Transformer encoder layer, post-norm, ReLU FFN (DETR style), over a [N, B, D] sequence."""
 
+    # Without autograd the FFN runs over at most this many tokens at a time: its [N, B, ffn_dim] hidden layer
+    # over a whole clip (T x G*G tokens) was the peak of inference memory. Row-wise, so the result is the same.
+    inference_ffn_chunk: int = 4096
+
     def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout)
@@ -49,8 +53,17 @@ class PostNormEncoderLayer(nn.Module):
         # 12 GB at 100 frames); the output is the same attention.
         attended = self.self_attn(src, src, src, need_weights=False)[0]
         src = self.norm1(src + self.dropout1(attended))
-        hidden = self.linear2(self.dropout(F.relu(self.linear1(src))))
-        return self.norm2(src + self.dropout2(hidden))
+        if torch.is_grad_enabled() or src.shape[0] <= self.inference_ffn_chunk:
+            return self.norm2(src + self.dropout2(self._ffn(src)))
+        return torch.cat(
+            [
+                self.norm2(part + self.dropout2(self._ffn(part)))
+                for part in src.split(self.inference_ffn_chunk, dim=0)
+            ]
+        )
+
+    def _ffn(self, src: Tensor) -> Tensor:
+        return self.linear2(self.dropout(F.relu(self.linear1(src))))
 
 
 class MultiplicativeCrossAttention(nn.Module):
@@ -230,12 +243,25 @@ class MPGSAM2(nn.Module):
         self, beit_frames: Tensor, text_ids: Tensor, text_padding_mask: Tensor | None
     ) -> ClipContext:
         """beit_frames: [B, T, 3, H, W]; text_ids: [B, L]; text_padding_mask: [B, L] (True = ignored)."""
+        return self.context_from_tokens(self.encode_tokens(beit_frames, text_ids, text_padding_mask))
+
+    def encode_tokens(
+        self, beit_frames: Tensor, text_ids: Tensor, text_padding_mask: Tensor | None
+    ) -> Tensor:
+        """BEiT-3 over every frame of B clips: beit_frames [B, T, 3, H, W], text [B, L] -> [B, T, 1 + P + L, D].
+
+        Frames are independent here, so a caller may run groups of frames and concatenate along T.
+        """
         b, t = beit_frames.shape[:2]
         ids = text_ids.repeat_interleave(t, dim=0)
         pad = None if text_padding_mask is None else text_padding_mask.repeat_interleave(t, dim=0)
-        tokens = self.beit3(beit_frames.flatten(0, 1), ids, pad)  # [(B T), 1 + P + L, D]
-        length = text_ids.shape[1]
-        num_patches = tokens.shape[1] - 1 - length
+        return self.beit3(beit_frames.flatten(0, 1), ids, pad).unflatten(0, (b, t))
+
+    def context_from_tokens(self, tokens: Tensor) -> ClipContext:
+        """The clip context from BEiT-3's tokens [B, T, 1 + P + L, D] (P = G*G patches)."""
+        b, t = tokens.shape[:2]
+        tokens = tokens.flatten(0, 1)
+        num_patches = self.grid[0] * self.grid[1]
         cls_token = tokens[:, 0].unflatten(0, (b, t))
         patches = tokens[:, 1 : 1 + num_patches].unflatten(0, (b, t))
         words = tokens[:, 1 + num_patches :]

@@ -17,8 +17,10 @@ Each block runs when it exists (its ``use_*`` switch) and its inputs are given; 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -53,17 +55,77 @@ class CrossAttentionFusionBlock(nn.Module):
         self.activation = nn.ReLU()
 
     def forward(
-        self, tgt: Tensor, memory: Tensor, pos: Tensor | None = None, query_pos: Tensor | None = None
+        self,
+        tgt: Tensor,
+        memory: Tensor | None,
+        pos: Tensor | None = None,
+        query_pos: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        memory_kv: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
-        """tgt: [Nq, B, C]; memory: [Nk, B, C]; pos: [Nk, B, C] on keys; query_pos: [Nq, B or 1, C] -> [Nq, B, C]."""
+        """tgt: [Nq, B, C]; memory: [Nk, B, C]; pos: [Nk, B, C] on keys; query_pos: [Nq, B or 1, C] -> [Nq, B, C].
+
+        key_padding_mask: [B, Nk] bool, True = memory token not attended (None: all attended, as the original).
+        memory_kv: the memory's key and value projections [Nk, B, C] (:meth:`project_memory`), computed once for
+            a memory that many calls read (inference only); ``memory`` and ``pos`` are then ignored.
+        """
         # The unmodified tensor is passed on (not a copy) when there is no position, so that key and value are
         # the same object and nn.MultiheadAttention takes the same packed-projection path as in the original.
         query = tgt if query_pos is None else tgt + query_pos
-        key = memory if pos is None else memory + pos
-        attended = self.multihead_attn(query=query, key=key, value=memory)[0]
+        if memory_kv is not None:
+            attended = self._attend_projected(query, *memory_kv, key_padding_mask)
+        else:
+            key = memory if pos is None else memory + pos
+            attended = self.multihead_attn(
+                query=query, key=key, value=memory, key_padding_mask=key_padding_mask
+            )[0]
         tgt = self.norm1(tgt + self.dropout1(attended))
         ffn = self.linear2(self.dropout(self.activation(self.linear1(tgt))))
         return self.norm2(tgt + self.dropout2(ffn))
+
+    def _in_proj(self, index: int) -> tuple[Tensor, Tensor | None]:
+        attn = self.multihead_attn
+        c = attn.embed_dim
+        bias = None if attn.in_proj_bias is None else attn.in_proj_bias[index * c : (index + 1) * c]
+        return attn.in_proj_weight[index * c : (index + 1) * c], bias
+
+    def project_memory(self, memory: Tensor, pos: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Key and value projections of a memory [Nk, B, C] (keys with ``pos`` added) -> ([Nk, B, C], [Nk, B, C]).
+
+        Row-wise, so the projections of a concatenated memory are the concatenated projections."""
+        key = memory if pos is None else memory + pos
+        return F.linear(key, *self._in_proj(1)), F.linear(memory, *self._in_proj(2))
+
+    def _attend_projected(
+        self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None
+    ) -> Tensor:
+        """nn.MultiheadAttention's computation from already projected keys / values (no attention dropout)."""
+        if self.training and self.multihead_attn.dropout > 0:
+            raise RuntimeError("projected memories are for inference (no attention dropout)")
+        heads = self.multihead_attn.num_heads
+        q = F.linear(query, *self._in_proj(0))
+        q, k, v = (
+            rearrange(x, "n b (h d) -> b h n d", h=heads) for x in (q, key.to(q.dtype), value.to(q.dtype))
+        )
+        mask = None if key_padding_mask is None else ~key_padding_mask.bool()[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = rearrange(out, "b h n d -> n b (h d)")
+        return self.multihead_attn.out_proj(out)
+
+
+@dataclass
+class ContextCache:
+    """What the decoder reads from the clip's global context on every frame, computed once per clip.
+
+    Inference only (exact up to float rounding): the context is the same for every frame of a clip, so its
+    projections need not be recomputed per frame (they grow with T: T x G*G tokens per frame).
+
+    pixel_kv: pixel fusion's key / value projections of the patchified context, [T*G*G/p^2, B, C] each, or None.
+    object_kv: object global fusion's key / value projections of the flat context, [T*G*G, B, C] each, or None.
+    """
+
+    pixel_kv: tuple[Tensor, Tensor] | None
+    object_kv: tuple[Tensor, Tensor] | None
 
 
 class MaskDecoder(nn.Module):
@@ -199,6 +261,8 @@ class MaskDecoder(nn.Module):
         global_context_flat: Tensor | None = None,
         obj_memory: Tensor | None = None,
         obj_memory_pos: Tensor | None = None,
+        text_key_padding_mask: Tensor | None = None,
+        context_cache: ContextCache | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Predict masks from the image embedding and the prompts.
 
@@ -218,6 +282,10 @@ class MaskDecoder(nn.Module):
                 object global fusion; None takes ``global_context`` flattened, and skips the block if that is None.
             obj_memory: [K, B, C] object pointers of earlier frames; None (first frame) skips the historical fusion.
             obj_memory_pos: [K, B, C] their temporal positional encoding.
+            text_key_padding_mask: [B, L] bool, True = word not attended by the pixel fusion; None attends every
+                word (the original). Lets expressions padded to a common length run as one batch.
+            context_cache: the projections of ``global_context`` (:meth:`context_cache`), computed once per clip;
+                ``global_context`` must still be given (it says which blocks run).
 
         Returns:
             masks: [B, M', 4E, 4E] mask logits (M' = M with ``multimask_output``, else 1).
@@ -230,7 +298,7 @@ class MaskDecoder(nn.Module):
             global_context_flat = global_context.flatten(1, 2)
         if self.use_pixel_global_fusion and global_context is not None:
             image_embeddings = self._pixel_global_fusion(
-                image_embeddings, image_pe, global_context, text_feat
+                image_embeddings, image_pe, global_context, text_feat, text_key_padding_mask, context_cache
             )
 
         masks, iou_pred, mask_tokens_out, object_score_logits = self._predict_masks(
@@ -243,6 +311,7 @@ class MaskDecoder(nn.Module):
             global_context_flat=global_context_flat,
             obj_memory=obj_memory,
             obj_memory_pos=obj_memory_pos,
+            object_kv=None if context_cache is None else context_cache.object_kv,
         )
 
         if multimask_output:
@@ -262,28 +331,72 @@ class MaskDecoder(nn.Module):
         return masks, iou_pred, sam_tokens_out, object_score_logits
 
     def _pixel_global_fusion(
-        self, image_embeddings: Tensor, image_pe: Tensor, global_context: Tensor, text_feat: Tensor | None
+        self,
+        image_embeddings: Tensor,
+        image_pe: Tensor,
+        global_context: Tensor,
+        text_feat: Tensor | None,
+        text_key_padding_mask: Tensor | None = None,
+        context_cache: ContextCache | None = None,
     ) -> Tensor:
         """Image embedding [B, C, E, E] cross-attends to [patchified global context ; words] -> [B, C, E, E]."""
         b, _, h, w = image_embeddings.shape
+        dtype = image_embeddings.dtype
+        words = None if text_feat is None else rearrange(text_feat.to(dtype), "b l c -> l b c")
+        num_context = global_context.shape[1] * global_context.shape[2] // self.context_patch_size**2
+        key_padding_mask = None
+        if words is not None and text_key_padding_mask is not None:
+            # deviation: words past an expression's length are not attended, so expressions padded to a common
+            # length give their own results; the original never batches expressions (mask None = original).
+            context_keys = text_key_padding_mask.new_zeros(b, num_context)
+            key_padding_mask = torch.cat([context_keys, text_key_padding_mask.bool()], dim=1)
+        tgt = rearrange(image_embeddings, "b c h w -> (h w) b c")
+        query_pos = rearrange(image_pe, "b c h w -> (h w) b c")
+        if context_cache is not None and context_cache.pixel_kv is not None:
+            keys, values = context_cache.pixel_kv
+            if words is not None:
+                word_keys, word_values = self.pixel_global_fusion.project_memory(words)
+                keys, values = torch.cat([keys, word_keys]), torch.cat([values, word_values])
+            fused = self.pixel_global_fusion(
+                tgt=tgt,
+                memory=None,
+                query_pos=query_pos,
+                key_padding_mask=key_padding_mask,
+                memory_kv=(keys, values),
+            )
+            return rearrange(fused, "(h w) b c -> b c h w", h=h, w=w)
+        memory = self._patchified_context(global_context.to(dtype))
+        if words is not None:
+            memory = torch.cat([memory, words], dim=0)
+        fused = self.pixel_global_fusion(
+            tgt=tgt, memory=memory, query_pos=query_pos, key_padding_mask=key_padding_mask
+        )
+        return rearrange(fused, "(h w) b c -> b c h w", h=h, w=w)
+
+    def _patchified_context(self, global_context: Tensor) -> Tensor:
+        """[B, T, G*G, C] -> the pixel fusion's context memory [T*G*G/p^2, B, C]."""
         p = self.context_patch_size
         grid = math.isqrt(global_context.shape[2])
         if grid * grid != global_context.shape[2] or grid % p:
             raise ValueError(
                 f"global_context needs a square token grid divisible by {p}, got {global_context.shape[2]} tokens"
             )
-        dtype = image_embeddings.dtype
         # p x p neighbours are stacked channel-major (c, p_row, p_col), tokens ordered (t, row, col).
         patches = rearrange(
-            global_context.to(dtype), "b t (h p1 w p2) c -> (t h w) b (c p1 p2)", h=grid // p, p1=p, p2=p
+            global_context, "b t (h p1 w p2) c -> (t h w) b (c p1 p2)", h=grid // p, p1=p, p2=p
         )
-        memory = self.context_patch_proj(patches)
-        if text_feat is not None:
-            memory = torch.cat([memory, rearrange(text_feat.to(dtype), "b l c -> l b c")], dim=0)
-        tgt = rearrange(image_embeddings, "b c h w -> (h w) b c")
-        query_pos = rearrange(image_pe, "b c h w -> (h w) b c")
-        fused = self.pixel_global_fusion(tgt=tgt, memory=memory, query_pos=query_pos)
-        return rearrange(fused, "(h w) b c -> b c h w", h=h, w=w)
+        return self.context_patch_proj(patches)
+
+    def context_cache(self, global_context: Tensor) -> ContextCache:
+        """The projections every frame of a clip reads from its global context [B, T, G*G, C] (inference)."""
+        pixel_kv = object_kv = None
+        if self.use_pixel_global_fusion:
+            pixel_kv = self.pixel_global_fusion.project_memory(self._patchified_context(global_context))
+        if self.use_object_global_fusion:
+            object_kv = self.object_global_fusion.project_memory(
+                rearrange(global_context, "b t n c -> (t n) b c")
+            )
+        return ContextCache(pixel_kv=pixel_kv, object_kv=object_kv)
 
     def _predict_masks(
         self,
@@ -296,6 +409,7 @@ class MaskDecoder(nn.Module):
         global_context_flat: Tensor | None,
         obj_memory: Tensor | None,
         obj_memory_pos: Tensor | None,
+        object_kv: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """All mask-token outputs: masks [B, M+1, 4E, 4E], iou [B, M+1], tokens [B, M+1, C], score [B, 1]."""
         s = 1 if self.pred_obj_scores else 0
@@ -314,7 +428,9 @@ class MaskDecoder(nn.Module):
         run_historical = self.use_object_historical_fusion and obj_memory is not None
         if run_global or run_historical:
             mask_tokens = rearrange(mask_tokens, "b m c -> m b c")
-            if run_global:
+            if run_global and object_kv is not None:
+                mask_tokens = self.object_global_fusion(tgt=mask_tokens, memory=None, memory_kv=object_kv)
+            elif run_global:
                 memory = rearrange(global_context_flat.to(mask_tokens.dtype), "b n c -> n b c")
                 mask_tokens = self.object_global_fusion(tgt=mask_tokens, memory=memory)
             if run_historical:

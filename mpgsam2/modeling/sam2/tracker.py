@@ -22,7 +22,7 @@ from torch.nn.init import trunc_normal_
 
 from mpgsam2.modeling.sam2.common import MLP
 from mpgsam2.modeling.sam2.image_encoder import build_image_encoder
-from mpgsam2.modeling.sam2.mask_decoder import MaskDecoder
+from mpgsam2.modeling.sam2.mask_decoder import ContextCache, MaskDecoder
 from mpgsam2.modeling.sam2.memory_attention import build_memory_attention
 from mpgsam2.modeling.sam2.memory_encoder import build_memory_encoder
 from mpgsam2.modeling.sam2.position_encoding import get_1d_sine_pe
@@ -64,12 +64,17 @@ class FramePrompts:
     sparse_token: [B, 1, C] multimodal class token (sparse prompt), or None.
     text_feat: [B, L, C] word features of the expression for this frame.
     global_context: [B, T, G*G, C] mask features of every frame of the clip (with temporal position).
+    text_key_padding_mask: [B, L] bool, True = word the decoder does not attend (expressions batched at a common
+        length), or None (every word attended, the original).
+    context_cache: the decoder's projections of ``global_context``, computed once per clip (inference), or None.
     """
 
     mask_prior: Tensor | None
     sparse_token: Tensor | None
     text_feat: Tensor | None
     global_context: Tensor | None
+    text_key_padding_mask: Tensor | None = None
+    context_cache: ContextCache | None = None
 
 
 @dataclass
@@ -454,6 +459,8 @@ class SAM2Tracker(nn.Module):
             global_context_flat=None if context is None else context.flatten(1, 2),
             obj_memory=obj_memory,
             obj_memory_pos=obj_memory_pos,
+            text_key_padding_mask=prompts.text_key_padding_mask,
+            context_cache=prompts.context_cache,
         )
         return {"masks": masks, "ious": ious, "tokens": tokens, "object_score_logits": obj_scores}
 

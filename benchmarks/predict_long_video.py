@@ -1,9 +1,10 @@
 """Peak memory and speed of `python -m mpgsam2.predict` on long synthetic videos (is memory flat in length?).
 
     python benchmarks/predict_long_video.py [--ckpt final.ckpt] [--minutes 1 10] [--modes chunked whole]
+        [--sentences 2]
 
 Renders the demo clip (`mpgsam2.media.render_demo_video`, 192 x 192, 24 fps, two objects) at each length, then
-runs the CLI on it with the clip's two sentences and every output (PNGs, masks.json, overlay.mp4) in a fresh
+runs the CLI on it with the clip's two sentences (or the first, ``--sentences 1``) and every output (PNGs, masks.json, overlay.mp4) in a fresh
 process per run, and reports that process's peak RSS (``wait4``) and frames per second (wall clock, model loading
 included). ``chunked`` is ``--chunk-size 24`` (MeViS protocol), ``whole`` one run over the video. CKPT defaults to
 the newest ``logs/train/runs/*/checkpoints/final.ckpt`` (``python train.py experiment=demo``); the weights do not
@@ -48,6 +49,9 @@ def main() -> None:
     parser.add_argument("--ckpt", type=Path, default=None)
     parser.add_argument("--minutes", type=float, nargs="+", default=[1.0, 10.0])
     parser.add_argument("--modes", nargs="+", choices=["chunked", "whole"], default=["chunked"])
+    parser.add_argument(
+        "--sentences", type=int, default=2, choices=[1, 2], help="sentences segmented per run"
+    )
     args = parser.parse_args()
     ckpt = args.ckpt or latest_demo_checkpoint()
     print("| video | frames | mode | peak RSS MiB | wall s | frames/s |")
@@ -56,7 +60,7 @@ def main() -> None:
         for minutes in args.minutes:
             frames = round(minutes * 60 * FPS)
             clip = Path(tmp) / f"clip_{minutes:g}min.mp4"
-            sentences = render_demo_video(clip, num_frames=frames, fps=FPS)
+            sentences = render_demo_video(clip, num_frames=frames, fps=FPS)[: args.sentences]
             for mode in args.modes:
                 rss, wall = run_once(
                     ckpt, clip, sentences, Path(tmp) / "out", 24 if mode == "chunked" else None

@@ -1,7 +1,8 @@
 """A synthetic clip in the embedded dataset's style, rendered straight to a video file (nothing downloaded).
 
-Flat-coloured shapes of the synthetic dataset (:mod:`mpgsam2.data.synthetic`) drift over a dark gradient and
-bounce off the borders, so they stay in view however long the clip is; each is named by the dataset's short
+Flat-coloured shapes of the synthetic dataset (:mod:`mpgsam2.data.synthetic`) drift over a dark gradient, each in
+its own vertical band of the frame (so they never cover each other), bouncing off the band's borders so that they
+stay in view however long the clip is; each is named by the dataset's short
 caption ("the red square"), which the demo model has learnt. Frames are drawn one at a time, so a 10-minute clip
 costs no more memory than a 1-second one (the long-video benchmark uses this).
 """
@@ -41,12 +42,13 @@ def render_demo_video(
     rng = np.random.default_rng(seed)
     colours = [str(c) for c in rng.choice(list(COLOURS), size=num_objects, replace=False)]
     shapes = [str(s) for s in rng.choice(list(SHAPES), size=num_objects, replace=False)]
-    radius = SIZES["big"] * size
-    # starting points spread over the frame, so that objects seldom cover each other at the start
-    pos = np.array(
-        [[size * (0.3 + 0.4 * (k % 2)), size * (k + 0.5) / num_objects] for k in range(num_objects)],
-        dtype=float,
-    )
+    # big shapes, shrunk when the bands are narrow (three objects)
+    radius = min(SIZES["big"] * size, 0.8 * size / num_objects / (2 * 1.2))
+    margin = radius * 1.2  # the triangle's apex reaches 1.2 r from its centre
+    band = size / num_objects
+    low = np.array([[margin, k * band + margin] for k in range(num_objects)])
+    high = np.array([[size - margin, (k + 1) * band - margin] for k in range(num_objects)])
+    pos = (low + high) / 2 + rng.uniform(-0.5, 0.5, (num_objects, 2)) * (high - low)
     angles = rng.uniform(0.0, 2 * math.pi, size=num_objects)
     velocity = (
         np.stack([np.sin(angles), np.cos(angles)], axis=1) * rng.uniform(0.01, 0.02, (num_objects, 1)) * size
@@ -65,9 +67,8 @@ def render_demo_video(
             frame += rng.normal(0.0, _NOISE_STD, size=frame.shape).astype(np.float32)
             writer.write(np.clip(np.rint(frame), 0, 255).astype(np.uint8))
             pos += velocity
-            # bounce: reflect the position into [r, size - r] and turn the velocity around
-            for axis in range(2):
-                low, high = pos[:, axis] < radius * 1.2, pos[:, axis] > size - radius * 1.2
-                velocity[low | high, axis] *= -1
-                pos[:, axis] = np.clip(pos[:, axis], radius * 1.2, size - radius * 1.2)
+            # bounce off the band's borders: turn the velocity around and stay inside
+            outside = (pos < low) | (pos > high)
+            velocity[outside] *= -1
+            pos = np.clip(pos, low, high)
     return [f"the {colour} {shape}" for colour, shape in zip(colours, shapes)]

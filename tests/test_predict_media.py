@@ -247,3 +247,20 @@ def test_a_frame_of_another_size_is_refused(tmp_path):
     Image.fromarray(np.zeros((8, 9, 3), np.uint8)).save(folder / "b.png")
     with pytest.raises(MediaError, match=r"b\.png: frame 1 is 9x8"):
         list(open_frames(folder))
+
+
+def test_overlay_tints_outlines_and_enlarges_small_frames():
+    from mpgsam2.media import draw_overlay
+    from mpgsam2.media.outputs import PALETTE
+
+    rgb = np.zeros((90, 120, 3), np.uint8)
+    masks = [np.zeros((90, 120), bool), np.zeros((90, 120), bool)]
+    masks[0][40:60, 20:50] = True
+    masks[1][40:60, 80:110] = True
+    out = draw_overlay(rgb, masks, SENTENCES)
+    assert out.shape == (270, 360, 3)  # x3: long side 360, a readable legend
+    for k, (y, x) in enumerate([(150, 100), (150, 285)]):  # inside each mask: tinted towards its colour
+        assert np.allclose(out[y, x], 0.45 * np.array(PALETTE[k]), atol=1)
+    assert tuple(out[120, 100]) == PALETTE[0]  # the mask's top edge (row 40 x 3) is outlined in its colour
+    assert (out[200:, :] == 0).all()  # away from masks and legend the frame is unchanged
+    assert out[:20, :100].any()  # the legend

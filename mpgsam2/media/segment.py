@@ -84,9 +84,9 @@ class _ViewSequence(Sequence[Tensor]):
     def __len__(self) -> int:
         return self.views.n
 
-    def __getitem__(self, t: int) -> Tensor:  # type: ignore[override]
+    def __getitem__(self, t: int | slice) -> Tensor | list[Tensor]:  # type: ignore[override]
         if isinstance(t, slice):
-            raise TypeError("index frames one at a time")
+            return [self.views(i)[self.which] for i in range(*t.indices(self.views.n))]
         return self.views(t)[self.which]
 
 

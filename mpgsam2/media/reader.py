@@ -187,6 +187,7 @@ class VideoFileReader(FrameReader):
 
     def _raw(self) -> Iterator[tuple[int, float, str, np.ndarray]]:
         index = 0
+        origin: float | None = None
         with self._open(self.path) as container:
             stream = self._stream(self.path, container)
             stream.thread_type = "AUTO"  # frame threads: decoding keeps pace with the tiny model
@@ -199,7 +200,11 @@ class VideoFileReader(FrameReader):
                     break
                 except (av.error.FFmpegError, ValueError) as err:
                     raise MediaError(f"{self.path}: frame {index} cannot be decoded: {err}") from err
-                time = float(frame.time) if frame.time is not None else index / float(self.fps)
+                if frame.time is None:
+                    time = index / float(self.fps)
+                else:  # seconds from the first frame (some containers start their clock later than 0)
+                    origin = float(frame.time) if origin is None else origin
+                    time = float(frame.time) - origin
                 yield index, time, f"{index:06d}", rgb
                 index += 1
         # only reached when the stream ran out (a selection that stops early closes this generator first)

@@ -264,3 +264,19 @@ def test_overlay_tints_outlines_and_enlarges_small_frames():
     assert tuple(out[120, 100]) == PALETTE[0]  # the mask's top edge (row 40 x 3) is outlined in its colour
     assert (out[200:, :] == 0).all()  # away from masks and legend the frame is unchanged
     assert out[:20, :100].any()  # the legend
+
+
+def test_the_documented_demo_command(trained, tmp_path, monkeypatch):
+    """`python -m mpgsam2.predict --demo-video clip.mp4 --out demo_output` after `python train.py experiment=demo`
+    (run from the folder holding logs/): the newest demo checkpoint segments the rendered clip's objects."""
+    ckpt, _ = trained
+    run = tmp_path / "logs" / "train" / "runs" / "2026-01-01_00-00-00" / "checkpoints"
+    run.mkdir(parents=True)
+    (run / "final.ckpt").symlink_to(ckpt)
+    monkeypatch.chdir(tmp_path)
+    assert predict.main(["--demo-video", "clip.mp4", "--out", "demo_output", "--no-progress"]) == 0
+    doc = json.loads((tmp_path / "demo_output" / "masks.json").read_text())
+    assert [s["text"] for s in doc["sentences"]] == ["the purple triangle", "the yellow square"]
+    assert len(doc["frames"]) == 48 and (tmp_path / "demo_output" / "overlay.mp4").is_file()
+    with pytest.raises(SystemExit):  # INPUT and --demo-video together are refused
+        predict.main(["--demo-video", "c.mp4", str(ckpt), "other.mp4", "--out", "o"])

@@ -1,37 +1,42 @@
-"""Segment the object a sentence refers to in your own video (a folder of frames).
+"""Segment the objects that sentences refer to in your own video, folder of frames or image.
 
-    python -m mpgsam2.predict CKPT FRAMES_DIR "the dog jumping over the fence" OUT_DIR
-        [--tokenizer beit3.spm] [--chunk-size 24] [--device cuda] [--overwrite]
+    python -m mpgsam2.predict CKPT INPUT "the man in red" "the dog on the left" --out OUT_DIR
+        [--sentences FILE] [--stride N] [--start 2.5s] [--end 300] [--max-frames N] [--long-side PX]
+        [--chunk-size 24] [--format png json overlay] [--device cuda] [--tokenizer beit3.spm] [--overwrite]
+    python -m mpgsam2.predict --demo-video clip.mp4 --out demo_output     # after python train.py experiment=demo
 
-CKPT is a ``train.py`` checkpoint (``final.ckpt``), our export folder or a released MPG-SAM 2 folder. Frames are
-the folder's ``.jpg``/``.jpeg``/``.png`` files in name order; the masks are written as ``OUT_DIR/<frame>.png``
-(0 / 255, the frame's size). The whole video is tracked from its first frame (spec §3.1) unless ``--chunk-size``
-cuts it into independent chunks (spec §3.2). The folder appears complete or not at all.
+CKPT is a ``train.py`` checkpoint (``final.ckpt``), our export folder or a released MPG-SAM 2 folder. INPUT is a
+video file (.mp4 .mov .webm .mkv .avi, decoded as a stream with PyAV), a folder of frames (.jpg .jpeg .png .bmp
+.webp, name order) or one image. OUT_DIR gets, per sentence, a folder of 0/255 mask PNGs named after the frames,
+``masks.json`` (COCO RLE, frame index / time and score per sentence and frame) and ``overlay.mp4``; it appears
+complete or not at all. The whole video is one run from its first frame (spec §3.1) unless ``--chunk-size`` cuts
+it into independent chunks (spec §3.2), which keeps memory flat however long the video is.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mpgsam2.data.sources import read_rgb_frames
-from mpgsam2.data.transforms import ClipTransform
-from mpgsam2.inference.predictor import predict_expression
+from mpgsam2.media.outputs import FORMATS
+from mpgsam2.media.reader import FrameReader, FrameSelection, MediaError, open_frames, parse_position
+from mpgsam2.media.segment import Progress as ProgressCallback
+from mpgsam2.media.segment import segment_to_folder
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
 from mpgsam2.text.tokenizer import Beit3Tokenizer
 from mpgsam2.weights import load_model
 
-__all__ = ["load_model_for_inference", "main", "segment_video"]
+__all__ = ["latest_demo_checkpoint", "load_model_for_inference", "main", "read_sentences"]
 
 logger = logging.getLogger(__name__)
-
-FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def load_model_for_inference(path: str | Path, hf_gamma_compat: bool = False) -> tuple[MPGSAM2, Path | None]:
@@ -40,92 +45,137 @@ def load_model_for_inference(path: str | Path, hf_gamma_compat: bool = False) ->
     return loaded.model, loaded.tokenizer_path
 
 
-@torch.inference_mode()
-def segment_video(
-    model: MPGSAM2,
-    tokenizer: Beit3Tokenizer,
-    frames: np.ndarray,
-    sentence: str,
-    chunk_size: int | None = None,
-    device: str | torch.device = "cpu",
-) -> np.ndarray:
-    """Masks of the referred object.
+def read_sentences(path: Path) -> list[str]:
+    """One sentence per non-empty line of a UTF-8 text file."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read the sentences file: {err}") from err
+    sentences = [line.strip() for line in lines if line.strip()]
+    if not sentences:
+        raise ValueError(f"{path}: no sentences (one per line)")
+    return sentences
 
-    Args:
-        frames: uint8 (T, H, W, 3) RGB. sentence: the expression (used as given, as the original's inference).
 
-    Returns:
-        bool (T, H, W).
-    """
-    transform = ClipTransform(model.sam.image_size, int(model.config.beit3["img_size"]), train=False)
-    sam_frames, beit_frames, _, _ = transform(frames, None, sentence)
-    ids, _ = tokenizer([sentence])
-    pad = ids == tokenizer.pad_id  # parity: the collate's padding mask (unknown pieces count as padding)
-    model = model.to(device).eval()
-    prediction = predict_expression(
-        model,
-        sam_frames.to(device),
-        beit_frames.to(device),
-        ids[0].to(device),
-        pad[0].to(device),
-        tuple(frames.shape[1:3]),
-        chunk_size=chunk_size,
+def latest_demo_checkpoint(root: Path = Path("logs/train/runs")) -> Path:
+    """The newest ``final.ckpt`` under ``root`` (where ``python train.py experiment=demo`` writes it)."""
+    found = sorted(root.glob("*/checkpoints/final.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(
+            f"{root}: no */checkpoints/final.ckpt; run `python train.py experiment=demo` first or pass CKPT"
+        )
+    return found[-1]
+
+
+@contextmanager
+def _progress_bar(reader: FrameReader, enabled: bool) -> Iterator[ProgressCallback | None]:
+    """Two bars (frames decoded, frames segmented) on stderr; their total is the input's declared frame count
+    divided by the stride when the container has one."""
+    if not enabled:
+        yield None
+        return
+    total = None if reader.count is None else -(-reader.count // reader.selection.stride)
+    if total is not None and reader.selection.max_frames is not None:
+        total = min(total, reader.selection.max_frames)
+    columns = (TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, transient=False) as bar:
+        tasks = {stage: bar.add_task(stage, total=total) for stage in ("decoded", "segmented")}
+        yield lambda stage, n: bar.advance(tasks[stage], n)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mpgsam2.predict",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    return prediction.masks.numpy()
-
-
-def _frame_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: frames folder not found")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
-    if not files:
-        raise ValueError(f"{folder}: no frames ({', '.join(FRAME_SUFFIXES)} files) found")
-    return files
-
-
-def _write_masks(out_dir: Path, names: list[str], masks: np.ndarray, overwrite: bool) -> None:
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir}: exists and is not empty (pass --overwrite to replace it)")
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for name, mask in zip(names, masks):
-        Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(staging / f"{name}.png")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    staging.rename(out_dir)
+    parser.add_argument("ckpt", nargs="?", help="train.py checkpoint, our export folder or a released folder")
+    parser.add_argument("input", nargs="?", type=Path, help="video file, folder of frames or image")
+    parser.add_argument("sentences", nargs="*", help="referring expressions, one per object")
+    parser.add_argument("--out", type=Path, help="output folder (default with --demo-video: demo_output)")
+    parser.add_argument(
+        "--sentences", dest="sentences_file", type=Path, help="a file of sentences, one a line"
+    )
+    parser.add_argument("--stride", type=int, default=1, help="keep every n-th frame")
+    parser.add_argument("--start", type=parse_position, help="first frame: index (120) or seconds (5s)")
+    parser.add_argument("--end", type=parse_position, help="end, excluded: index (480) or seconds (20s)")
+    parser.add_argument("--max-frames", type=int, help="at most this many frames")
+    parser.add_argument("--long-side", type=int, help="shrink frames whose long side is larger (pixels)")
+    parser.add_argument("--fps", type=Fraction, help="frame rate of a folder or image (default 24)")
+    parser.add_argument("--chunk-size", type=int, default=None, help="frames per independent chunk")
+    parser.add_argument(
+        "--format", nargs="+", choices=FORMATS, default=list(FORMATS), help="outputs to write (default: all)"
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tokenizer", type=Path, help="sentencepiece model (default: the checkpoint's own)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--demo-video",
+        type=Path,
+        help="render the synthetic demo clip to this .mp4 and segment its objects (CKPT defaults to the newest "
+        "logs/train/runs/*/checkpoints/final.ckpt)",
+    )
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mpgsam2.predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("ckpt", help="train.py checkpoint, our export folder or a released MPG-SAM 2 folder")
-    parser.add_argument("frames", type=Path, help="folder of frames (.jpg/.jpeg/.png, name order)")
-    parser.add_argument("sentence", help="the referring expression")
-    parser.add_argument("out", type=Path, help="output folder for the masks")
-    parser.add_argument("--tokenizer", type=Path, help="sentencepiece model (default: the checkpoint's own)")
-    parser.add_argument("--chunk-size", type=int, default=None, help="frames per independent chunk")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    model, own_tokenizer = load_model_for_inference(args.ckpt)
+    sentences = list(args.sentences)
+    if args.demo_video is not None:
+        from mpgsam2.media.demo import render_demo_video
+
+        if args.input is not None:
+            parser.error("--demo-video renders the input: give no INPUT")
+        ckpt = Path(args.ckpt) if args.ckpt else latest_demo_checkpoint()
+        args.demo_video.parent.mkdir(parents=True, exist_ok=True)
+        demo_sentences = render_demo_video(args.demo_video)
+        print(f"rendered {args.demo_video}; sentences: {'; '.join(demo_sentences)}", file=sys.stderr)
+        source, sentences = args.demo_video, sentences or demo_sentences
+        out = args.out or Path("demo_output")
+    else:
+        if args.ckpt is None or args.input is None:
+            parser.error("give CKPT and INPUT (or --demo-video)")
+        ckpt, source, out = Path(args.ckpt), args.input, args.out
+        if out is None:
+            parser.error("give the output folder with --out")
+    if args.sentences_file is not None:
+        sentences += read_sentences(args.sentences_file)
+    if not sentences:
+        parser.error("give one or more sentences (arguments or --sentences FILE)")
+
+    selection = FrameSelection(args.stride, args.start, args.end, args.max_frames, args.long_side)
+    reader = open_frames(source, selection, fps=args.fps)  # before loading the model: bad input fails fast
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
+    model, own_tokenizer = load_model_for_inference(ckpt)
     tokenizer_path = args.tokenizer or own_tokenizer
     if tokenizer_path is None:
-        parser.error(f"{args.ckpt} names no tokenizer: pass --tokenizer <beit3.spm>")
-    files = _frame_files(args.frames)
-    masks = segment_video(
-        model,
-        Beit3Tokenizer(tokenizer_path),
-        read_rgb_frames(files),
-        args.sentence,
-        args.chunk_size,
-        args.device,
-    )
-    _write_masks(args.out, [p.stem for p in files], masks, args.overwrite)
-    print(args.out)
+        parser.error(f"{ckpt} names no tokenizer: pass --tokenizer <beit3.spm>")
+    with _progress_bar(reader, not args.no_progress) as progress:
+        segment_to_folder(
+            model,
+            Beit3Tokenizer(tokenizer_path),
+            reader,
+            sentences,
+            out,
+            formats=args.format,
+            chunk_size=args.chunk_size,
+            device=args.device,
+            overwrite=args.overwrite,
+            progress=progress,
+        )
+    print(out)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except (MediaError, FileExistsError, FileNotFoundError) as err:
+        # the message names the file; a traceback would bury it
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

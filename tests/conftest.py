@@ -23,3 +23,22 @@ def tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from data_helpers import synthetic_tokenizer
 
     return synthetic_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny demo model after 2 steps: its checkpoint and its (validation-ready) data module."""
+    from framework_helpers import TINY_SYNTHETIC, compose_config
+
+    import train as train_entry
+
+    tmp = tmp_path_factory.mktemp("demo_run")
+    cfg = compose_config(
+        "train",
+        ["experiment=demo", *TINY_SYNTHETIC, "logger=none", "trainer.max_steps=2", "validate=false"],
+        tmp,
+    )
+    train_entry.run(cfg)
+    system, datamodule = train_entry.build_components(cfg)
+    datamodule.setup("validate")
+    return tmp / "run" / "checkpoints" / "final.ckpt", datamodule

@@ -280,3 +280,27 @@ def test_the_documented_demo_command(trained, tmp_path, monkeypatch):
     assert len(doc["frames"]) == 48 and (tmp_path / "demo_output" / "overlay.mp4").is_file()
     with pytest.raises(SystemExit):  # INPUT and --demo-video together are refused
         predict.main(["--demo-video", "c.mp4", str(ckpt), "other.mp4", "--out", "o"])
+
+
+def test_the_output_folder_is_staged_under_a_name_of_its_own(tmp_path: Path) -> None:
+    from mpgsam2.media.outputs import staged_folder
+
+    out = tmp_path / "out"
+    mine = tmp_path / "out.partial"  # a user's folder that merely looks like a staging folder
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    (out).mkdir()
+    (out / "old.png").write_bytes(b"old")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        with staged_folder(out, overwrite=False):
+            pass
+    with pytest.raises(RuntimeError):
+        with staged_folder(out, overwrite=True) as staging:
+            (staging / "new.png").write_bytes(b"new")
+            raise RuntimeError("failed midway")
+    assert (out / "old.png").read_bytes() == b"old"  # a failed run changes nothing
+    with staged_folder(out, overwrite=True) as staging:
+        (staging / "new.png").write_bytes(b"new")
+    assert sorted(p.name for p in out.iterdir()) == ["new.png"]
+    assert (mine / "keep.txt").read_text() == "mine"  # never touched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.partial"]  # nothing left behind

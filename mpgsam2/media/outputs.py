@@ -2,8 +2,9 @@
 complete or not at all.
 
 Everything is written while the frames come (nothing is held per frame): PNGs one by one, ``masks.json`` as a
-stream of per-frame entries, the overlay video frame by frame. The folder is built as ``<out>.partial`` and
-renamed into place at the end; an error removes it, so a failed run leaves no output behind.
+stream of per-frame entries, the overlay video frame by frame. The folder is built beside ``<out>`` under a name of
+its own (``.<out>.<random>.partial``) and renamed into place at the end; an error removes it, so a failed run
+leaves no output behind.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import math
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -54,24 +56,25 @@ _MIN_OVERLAY_SIDE = 360  # smaller frames are enlarged (nearest) so that the leg
 @contextlib.contextmanager
 def staged_folder(out_dir: Path, overwrite: bool) -> Iterator[Path]:
     """A fresh staging folder that becomes ``out_dir`` when the block ends without an error (and is removed when
-    it does not)."""
+    it does not). The staging and set-aside folders get names of their own (``.<out>.<random>.partial``), so a
+    folder this call did not create is never touched."""
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
         raise FileExistsError(f"{out_dir}: exists and is not empty (pass --overwrite to replace it)")
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     # swap: the old folder moves aside first, so a crash in between leaves one complete folder
-    old = out_dir.with_name(out_dir.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
+    old = None
     if out_dir.exists():
-        out_dir.rename(old)
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+        out_dir.replace(old / out_dir.name)
     staging.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def sentence_folder(k: int, sentence: str) -> str:

@@ -31,6 +31,7 @@ TINY = [
     "trainer.max_epochs=2",
     "trainer.limit_train_batches=2",  # two epochs of two steps keep the nine recipes within a minute or two
     "data.batch_size=1",
+    "data.val_max_frames=3",  # validation runs (J&F, best.ckpt) on short videos
     "logger=none",
     "data.num_workers=0",
 ]

@@ -34,7 +34,7 @@ class PostNormEncoderLayer(nn.Module):
 
     # Without autograd the FFN runs over at most this many tokens at a time: its [N, B, ffn_dim] hidden layer
     # over a whole clip (T x G*G tokens) was the peak of inference memory. Row-wise, so the result is the same.
-    inference_ffn_chunk: int = 4096
+    inference_ffn_chunk: int = 1024
 
     def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float = 0.1) -> None:
         super().__init__()

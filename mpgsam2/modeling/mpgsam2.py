@@ -265,7 +265,17 @@ class MPGSAM2(nn.Module):
         cls_token = tokens[:, 0].unflatten(0, (b, t))
         patches = tokens[:, 1 : 1 + num_patches].unflatten(0, (b, t))
         words = tokens[:, 1 + num_patches :]
-        prior = self.mask_prior(cls_token, patches, self.grid)
+        if torch.is_grad_enabled() or b == 1:
+            prior = self.mask_prior(cls_token, patches, self.grid)
+        else:
+            # one clip at a time without autograd (e.g. K expressions of one video): the clip-wide attention's
+            # activations (T x G*G tokens each) then exist for one clip at once; clips are independent
+            parts = [self.mask_prior(cls_token[i : i + 1], patches[i : i + 1], self.grid) for i in range(b)]
+            prior = PriorOutput(
+                prior_logits=torch.cat([p.prior_logits for p in parts]),
+                global_context=torch.cat([p.global_context for p in parts]),
+                refined_token=torch.cat([p.refined_token for p in parts]),
+            )
         # the sparse prompt uses the raw class token (not the refined one), as the original
         sparse = self.sparse_prompt_mlp(tokens[:, :1]).unflatten(0, (b, t))
         text_feat = self.text_proj(words)

@@ -623,7 +623,15 @@ def test_model_predictor_stages_a_video_in_one_call_with_the_per_expression_mask
         )
         return {p.relative_to(staging.root): p.read_bytes() for p in staging.root.rglob("*.png")}
 
+    reads = []
+    read_frames = valid_source.read_frames
+    valid_source.read_frames = lambda video, indices: (
+        reads.append(video.video_id) or read_frames(video, indices)
+    )
     per_video = stage("video", predictor)
+    assert sorted(reads) == sorted(
+        {e.video.video_id for e in valid_source.expressions}
+    )  # each video read once
     videos = {e.video.video_id for e in valid_source.expressions}
     sizes = [len(batches) for batches, _ in calls]
     assert len(calls) == len(videos) and sum(sizes) == len(valid_source.expressions) and max(sizes) > 1

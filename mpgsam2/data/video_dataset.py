@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -186,3 +187,28 @@ class ReferringVideoEvalDataset(Dataset):
             item["masks"] = torch.zeros(n, s, s)
             item["valid"] = torch.zeros(n, dtype=torch.bool)
         return item
+
+    def video_items(self, indices: Sequence[int]) -> list[Item]:
+        """The items of expressions ``indices`` of one video with its frames read and transformed once.
+
+        The first item is ``self[indices[0]]``; the others carry their own caption and meta and empty
+        ``sam_frames`` / ``beit_frames`` / ``masks`` / ``valid`` tensors (for a consumer that predicts the video's
+        expressions together from the first item's frames). Only without ground truth (prediction runs).
+        """
+        if self.with_masks:
+            raise ValueError("video_items is for prediction runs (with_masks=False)")
+        first = self[indices[0]]
+        meta = first["meta"]
+        items = [first]
+        for index in indices[1:]:
+            expr = self.source.expressions[index]
+            if expr.video.video_id != meta["video"]:
+                raise ValueError(
+                    f"expression {index} is of video {expr.video.video_id!r}, not {meta['video']!r}"
+                )
+            item: Item = {key: torch.empty(0) for key in ("sam_frames", "beit_frames", "masks", "valid")}
+            # the evaluation transform leaves captions as they are (no flip; raw case, spec §1.1)
+            item["caption"] = expr.caption
+            item["meta"] = _meta(expr, list(meta["frame_indices"]), tuple(meta["orig_size"]))
+            items.append(item)
+        return items

@@ -3,6 +3,10 @@
 Spec §3: Ref-YouTube-VOS runs each expression over the whole video (frame 0 conditions, the rest are tracked);
 MeViS cuts the video into independent 24-frame chunks. Logits at the SAM input size are resized bilinearly to the
 original frame size; the binary mask is sigmoid > 0.5, i.e. logit > 0.
+
+``predict_expression`` is the simple reference (one expression, ``MPGSAM2.start_video`` / ``track``);
+``predict_video``, evaluation's unit of work, runs a video's K expressions as one batch and is tested to give the
+reference's masks (tests/test_predict_video.py; throughput in benchmarks/README.md).
 """
 
 from __future__ import annotations

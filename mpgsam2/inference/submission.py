@@ -394,15 +394,25 @@ def predict_to_staging(
     )
     if not pending:
         return []
-    order = [offset + i for _, _, indices, offset in pending for i in indices]
-    loader = DataLoader(
-        Subset(ConcatDataset(datasets), order),
-        batch_size=1,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=collate,
-    )
-    batches = iter(loader)
+    batches: Iterator[dict[str, Any]]
+    if getattr(predict, "predict_unit", None) is not None:
+        # one loader item per video: its frames read and transformed once, whatever its number of expressions
+        by_target = {id(t): d for t, d in zip(targets, datasets)}
+        units_data = _VideoUnits([(by_target[id(target)], indices) for _, target, indices, _ in pending])
+        unit_loader = DataLoader(
+            units_data, batch_size=1, shuffle=False, num_workers=num_workers, collate_fn=_UnitCollate(collate)
+        )
+        batches = (batch for unit_batches in unit_loader for batch in unit_batches)
+    else:
+        order = [offset + i for _, _, indices, offset in pending for i in indices]
+        loader = DataLoader(
+            Subset(ConcatDataset(datasets), order),
+            batch_size=1,
+            shuffle=False,
+            num_workers=num_workers,
+            collate_fn=collate,
+        )
+        batches = iter(loader)
     written = []
     for unit, target, indices, _ in pending:
         _write_unit(predict, batches, staging, unit, target, indices, mask_format, palette)
@@ -417,6 +427,31 @@ def _unit_cost(target: EvalTarget, indices: list[int], max_frames: int | None) -
 
 
 _FRAME_KEYS = ("sam_frames", "beit_frames")
+
+
+class _VideoUnits(Dataset):
+    """Item u: the items of unit u's expressions, its video read once (``ReferringVideoEvalDataset.video_items``)."""
+
+    def __init__(self, units: list[tuple[ReferringVideoEvalDataset, list[int]]]) -> None:
+        self.units = units
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    def __getitem__(self, index: int) -> list[dict[str, Any]]:
+        dataset, indices = self.units[index]
+        return dataset.video_items(indices)
+
+
+class _UnitCollate:
+    """Collates each expression item of one unit (loader batch size 1) on its own: a list of batches."""
+
+    def __init__(self, collate: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> None:
+        self.collate = collate
+
+    def __call__(self, units: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        (items,) = units
+        return [self.collate([item]) for item in items]
 
 
 def _predict_unit(

@@ -34,7 +34,7 @@ class PostNormEncoderLayer(nn.Module):
 
     # Without autograd the FFN runs over at most this many tokens at a time: its [N, B, ffn_dim] hidden layer
     # over a whole clip (T x G*G tokens) was the peak of inference memory. Row-wise, so the result is the same.
-    inference_ffn_chunk: int = 4096
+    inference_ffn_chunk: int = 1024
 
     def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float = 0.1) -> None:
         super().__init__()
@@ -265,7 +265,17 @@ class MPGSAM2(nn.Module):
         cls_token = tokens[:, 0].unflatten(0, (b, t))
         patches = tokens[:, 1 : 1 + num_patches].unflatten(0, (b, t))
         words = tokens[:, 1 + num_patches :]
-        prior = self.mask_prior(cls_token, patches, self.grid)
+        if torch.is_grad_enabled() or b == 1:
+            prior = self.mask_prior(cls_token, patches, self.grid)
+        else:
+            # one clip at a time without autograd (e.g. K expressions of one video): the clip-wide attention's
+            # activations (T x G*G tokens each) then exist for one clip at once; clips are independent
+            parts = [self.mask_prior(cls_token[i : i + 1], patches[i : i + 1], self.grid) for i in range(b)]
+            prior = PriorOutput(
+                prior_logits=torch.cat([p.prior_logits for p in parts]),
+                global_context=torch.cat([p.global_context for p in parts]),
+                refined_token=torch.cat([p.refined_token for p in parts]),
+            )
         # the sparse prompt uses the raw class token (not the refined one), as the original
         sparse = self.sparse_prompt_mlp(tokens[:, :1]).unflatten(0, (b, t))
         text_feat = self.text_proj(words)

@@ -100,6 +100,8 @@ class CrossAttentionFusionBlock(nn.Module):
         self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None
     ) -> Tensor:
         """nn.MultiheadAttention's computation from already projected keys / values (no attention dropout)."""
+        # deviation: SDPA on cached projections instead of nn.MultiheadAttention (the parity path), so the clip
+        # context is projected once per clip; the same attention up to float rounding (inference only).
         if self.training and self.multihead_attn.dropout > 0:
             raise RuntimeError("projected memories are for inference (no attention dropout)")
         heads = self.multihead_attn.num_heads

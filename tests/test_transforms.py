@@ -216,3 +216,20 @@ def test_transform_rejects_bad_inputs() -> None:
     with pytest.raises(ValueError, match="hflip_p"):
         ClipTransform(sam_size=8, beit_size=4, train=True, hflip_p=2.0)
     assert tf.apply(np.zeros((1, 4, 4, 3), dtype=np.uint8), None, "x", ClipAugmentation())[3] == "x"
+
+
+def test_held_views_are_the_evaluation_views_at_a_quarter_of_the_memory():
+    from mpgsam2.data.transforms import NormalizedFrames
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (3, 30, 50, 3), dtype=np.uint8)
+    transform = ClipTransform(64, 32, train=False)
+    sam, beit, _, _ = transform(frames, None, "a cat")
+    held_sam, held_beit = transform.held_views(frames)
+    assert isinstance(held_sam, NormalizedFrames) and len(held_sam) == 3
+    for t in range(3):
+        assert torch.equal(held_sam[t], sam[t]) and torch.equal(held_beit[t], beit[t])  # bit for bit
+    assert torch.equal(held_sam[1:3], sam[1:3]) and torch.equal(held_sam.to("cpu")[0], sam[0])
+    assert held_sam.resized.nbytes * 4 == sam.nbytes
+    with pytest.raises(ValueError, match="train=False"):
+        ClipTransform(64, 32, train=True).held_views(frames)

@@ -34,6 +34,7 @@ class ReferringCollate:
         valid: bool (B, T); text_ids: long (B, L); text_padding_mask: bool (B, L), True = padding (``ids ==
         pad_id``; parity: derived from the ids, so with ``unk_as_pad`` unknown pieces count as padding too);
         caption: list[str]; meta: list[dict]; orig_masks (when the items have it): list of bool (T, H, W).
+        An item's lazy frame sequence (e.g. ``NormalizedFrames``) is kept as ``[sequence]`` in a batch of one.
     """
 
     def __init__(self, tokenizer: _Tokenizer) -> None:
@@ -49,6 +50,9 @@ class ReferringCollate:
         batch: dict[str, object] = {}
         for key in _STACKED:
             tensors = [item[key] for item in items]
+            if len(items) == 1 and not isinstance(tensors[0], Tensor):
+                batch[key] = tensors  # a lazy frame sequence (one video): kept as is, in a batch of one
+                continue
             shapes = {tuple(t.shape) for t in tensors}  # type: ignore[union-attr]
             if len(shapes) > 1:
                 videos = [item["meta"]["video"] for item in items]  # type: ignore[index]

@@ -191,15 +191,24 @@ class ReferringVideoEvalDataset(Dataset):
     def video_items(self, indices: Sequence[int]) -> list[Item]:
         """The items of expressions ``indices`` of one video with its frames read and transformed once.
 
-        The first item is ``self[indices[0]]``; the others carry their own caption and meta and empty
-        ``sam_frames`` / ``beit_frames`` / ``masks`` / ``valid`` tensors (for a consumer that predicts the video's
-        expressions together from the first item's frames). Only without ground truth (prediction runs).
+        The first item holds the video's views as :class:`~mpgsam2.data.transforms.NormalizedFrames` (uint8,
+        normalised when a frame is read: the frames of ``self[indices[0]]``); the others carry their own caption
+        and meta and empty ``sam_frames`` / ``beit_frames`` tensors (for a consumer that predicts the video's
+        expressions together from the first item's frames). ``masks`` / ``valid`` are empty. Only without ground
+        truth (prediction runs).
         """
         if self.with_masks:
             raise ValueError("video_items is for prediction runs (with_masks=False)")
-        first = self[indices[0]]
-        meta = first["meta"]
-        items = [first]
+        expr = self.source.expressions[indices[0]]
+        n = expr.video.num_frames if self.max_frames is None else min(self.max_frames, expr.video.num_frames)
+        frames = self.source.read_frames(expr.video, list(range(n)))
+        # the views stay uint8 until a frame is read (a quarter of the float views' memory for a long video)
+        sam, beit = self.transform.held_views(frames)
+        meta = _meta(expr, list(range(n)), (int(frames.shape[1]), int(frames.shape[2])))
+        empty = {key: torch.empty(0) for key in ("masks", "valid")}
+        items: list[Item] = [
+            {"sam_frames": sam, "beit_frames": beit, "caption": expr.caption, "meta": meta, **empty}
+        ]
         for index in indices[1:]:
             expr = self.source.expressions[index]
             if expr.video.video_id != meta["video"]:

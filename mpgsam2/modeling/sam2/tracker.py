@@ -105,6 +105,44 @@ class FrameOutput:
 
 
 @dataclass
+class HeadOutput:
+    """The prompted heads' raw results for B frames (M = 3 with multimask output, else 1).
+
+    multimask_logits: [B, M, 4E, 4E] decoder mask logits; iou_pred: [B, M]; sam_tokens: [B, M', C] output tokens
+    (M' = M, or 1 when the pointer comes from the single-mask token); object_score_logits: [B, 1].
+    """
+
+    multimask_logits: Tensor
+    iou_pred: Tensor
+    sam_tokens: Tensor
+    object_score_logits: Tensor
+
+
+@dataclass
+class ChosenMask:
+    """One mask per frame after selection and object-score gating (B frames).
+
+    low_res_logits: [B, 1, 4E, 4E]; high_res_logits: [B, 1, S, S]; obj_ptr: [B, C].
+    """
+
+    low_res_logits: Tensor
+    high_res_logits: Tensor
+    obj_ptr: Tensor
+
+
+@dataclass
+class ImageBatchOutput:
+    """The image path's results for B single images (no memory, single-mask output).
+
+    low_res_logits: [B, 1, 4E, 4E]; high_res_logits: [B, 1, S, S]; iou_pred: [B, 1].
+    """
+
+    low_res_logits: Tensor
+    high_res_logits: Tensor
+    iou_pred: Tensor
+
+
+@dataclass
 class TrackingState:
     """The memory bank of one tracking run (B clips tracked together).
 
@@ -419,7 +457,7 @@ class SAM2Tracker(nn.Module):
         multimask_output: bool,
         obj_memory: Tensor | None = None,
         obj_memory_pos: Tensor | None = None,
-    ) -> dict[str, Tensor]:
+    ) -> HeadOutput:
         """Prompt encoder + MPG mask decoder + mask selection and object-score gating.
 
         video_point_padding: the video path always hands the prompt encoder one padding point (label -1),
@@ -462,14 +500,16 @@ class SAM2Tracker(nn.Module):
             text_key_padding_mask=prompts.text_key_padding_mask,
             context_cache=prompts.context_cache,
         )
-        return {"masks": masks, "ious": ious, "tokens": tokens, "object_score_logits": obj_scores}
+        return HeadOutput(
+            multimask_logits=masks, iou_pred=ious, sam_tokens=tokens, object_score_logits=obj_scores
+        )
 
-    def _select_and_gate(self, heads: dict[str, Tensor], multimask_output: bool) -> dict[str, Tensor]:
+    def _select_and_gate(self, heads: HeadOutput, multimask_output: bool) -> ChosenMask:
         masks, ious, tokens, obj_scores = (
-            heads["masks"],
-            heads["ious"],
-            heads["tokens"],
-            heads["object_score_logits"],
+            heads.multimask_logits,
+            heads.iou_pred,
+            heads.sam_tokens,
+            heads.object_score_logits,
         )
         b = masks.shape[0]
         if self.pred_obj_scores:
@@ -496,7 +536,7 @@ class SAM2Tracker(nn.Module):
             if self.fixed_no_obj_ptr:
                 obj_ptr = weight * obj_ptr
             obj_ptr = obj_ptr + (1 - weight) * self.no_obj_ptr
-        return {"low_res": low_res, "high_res": high_res, "obj_ptr": obj_ptr, "masks": masks}
+        return ChosenMask(low_res_logits=low_res, high_res_logits=high_res, obj_ptr=obj_ptr)
 
     def _use_multimask(self, is_init_cond_frame: bool) -> bool:
         num_pts = 0  # MPG-SAM 2 never clicks
@@ -535,7 +575,9 @@ class SAM2Tracker(nn.Module):
         chosen = self._select_and_gate(heads, multimask)
         maskmem = None
         if self.num_maskmem > 0:
-            maskmem, maskmem_pos = self.encode_memory(feats, chosen["high_res"], heads["object_score_logits"])
+            maskmem, maskmem_pos = self.encode_memory(
+                feats, chosen.high_res_logits, heads.object_score_logits
+            )
             stored = maskmem if self.memory_storage_dtype is None else maskmem.to(self.memory_storage_dtype)
             if state.maskmem_pos_enc is None:
                 # the memory position encoding is the same for every frame: keep one copy
@@ -546,19 +588,19 @@ class SAM2Tracker(nn.Module):
                 state.memories[frame_idx] = stored
         if is_init:
             state.cond_frame_idx = frame_idx
-            state.cond_obj_ptr = chosen["obj_ptr"]
+            state.cond_obj_ptr = chosen.obj_ptr
         else:
-            state.obj_ptrs[frame_idx] = chosen["obj_ptr"]
+            state.obj_ptrs[frame_idx] = chosen.obj_ptr
         self._prune(state, frame_idx)
         return FrameOutput(
             frame_idx=frame_idx,
-            low_res_logits=chosen["low_res"],
-            high_res_logits=chosen["high_res"],
-            multimask_logits=heads["masks"],
-            iou_pred=heads["ious"],
-            sam_tokens=heads["tokens"],
-            object_score_logits=heads["object_score_logits"],
-            obj_ptr=chosen["obj_ptr"],
+            low_res_logits=chosen.low_res_logits,
+            high_res_logits=chosen.high_res_logits,
+            multimask_logits=heads.multimask_logits,
+            iou_pred=heads.iou_pred,
+            sam_tokens=heads.sam_tokens,
+            object_score_logits=heads.object_score_logits,
+            obj_ptr=chosen.obj_ptr,
             pix_feat_with_mem=pix_feat,
             maskmem_features=maskmem,
             obj_memory=obj_memory,
@@ -579,11 +621,8 @@ class SAM2Tracker(nn.Module):
             del state.obj_ptrs[t]
 
     # ------------------------------------------------------------------ image path
-    def forward_image_batch(self, feats: FrameFeatures, prompts: FramePrompts) -> dict[str, Tensor]:
-        """Single images (RefCOCO pre-training): no memory, single-mask output, no object-score gating.
-
-        Returns low-res logits [B, 1, 4E, 4E] and the upsampled [B, 1, S, S].
-        """
+    def forward_image_batch(self, feats: FrameFeatures, prompts: FramePrompts) -> ImageBatchOutput:
+        """Single images (RefCOCO pre-training): no memory, single-mask output, no object-score gating."""
         c = feats.top.shape[1]
         pix_feat = feats.top
         if self.directly_add_no_mem_embed:
@@ -591,11 +630,11 @@ class SAM2Tracker(nn.Module):
         heads = self.forward_heads(
             pix_feat, feats.high_res, prompts, video_point_padding=False, multimask_output=False
         )
-        low_res = heads["masks"].float()
+        low_res = heads.multimask_logits.float()
         high_res = F.interpolate(
             low_res, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
         )
-        return {"low_res_logits": low_res, "high_res_logits": high_res, "iou_pred": heads["ious"]}
+        return ImageBatchOutput(low_res_logits=low_res, high_res_logits=high_res, iou_pred=heads.iou_pred)
 
 
 # Config keys of the official SAM 2 YAML that do not change what this module computes for MPG-SAM 2.

@@ -68,8 +68,8 @@ def main() -> None:
     torch.manual_seed(0)
     model = MPGSAM2(tiny_config()).eval().to(args.device)
     print(
-        f"device={args.device} torch={torch.__version__} num_maskmem={model.sam.num_maskmem} "
-        f"max_obj_ptrs={model.sam.max_obj_ptrs_in_encoder}"
+        f"device={args.device} torch={torch.__version__} num_maskmem={model.sam.memory_settings.num_maskmem} "
+        f"max_obj_ptrs={model.sam.pointer_settings.max_obj_ptrs_in_encoder}"
     )
     print(f"{'frames':>6} {'mode':>9} {'state KiB':>10} {'frames held':>11} {'ms/frame':>9}")
     for frames in args.frames:

@@ -193,7 +193,7 @@ class RVOSLitModule(L.LightningModule):
                 batch["text_ids"],
                 batch["text_padding_mask"],
             )
-            return out["pred_masks"][:, None], out["sentence_scores"][:, None], out["prior_logits"][:, None]
+            return out.pred_masks[:, None], out.sentence_scores[:, None], out.prior_logits[:, None]
         out = self.model(
             batch["sam_frames"], batch["beit_frames"], batch["text_ids"], batch["text_padding_mask"]
         )

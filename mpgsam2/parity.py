@@ -114,7 +114,7 @@ def clip_outputs(
     }
     if "evf.visual_ifi_out" in captured:
         res["evf.visual_ifi_out"] = captured["evf.visual_ifi_out"]
-    storage = model.sam.memory_storage_dtype
+    storage = model.sam.memory_settings.memory_storage_dtype
     first = frames[0].maskmem_features
     if first is not None:
         res["sam.cond_frame_maskmem_features.frame0"] = first if storage is None else first.to(storage)

@@ -30,7 +30,7 @@ def test_sam2_config_names_cover_sizes_and_versions():
 def test_settings_are_deep_merged_over_the_official_sam2_config():
     beit3, sam2 = _tiny()
     model = build_model(beit3, sam2)
-    assert model.sam.pred_obj_scores is True  # the Hiera-T yaml predicts object scores
+    assert model.sam.head_settings.pred_obj_scores is True  # the Hiera-T yaml predicts object scores
     assert model.config.sam2["memory_attention"]["layer"]["d_model"] == 32  # the tiny preset's nested key
     assert model.config.sam2["memory_attention"]["layer"]["self_attention"]["rope_theta"] == 10000.0  # kept
     sam2["settings"] = {
@@ -41,7 +41,7 @@ def test_settings_are_deep_merged_over_the_official_sam2_config():
         "memory_attention": {**sam2["settings"]["memory_attention"], "num_layers": 2},
     }
     model = build_model(beit3, sam2)
-    assert model.sam.pred_obj_scores is False and len(model.sam.memory_attention.layers) == 2
+    assert model.sam.head_settings.pred_obj_scores is False and len(model.sam.memory_attention.layers) == 2
     assert model.config.sam2["memory_attention"]["layer"]["d_model"] == 32
 
 

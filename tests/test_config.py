@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from mpgsam2.modeling.config import MPGSAM2Config, config_from_original, load_config_file
 from mpgsam2.modeling.sam2.presets import SAM2_CONFIG_NAMES, apply_overrides, sam2_model_config
-from mpgsam2.modeling.sam2.tracker import build_sam2_tracker
+from mpgsam2.modeling.sam2.tracker import _IGNORED_KEYS, build_sam2_tracker
 
 
 def _strip_targets(node):
@@ -64,6 +65,29 @@ def test_typos_fail_with_a_clear_message():
         MPGSAM2Config.from_dict(
             {**MPGSAM2Config.from_presets("base", "sam2_hiera_t.yaml").to_dict(), "dropuot": 0}
         )
+
+
+@pytest.mark.parametrize("name", ["sam2_hiera_t.yaml", "sam2.1_hiera_t.yaml"])
+def test_every_tracker_config_key_reaches_one_settings_field(name):
+    # the flat SAM 2 keys are split into settings objects by field name: each accepted key lands in exactly one
+    # place and keeps its value (a key no settings object has would fail as unknown, see the test above)
+    model = sam2_model_config(name)
+    with torch.device("meta"):  # shapes only: no weights are computed
+        tracker = build_sam2_tracker(model)
+    groups = [tracker.memory_settings, tracker.pointer_settings, tracker.head_settings]
+    for key, value in model.items():
+        holders = [g for g in groups if hasattr(g, key)]
+        if key in ("image_size", "backbone_stride"):
+            assert not holders and getattr(tracker, key) == value
+        elif key in _IGNORED_KEYS or key in (
+            "_target_",
+            "image_encoder",
+            "memory_attention",
+            "memory_encoder",
+        ):
+            assert not holders, key
+        else:
+            assert len(holders) == 1 and getattr(holders[0], key) == value, key
 
 
 def test_original_config_errors_name_the_file(tmp_path):

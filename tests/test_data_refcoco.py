@@ -424,10 +424,10 @@ def test_one_training_step_through_the_image_path(coco_root: Path, tokenizer_pat
         batch["sam_frames"][:, 0], batch["beit_frames"][:, 0], batch["text_ids"], batch["text_padding_mask"]
     )
     size = model.sam.image_size
-    assert out["pred_masks"].shape == (2, 1, size, size) and out["sentence_scores"].shape == (2,)
+    assert out.pred_masks.shape == (2, 1, size, size) and out.sentence_scores.shape == (2,)
     losses = MPGSAM2Criterion()(
-        out["pred_masks"].unsqueeze(1),
-        out["sentence_scores"].unsqueeze(1),
+        out.pred_masks.unsqueeze(1),
+        out.sentence_scores.unsqueeze(1),
         batch["masks"],
         batch["valid"],
     )

@@ -118,7 +118,7 @@ def test_image_batches_are_predicted_at_each_image_size():
     }
     out = system.predict_batch(batch)
     assert [tuple(p.shape) for p in out] == [(1, *s) for s in sizes]
-    expected = model.forward_images(sam[:, 0], beit[:, 0], ids, pad)["pred_masks"][1:2]
+    expected = model.forward_images(sam[:, 0], beit[:, 0], ids, pad).pred_masks[1:2]
     resized = torch.nn.functional.interpolate(expected, size=sizes[1], mode="bilinear", align_corners=False)
     torch.testing.assert_close(out[1], resized[0])
 
@@ -147,7 +147,7 @@ def test_image_batches_use_the_image_path():
     }
     pred, scores, prior = system._clip_logits(batch)
     expected = model.forward_images(sam[:, 0], beit[:, 0], ids, pad)
-    torch.testing.assert_close(pred[:, 0], expected["pred_masks"])
+    torch.testing.assert_close(pred[:, 0], expected.pred_masks)
     assert scores.shape == (2, 1) and prior.shape[:2] == (2, 1)
 
 

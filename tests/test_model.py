@@ -161,9 +161,9 @@ def test_image_path_shapes_and_gradient():
     sam, beit, ids, pad = random_clip(model, 1, batch=3)
     out = model.forward_images(sam[:, 0], beit[:, 0], ids, pad)
     s = model.sam.image_size
-    assert out["pred_masks"].shape == (3, 1, s, s)
-    assert out["sentence_scores"].shape == (3,)
-    out["pred_masks"].mean().backward()
+    assert out.pred_masks.shape == (3, 1, s, s)
+    assert out.sentence_scores.shape == (3,)
+    out.pred_masks.mean().backward()
     assert model.mask_prior.prior_head.weight.grad is not None
     assert model.sam.sam_mask_decoder.output_hypernetworks_mlps[0].layers[0].weight.grad is not None
 

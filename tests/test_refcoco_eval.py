@@ -15,6 +15,7 @@ import eval as eval_entry
 import train as train_entry
 from mpgsam2.data.synthetic import SyntheticConfig, generate_synthetic_ytvos
 from mpgsam2.inference.images import evaluate_images
+from mpgsam2.modeling.mpgsam2 import ImageOutput
 
 TINY_MODEL = [
     "model/beit3=tiny",
@@ -80,7 +81,12 @@ class _Oracle(torch.nn.Module):
     def forward_images(self, sam, beit, ids, pad):  # noqa: ANN001, ANN201
         masks = torch.stack([t.float() for t in self.targets])[:, None]  # [B, 1, H, W] at the original size
         logits = torch.where(masks > 0, 10.0, -10.0)
-        return {"pred_masks": torch.full_like(logits, -10.0) if self.empty else logits}
+        b = logits.shape[0]
+        return ImageOutput(
+            pred_masks=torch.full_like(logits, -10.0) if self.empty else logits,
+            sentence_scores=torch.zeros(b),
+            prior_logits=torch.zeros(b, 1, 1),
+        )
 
 
 @pytest.mark.parametrize("empty", [False, True])

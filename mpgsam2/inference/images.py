@@ -39,7 +39,7 @@ def evaluate_images(
             batch["text_padding_mask"].to(device),
         )
         for i, (meta, target) in enumerate(zip(batch["meta"], batch["orig_masks"])):
-            logits = resize_logits(out["pred_masks"][i : i + 1], meta["orig_size"])[0]  # [1, H, W]
+            logits = resize_logits(out.pred_masks[i : i + 1], meta["orig_size"])[0]  # [1, H, W]
             pred, gt = logits > 0, target.bool().cpu()
             inter, union = int((pred & gt).sum()), int((pred | gt).sum())
             ious.append(inter / union if union else 1.0)

@@ -175,6 +175,18 @@ class ClipOutput:
     frames: list[FrameOutput] = field(default_factory=list)
 
 
+@dataclass
+class ImageOutput:
+    """The image path's results for B single images (G x G BEiT-3 patch grid, S SAM input size).
+
+    pred_masks: [B, 1, S, S] mask logits; sentence_scores: [B]; prior_logits: [B, G, G].
+    """
+
+    pred_masks: Tensor
+    sentence_scores: Tensor
+    prior_logits: Tensor
+
+
 # the dtypes a config (possibly read from someone else's checkpoint) may name; never looked up by name on torch
 MEMORY_STORAGE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -337,20 +349,17 @@ class MPGSAM2(nn.Module):
         beit_images: Tensor,
         text_ids: Tensor,
         text_padding_mask: Tensor | None = None,
-    ) -> dict[str, Tensor]:
-        """Single-image path (RefCOCO): sam_images [B, 3, S, S], beit_images [B, 3, Hb, Wb], text [B, L].
-
-        Returns pred_masks [B, 1, S, S] logits, sentence_scores [B] and prior_logits [B, G, G].
-        """
+    ) -> ImageOutput:
+        """Single-image path (RefCOCO): sam_images [B, 3, S, S], beit_images [B, 3, Hb, Wb], text [B, L]."""
         context = self.encode_context(beit_images.unsqueeze(1), text_ids, text_padding_mask)
         feats = self._image_features(sam_images)
         prompts = context.frame_prompts(0, self.config.use_dense_prior, self.config.use_sparse_token)
         out = self.sam.forward_image_batch(feats, prompts)
-        return {
-            "pred_masks": out["high_res_logits"],
-            "sentence_scores": context.sentence_scores[:, 0],
-            "prior_logits": context.prior.prior_logits[:, 0],
-        }
+        return ImageOutput(
+            pred_masks=out.high_res_logits,
+            sentence_scores=context.sentence_scores[:, 0],
+            prior_logits=context.prior.prior_logits[:, 0],
+        )
 
 
 class VideoSession:

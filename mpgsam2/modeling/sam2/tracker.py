@@ -10,9 +10,8 @@ and the last ``max_obj_ptrs_in_encoder - 1`` object pointers), so memory stays f
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -105,6 +104,44 @@ class FrameOutput:
 
 
 @dataclass
+class HeadOutput:
+    """The prompted heads' raw results for B frames (M = 3 with multimask output, else 1).
+
+    multimask_logits: [B, M, 4E, 4E] decoder mask logits; iou_pred: [B, M]; sam_tokens: [B, M', C] output tokens
+    (M' = M, or 1 when the pointer comes from the single-mask token); object_score_logits: [B, 1].
+    """
+
+    multimask_logits: Tensor
+    iou_pred: Tensor
+    sam_tokens: Tensor
+    object_score_logits: Tensor
+
+
+@dataclass
+class ChosenMask:
+    """One mask per frame after selection and object-score gating (B frames).
+
+    low_res_logits: [B, 1, 4E, 4E]; high_res_logits: [B, 1, S, S]; obj_ptr: [B, C].
+    """
+
+    low_res_logits: Tensor
+    high_res_logits: Tensor
+    obj_ptr: Tensor
+
+
+@dataclass
+class ImageBatchOutput:
+    """The image path's results for B single images (no memory, single-mask output).
+
+    low_res_logits: [B, 1, 4E, 4E]; high_res_logits: [B, 1, S, S]; iou_pred: [B, 1].
+    """
+
+    low_res_logits: Tensor
+    high_res_logits: Tensor
+    iou_pred: Tensor
+
+
+@dataclass
 class TrackingState:
     """The memory bank of one tracking run (B clips tracked together).
 
@@ -126,11 +163,87 @@ class TrackingState:
         return len(set(self.memories) | set(self.obj_ptrs)) + (self.cond_frame_idx is not None)
 
 
+@dataclass(frozen=True)
+class MemorySettings:
+    """How frames are written to and read from the memory bank (field names are SAM 2's config keys).
+
+    num_maskmem: memories attended (the conditioning frame + ``num_maskmem - 1`` previous ones).
+    sigmoid_scale_for_mem_enc / sigmoid_bias_for_mem_enc: affine map of the mask probabilities before encoding.
+    directly_add_no_mem_embed: a frame without memory gets ``no_mem_embed`` added instead of memory attention.
+    memory_temporal_stride_for_eval: stride between the older memories read at inference.
+    no_obj_embed_spatial: (SAM 2.1) a learned embedding marks the memories of frames where the object is absent.
+    memory_storage_dtype: dtype memories are stored in between frames (None: as computed).
+    """
+
+    num_maskmem: int = 7
+    sigmoid_scale_for_mem_enc: float = 1.0
+    sigmoid_bias_for_mem_enc: float = 0.0
+    directly_add_no_mem_embed: bool = False
+    memory_temporal_stride_for_eval: int = 1
+    no_obj_embed_spatial: bool = False
+    memory_storage_dtype: torch.dtype | None = torch.bfloat16
+
+
+@dataclass(frozen=True)
+class ObjectPointerSettings:
+    """Object pointers: one token per frame summarising the object, read by later frames.
+
+    use_obj_ptrs_in_encoder: pointers are made (projected output token) and attended with the memories.
+    max_obj_ptrs_in_encoder: pointer window (also the normaliser of their temporal positions).
+    add_tpos_enc_to_obj_ptrs / proj_tpos_enc_in_obj_ptrs / use_signed_tpos_enc_to_obj_ptrs: the pointers'
+        temporal position (added at all / projected from the full width / signed offset, SAM 2.1).
+    only_obj_ptrs_in_the_past_for_eval: at inference, no pointer of a conditioning frame after the current one.
+    use_mlp_for_obj_ptr_proj: a 3-layer MLP instead of a linear projection of the token.
+    use_multimask_token_for_obj_ptr: with multimask output, the pointer comes from the chosen mask's token.
+    fixed_no_obj_ptr / soft_no_obj_ptr: where the object is judged absent, the pointer is replaced by
+        ``no_obj_ptr`` (fixed) / weighted by the object probability instead of a hard 0-1 gate (soft).
+    """
+
+    use_obj_ptrs_in_encoder: bool = False
+    max_obj_ptrs_in_encoder: int = 16
+    add_tpos_enc_to_obj_ptrs: bool = True
+    proj_tpos_enc_in_obj_ptrs: bool = False
+    use_signed_tpos_enc_to_obj_ptrs: bool = False
+    only_obj_ptrs_in_the_past_for_eval: bool = False
+    use_mlp_for_obj_ptr_proj: bool = False
+    use_multimask_token_for_obj_ptr: bool = False
+    fixed_no_obj_ptr: bool = False
+    soft_no_obj_ptr: bool = False
+
+    def __post_init__(self) -> None:
+        if self.proj_tpos_enc_in_obj_ptrs and not self.add_tpos_enc_to_obj_ptrs:
+            raise ValueError("proj_tpos_enc_in_obj_ptrs needs add_tpos_enc_to_obj_ptrs")
+
+
+@dataclass(frozen=True)
+class MaskHeadSettings:
+    """The mask decoder's heads and how one mask is chosen from them.
+
+    use_high_res_features_in_sam: the decoder upsamples with the stride-4 / stride-8 backbone levels.
+    multimask_output_in_sam / multimask_output_for_tracking / multimask_min_pt_num / multimask_max_pt_num: when
+        the decoder outputs 3 masks (the IoU head picks one): on the conditioning frame / also on tracked frames,
+        if the number of clicks (always 0 here) is within [min, max].
+    iou_prediction_use_sigmoid: sigmoid on the IoU head's output.
+    pred_obj_scores / pred_obj_scores_mlp: an object-score head (an MLP rather than a linear layer) that gates
+        the masks and the pointers.
+    """
+
+    use_high_res_features_in_sam: bool = False
+    multimask_output_in_sam: bool = False
+    multimask_min_pt_num: int = 1
+    multimask_max_pt_num: int = 1
+    multimask_output_for_tracking: bool = False
+    iou_prediction_use_sigmoid: bool = False
+    pred_obj_scores: bool = False
+    pred_obj_scores_mlp: bool = False
+
+
 class SAM2Tracker(nn.Module):
     """SAM 2 (2.0 or 2.1 semantics) with MPG-SAM 2's prompted mask decoder.
 
     Sub-module and parameter names equal SAM 2's, so official checkpoints load under the ``sam.`` prefix.
-    The flags mirror the official config keys; see ``build_sam2_tracker`` for building from such a config.
+    The settings' field names are the official config keys; see ``build_sam2_tracker`` for building from such a
+    config. image_size: SAM input side S; backbone_stride: S / E (E the side of the stride-16 feature map).
     """
 
     def __init__(
@@ -139,79 +252,41 @@ class SAM2Tracker(nn.Module):
         memory_attention: nn.Module,
         memory_encoder: nn.Module,
         *,
-        num_maskmem: int = 7,
         image_size: int = 1024,
         backbone_stride: int = 16,
-        sigmoid_scale_for_mem_enc: float = 1.0,
-        sigmoid_bias_for_mem_enc: float = 0.0,
-        directly_add_no_mem_embed: bool = False,
-        use_high_res_features_in_sam: bool = False,
-        multimask_output_in_sam: bool = False,
-        multimask_min_pt_num: int = 1,
-        multimask_max_pt_num: int = 1,
-        multimask_output_for_tracking: bool = False,
-        use_multimask_token_for_obj_ptr: bool = False,
-        iou_prediction_use_sigmoid: bool = False,
-        memory_temporal_stride_for_eval: int = 1,
-        use_obj_ptrs_in_encoder: bool = False,
-        max_obj_ptrs_in_encoder: int = 16,
-        add_tpos_enc_to_obj_ptrs: bool = True,
-        proj_tpos_enc_in_obj_ptrs: bool = False,
-        use_signed_tpos_enc_to_obj_ptrs: bool = False,
-        only_obj_ptrs_in_the_past_for_eval: bool = False,
-        pred_obj_scores: bool = False,
-        pred_obj_scores_mlp: bool = False,
-        fixed_no_obj_ptr: bool = False,
-        soft_no_obj_ptr: bool = False,
-        use_mlp_for_obj_ptr_proj: bool = False,
-        no_obj_embed_spatial: bool = False,
+        memory_settings: MemorySettings | None = None,
+        pointer_settings: ObjectPointerSettings | None = None,
+        head_settings: MaskHeadSettings | None = None,
         mask_decoder_kwargs: Mapping[str, Any] | None = None,
-        memory_storage_dtype: torch.dtype | None = torch.bfloat16,
     ) -> None:
         super().__init__()
-        if proj_tpos_enc_in_obj_ptrs and not add_tpos_enc_to_obj_ptrs:
-            raise ValueError("proj_tpos_enc_in_obj_ptrs needs add_tpos_enc_to_obj_ptrs")
-        if fixed_no_obj_ptr and not (pred_obj_scores and use_obj_ptrs_in_encoder):
+        mem = memory_settings or MemorySettings()
+        ptr = pointer_settings or ObjectPointerSettings()
+        heads = head_settings or MaskHeadSettings()
+        if ptr.fixed_no_obj_ptr and not (heads.pred_obj_scores and ptr.use_obj_ptrs_in_encoder):
             raise ValueError("fixed_no_obj_ptr needs pred_obj_scores and use_obj_ptrs_in_encoder")
+        self.memory_settings = mem
+        self.pointer_settings = ptr
+        self.head_settings = heads
         self.image_encoder = image_encoder
         self.memory_attention = memory_attention
         self.memory_encoder = memory_encoder
         self.hidden_dim = memory_attention.d_model
         out_proj = getattr(memory_encoder, "out_proj", None)
         self.mem_dim = out_proj.weight.shape[0] if isinstance(out_proj, nn.Conv2d) else self.hidden_dim
-        self.num_maskmem = num_maskmem
         self.image_size = image_size
         self.backbone_stride = backbone_stride
-        self.sigmoid_scale_for_mem_enc = sigmoid_scale_for_mem_enc
-        self.sigmoid_bias_for_mem_enc = sigmoid_bias_for_mem_enc
-        self.directly_add_no_mem_embed = directly_add_no_mem_embed
-        self.use_high_res_features_in_sam = use_high_res_features_in_sam
-        self.multimask_output_in_sam = multimask_output_in_sam
-        self.multimask_min_pt_num = multimask_min_pt_num
-        self.multimask_max_pt_num = multimask_max_pt_num
-        self.multimask_output_for_tracking = multimask_output_for_tracking
-        self.memory_temporal_stride_for_eval = memory_temporal_stride_for_eval
-        self.use_obj_ptrs_in_encoder = use_obj_ptrs_in_encoder
-        self.max_obj_ptrs_in_encoder = max_obj_ptrs_in_encoder
-        self.add_tpos_enc_to_obj_ptrs = add_tpos_enc_to_obj_ptrs
-        self.proj_tpos_enc_in_obj_ptrs = proj_tpos_enc_in_obj_ptrs
-        self.use_signed_tpos_enc_to_obj_ptrs = use_signed_tpos_enc_to_obj_ptrs
-        self.only_obj_ptrs_in_the_past_for_eval = only_obj_ptrs_in_the_past_for_eval
-        self.pred_obj_scores = pred_obj_scores
-        self.fixed_no_obj_ptr = fixed_no_obj_ptr
-        self.soft_no_obj_ptr = soft_no_obj_ptr
-        self.memory_storage_dtype = memory_storage_dtype
 
-        self.maskmem_tpos_enc = nn.Parameter(torch.zeros(num_maskmem, 1, 1, self.mem_dim))
+        self.maskmem_tpos_enc = nn.Parameter(torch.zeros(mem.num_maskmem, 1, 1, self.mem_dim))
         self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, self.hidden_dim))
         self.no_mem_pos_enc = nn.Parameter(torch.zeros(1, 1, self.hidden_dim))
-        if use_obj_ptrs_in_encoder:
+        if ptr.use_obj_ptrs_in_encoder:
             # only used to encode an input mask without SAM, which MPG-SAM 2 never does; kept for the key layout
             self.mask_downsample = nn.Conv2d(1, 1, kernel_size=4, stride=4)
-        if pred_obj_scores and use_obj_ptrs_in_encoder:
+        if heads.pred_obj_scores and ptr.use_obj_ptrs_in_encoder:
             self.no_obj_ptr = nn.Parameter(torch.zeros(1, self.hidden_dim))
         self.no_obj_embed_spatial = (
-            nn.Parameter(torch.zeros(1, self.mem_dim)) if no_obj_embed_spatial else None
+            nn.Parameter(torch.zeros(1, self.mem_dim)) if mem.no_obj_embed_spatial else None
         )
 
         embed_size = image_size // backbone_stride
@@ -228,21 +303,21 @@ class SAM2Tracker(nn.Module):
             num_multimask_outputs=3,
             iou_head_depth=3,
             iou_head_hidden_dim=256,
-            use_high_res_features=use_high_res_features_in_sam,
-            iou_prediction_use_sigmoid=iou_prediction_use_sigmoid,
-            pred_obj_scores=pred_obj_scores,
-            pred_obj_scores_mlp=pred_obj_scores_mlp,
-            use_multimask_token_for_obj_ptr=use_multimask_token_for_obj_ptr,
+            use_high_res_features=heads.use_high_res_features_in_sam,
+            iou_prediction_use_sigmoid=heads.iou_prediction_use_sigmoid,
+            pred_obj_scores=heads.pred_obj_scores,
+            pred_obj_scores_mlp=heads.pred_obj_scores_mlp,
+            use_multimask_token_for_obj_ptr=ptr.use_multimask_token_for_obj_ptr,
             **dict(mask_decoder_kwargs or {}),
         )
-        if use_obj_ptrs_in_encoder:
-            if use_mlp_for_obj_ptr_proj:
+        if ptr.use_obj_ptrs_in_encoder:
+            if ptr.use_mlp_for_obj_ptr_proj:
                 self.obj_ptr_proj = MLP(self.hidden_dim, self.hidden_dim, self.hidden_dim, 3)
             else:
                 self.obj_ptr_proj = nn.Linear(self.hidden_dim, self.hidden_dim)
         else:
             self.obj_ptr_proj = nn.Identity()
-        if proj_tpos_enc_in_obj_ptrs:
+        if ptr.proj_tpos_enc_in_obj_ptrs:
             self.obj_ptr_tpos_proj = nn.Linear(self.hidden_dim, self.mem_dim)
         else:
             self.obj_ptr_tpos_proj = nn.Identity()
@@ -272,7 +347,7 @@ class SAM2Tracker(nn.Module):
             out = self.image_encoder(images)
         fpn, pos = list(out["backbone_fpn"]), list(out["vision_pos_enc"])
         high_res = None
-        if self.use_high_res_features_in_sam:
+        if self.head_settings.use_high_res_features_in_sam:
             high_res = [self.sam_mask_decoder.conv_s0(fpn[0]), self.sam_mask_decoder.conv_s1(fpn[1])]
         return FrameFeatures(top=fpn[-1], top_pos=pos[-1], high_res=high_res)
 
@@ -284,14 +359,14 @@ class SAM2Tracker(nn.Module):
         return TrackingState(num_frames=num_frames)
 
     def _pointer_window(self, state: TrackingState) -> int:
-        return min(state.num_frames, self.max_obj_ptrs_in_encoder)
+        return min(state.num_frames, self.pointer_settings.max_obj_ptrs_in_encoder)
 
     def _past_pointers(self, state: TrackingState, frame_idx: int, signed: bool) -> list[tuple[int, Tensor]]:
         """(temporal offset, pointer [B, C]) of the conditioning frame, then of frames t-1, t-2, ... ."""
         out: list[tuple[int, Tensor]] = []
         cond = state.cond_frame_idx
         use_cond = cond is not None and (
-            self.training or not self.only_obj_ptrs_in_the_past_for_eval or cond <= frame_idx
+            self.training or not self.pointer_settings.only_obj_ptrs_in_the_past_for_eval or cond <= frame_idx
         )
         if use_cond:
             out.append(((frame_idx - cond) if signed else abs(frame_idx - cond), state.cond_obj_ptr))
@@ -307,9 +382,9 @@ class SAM2Tracker(nn.Module):
     def _memory_frames(self, state: TrackingState, frame_idx: int) -> list[tuple[int, Tensor]]:
         """(t_pos, stored memory) for the conditioning frame (t_pos 0) and the previous frames (1..num_maskmem-1)."""
         out: list[tuple[int, Tensor]] = [(0, state.cond_memory)]
-        stride = self.memory_temporal_stride_for_eval
-        for t_pos in range(1, self.num_maskmem):
-            t_rel = self.num_maskmem - t_pos
+        stride = self.memory_settings.memory_temporal_stride_for_eval
+        for t_pos in range(1, self.memory_settings.num_maskmem):
+            t_rel = self.memory_settings.num_maskmem - t_pos
             if t_rel == 1:
                 prev = frame_idx - 1
             else:
@@ -324,7 +399,7 @@ class SAM2Tracker(nn.Module):
         top = feats.top
         b, c, h, w = top.shape
         if state.cond_frame_idx is None:  # the initial conditioning frame sees no memory
-            if self.directly_add_no_mem_embed:
+            if self.memory_settings.directly_add_no_mem_embed:
                 return top + self.no_mem_embed.view(1, c, 1, 1)
             memory = self.no_mem_embed.expand(1, b, self.mem_dim)
             memory_pos = self.no_mem_pos_enc.expand(1, b, self.mem_dim)
@@ -335,16 +410,18 @@ class SAM2Tracker(nn.Module):
             for t_pos, mem in self._memory_frames(state, frame_idx):
                 # parity: memories are stored in bfloat16 and read back at the feature dtype.
                 mems.append(mem.to(top.dtype).flatten(2).permute(2, 0, 1))
-                mem_pos.append(pos_enc + self.maskmem_tpos_enc[self.num_maskmem - t_pos - 1])
+                mem_pos.append(pos_enc + self.maskmem_tpos_enc[self.memory_settings.num_maskmem - t_pos - 1])
             num_ptr_tokens = 0
-            if self.use_obj_ptrs_in_encoder:
-                pointers = self._past_pointers(state, frame_idx, signed=self.use_signed_tpos_enc_to_obj_ptrs)
+            if self.pointer_settings.use_obj_ptrs_in_encoder:
+                pointers = self._past_pointers(
+                    state, frame_idx, signed=self.pointer_settings.use_signed_tpos_enc_to_obj_ptrs
+                )
                 if pointers:
                     offsets, ptrs = zip(*pointers)
                     obj_ptrs = torch.stack(ptrs, dim=0)  # [K, B, C]
-                    if self.add_tpos_enc_to_obj_ptrs:
+                    if self.pointer_settings.add_tpos_enc_to_obj_ptrs:
                         t_diff_max = self._pointer_window(state) - 1
-                        tpos_dim = c if self.proj_tpos_enc_in_obj_ptrs else self.mem_dim
+                        tpos_dim = c if self.pointer_settings.proj_tpos_enc_in_obj_ptrs else self.mem_dim
                         rel = torch.tensor(offsets, device=top.device, dtype=torch.float32) / t_diff_max
                         obj_pos = self.obj_ptr_tpos_proj(get_1d_sine_pe(rel, dim=tpos_dim))
                         obj_pos = obj_pos.unsqueeze(1).expand(-1, b, self.mem_dim)
@@ -376,7 +453,7 @@ class SAM2Tracker(nn.Module):
         self, state: TrackingState, frame_idx: int, batch: int
     ) -> tuple[Tensor | None, Tensor | None]:
         """MPG-SAM 2's object-level historical context: past pointers [K, B, C] and their sine positions."""
-        if state.cond_frame_idx is None or not self.use_obj_ptrs_in_encoder:
+        if state.cond_frame_idx is None or not self.pointer_settings.use_obj_ptrs_in_encoder:
             return None, None
         # parity: MPG-SAM 2 uses |t - t'| here whatever the SAM 2 version, normalised by the pointer window.
         pointers = self._past_pointers(state, frame_idx, signed=False)
@@ -397,10 +474,10 @@ class SAM2Tracker(nn.Module):
         Returns the memory features [B, Cm, E, E] and their position encoding [B, Cm, E, E].
         """
         mask_for_mem = torch.sigmoid(high_res_logits)
-        if self.sigmoid_scale_for_mem_enc != 1.0:
-            mask_for_mem = mask_for_mem * self.sigmoid_scale_for_mem_enc
-        if self.sigmoid_bias_for_mem_enc != 0.0:
-            mask_for_mem = mask_for_mem + self.sigmoid_bias_for_mem_enc
+        if self.memory_settings.sigmoid_scale_for_mem_enc != 1.0:
+            mask_for_mem = mask_for_mem * self.memory_settings.sigmoid_scale_for_mem_enc
+        if self.memory_settings.sigmoid_bias_for_mem_enc != 0.0:
+            mask_for_mem = mask_for_mem + self.memory_settings.sigmoid_bias_for_mem_enc
         out = self.memory_encoder(feats.top, mask_for_mem, skip_mask_sigmoid=True)
         features = out["vision_features"]
         if self.no_obj_embed_spatial is not None:  # SAM 2.1: mark frames where the object is absent
@@ -419,7 +496,7 @@ class SAM2Tracker(nn.Module):
         multimask_output: bool,
         obj_memory: Tensor | None = None,
         obj_memory_pos: Tensor | None = None,
-    ) -> dict[str, Tensor]:
+    ) -> HeadOutput:
         """Prompt encoder + MPG mask decoder + mask selection and object-score gating.
 
         video_point_padding: the video path always hands the prompt encoder one padding point (label -1),
@@ -462,17 +539,19 @@ class SAM2Tracker(nn.Module):
             text_key_padding_mask=prompts.text_key_padding_mask,
             context_cache=prompts.context_cache,
         )
-        return {"masks": masks, "ious": ious, "tokens": tokens, "object_score_logits": obj_scores}
+        return HeadOutput(
+            multimask_logits=masks, iou_pred=ious, sam_tokens=tokens, object_score_logits=obj_scores
+        )
 
-    def _select_and_gate(self, heads: dict[str, Tensor], multimask_output: bool) -> dict[str, Tensor]:
+    def _select_and_gate(self, heads: HeadOutput, multimask_output: bool) -> ChosenMask:
         masks, ious, tokens, obj_scores = (
-            heads["masks"],
-            heads["ious"],
-            heads["tokens"],
-            heads["object_score_logits"],
+            heads.multimask_logits,
+            heads.iou_pred,
+            heads.sam_tokens,
+            heads.object_score_logits,
         )
         b = masks.shape[0]
-        if self.pred_obj_scores:
+        if self.head_settings.pred_obj_scores:
             # parity: the (unsupervised) object-score head hard-gates the masks.
             present = obj_scores > 0
             masks = torch.where(present[:, None, None], masks, NO_OBJ_SCORE)
@@ -491,19 +570,25 @@ class SAM2Tracker(nn.Module):
             low_res, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
         )
         obj_ptr = self.obj_ptr_proj(token)
-        if self.pred_obj_scores:
-            weight = torch.sigmoid(obj_scores) if self.soft_no_obj_ptr else (obj_scores > 0).float()
-            if self.fixed_no_obj_ptr:
+        if self.head_settings.pred_obj_scores:
+            weight = (
+                torch.sigmoid(obj_scores)
+                if self.pointer_settings.soft_no_obj_ptr
+                else (obj_scores > 0).float()
+            )
+            if self.pointer_settings.fixed_no_obj_ptr:
                 obj_ptr = weight * obj_ptr
             obj_ptr = obj_ptr + (1 - weight) * self.no_obj_ptr
-        return {"low_res": low_res, "high_res": high_res, "obj_ptr": obj_ptr, "masks": masks}
+        return ChosenMask(low_res_logits=low_res, high_res_logits=high_res, obj_ptr=obj_ptr)
 
     def _use_multimask(self, is_init_cond_frame: bool) -> bool:
         num_pts = 0  # MPG-SAM 2 never clicks
         return (
-            self.multimask_output_in_sam
-            and (is_init_cond_frame or self.multimask_output_for_tracking)
-            and (self.multimask_min_pt_num <= num_pts <= self.multimask_max_pt_num)
+            self.head_settings.multimask_output_in_sam
+            and (is_init_cond_frame or self.head_settings.multimask_output_for_tracking)
+            and (
+                self.head_settings.multimask_min_pt_num <= num_pts <= self.head_settings.multimask_max_pt_num
+            )
         )
 
     # ------------------------------------------------------------------ tracking
@@ -534,9 +619,15 @@ class SAM2Tracker(nn.Module):
         )
         chosen = self._select_and_gate(heads, multimask)
         maskmem = None
-        if self.num_maskmem > 0:
-            maskmem, maskmem_pos = self.encode_memory(feats, chosen["high_res"], heads["object_score_logits"])
-            stored = maskmem if self.memory_storage_dtype is None else maskmem.to(self.memory_storage_dtype)
+        if self.memory_settings.num_maskmem > 0:
+            maskmem, maskmem_pos = self.encode_memory(
+                feats, chosen.high_res_logits, heads.object_score_logits
+            )
+            stored = (
+                maskmem
+                if self.memory_settings.memory_storage_dtype is None
+                else maskmem.to(self.memory_settings.memory_storage_dtype)
+            )
             if state.maskmem_pos_enc is None:
                 # the memory position encoding is the same for every frame: keep one copy
                 state.maskmem_pos_enc = maskmem_pos
@@ -546,19 +637,19 @@ class SAM2Tracker(nn.Module):
                 state.memories[frame_idx] = stored
         if is_init:
             state.cond_frame_idx = frame_idx
-            state.cond_obj_ptr = chosen["obj_ptr"]
+            state.cond_obj_ptr = chosen.obj_ptr
         else:
-            state.obj_ptrs[frame_idx] = chosen["obj_ptr"]
+            state.obj_ptrs[frame_idx] = chosen.obj_ptr
         self._prune(state, frame_idx)
         return FrameOutput(
             frame_idx=frame_idx,
-            low_res_logits=chosen["low_res"],
-            high_res_logits=chosen["high_res"],
-            multimask_logits=heads["masks"],
-            iou_pred=heads["ious"],
-            sam_tokens=heads["tokens"],
-            object_score_logits=heads["object_score_logits"],
-            obj_ptr=chosen["obj_ptr"],
+            low_res_logits=chosen.low_res_logits,
+            high_res_logits=chosen.high_res_logits,
+            multimask_logits=heads.multimask_logits,
+            iou_pred=heads.iou_pred,
+            sam_tokens=heads.sam_tokens,
+            object_score_logits=heads.object_score_logits,
+            obj_ptr=chosen.obj_ptr,
             pix_feat_with_mem=pix_feat,
             maskmem_features=maskmem,
             obj_memory=obj_memory,
@@ -567,10 +658,11 @@ class SAM2Tracker(nn.Module):
 
     def _prune(self, state: TrackingState, last_frame: int) -> None:
         """Drop memories and pointers that no frame after ``last_frame`` can read."""
-        stride = self.memory_temporal_stride_for_eval
+        stride = self.memory_settings.memory_temporal_stride_for_eval
         next_frame = last_frame + 1
         oldest_memory = min(
-            next_frame - 1, ((next_frame - 2) // stride) * stride - (self.num_maskmem - 3) * stride
+            next_frame - 1,
+            ((next_frame - 2) // stride) * stride - (self.memory_settings.num_maskmem - 3) * stride,
         )
         for t in [t for t in state.memories if t < oldest_memory]:
             del state.memories[t]
@@ -579,23 +671,20 @@ class SAM2Tracker(nn.Module):
             del state.obj_ptrs[t]
 
     # ------------------------------------------------------------------ image path
-    def forward_image_batch(self, feats: FrameFeatures, prompts: FramePrompts) -> dict[str, Tensor]:
-        """Single images (RefCOCO pre-training): no memory, single-mask output, no object-score gating.
-
-        Returns low-res logits [B, 1, 4E, 4E] and the upsampled [B, 1, S, S].
-        """
+    def forward_image_batch(self, feats: FrameFeatures, prompts: FramePrompts) -> ImageBatchOutput:
+        """Single images (RefCOCO pre-training): no memory, single-mask output, no object-score gating."""
         c = feats.top.shape[1]
         pix_feat = feats.top
-        if self.directly_add_no_mem_embed:
+        if self.memory_settings.directly_add_no_mem_embed:
             pix_feat = pix_feat + self.no_mem_embed.view(1, c, 1, 1)
         heads = self.forward_heads(
             pix_feat, feats.high_res, prompts, video_point_padding=False, multimask_output=False
         )
-        low_res = heads["masks"].float()
+        low_res = heads.multimask_logits.float()
         high_res = F.interpolate(
             low_res, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
         )
-        return {"low_res_logits": low_res, "high_res_logits": high_res, "iou_pred": heads["ious"]}
+        return ImageBatchOutput(low_res_logits=low_res, high_res_logits=high_res, iou_pred=heads.iou_pred)
 
 
 # Config keys of the official SAM 2 YAML that do not change what this module computes for MPG-SAM 2.
@@ -611,12 +700,23 @@ _IGNORED_KEYS = {
 }
 
 
+# The settings objects a SAM 2 config is split into; their field names are the config keys they accept.
+_SETTINGS_TYPES = {
+    "memory_settings": MemorySettings,
+    "pointer_settings": ObjectPointerSettings,
+    "head_settings": MaskHeadSettings,
+}
+# Config keys that are plain arguments of SAM2Tracker (the image geometry).
+_GEOMETRY_KEYS = ("image_size", "backbone_stride")
+
+
 def build_sam2_tracker(
     model_cfg: Mapping[str, Any], mask_decoder_kwargs: Mapping[str, Any] | None = None
 ) -> SAM2Tracker:
     """Build from a SAM 2 ``model`` config dict (see ``presets.sam2_model_config`` / ``apply_overrides``).
 
-    Unknown top-level keys are an error, so a typo in a config does not pass silently.
+    The flat config keys are split into the settings objects by field name. Unknown top-level keys are an
+    error, so a typo in a config does not pass silently.
     """
     cfg = {k: v for k, v in model_cfg.items() if k != "_target_"}
     image_encoder = build_image_encoder(cfg.pop("image_encoder"))
@@ -624,16 +724,20 @@ def build_sam2_tracker(
     memory_encoder = build_memory_encoder(cfg.pop("memory_encoder"))
     for key in _IGNORED_KEYS:
         cfg.pop(key, None)
-    extra = dict(cfg.pop("sam_mask_decoder_extra_args", None) or {})
-    extra.update(mask_decoder_kwargs or {})
-    known = set(inspect.signature(SAM2Tracker.__init__).parameters) - {
-        "self",
-        "image_encoder",
-        "memory_attention",
-        "memory_encoder",
-        "mask_decoder_kwargs",
-    }
-    unknown = sorted(set(cfg) - known)
+    field_names = {arg: {f.name for f in fields(cls)} for arg, cls in _SETTINGS_TYPES.items()}
+    unknown = sorted(set(cfg) - set(_GEOMETRY_KEYS).union(*field_names.values()))
     if unknown:
         raise ValueError(f"unknown SAM 2 config keys: {', '.join(unknown)}")
-    return SAM2Tracker(image_encoder, memory_attention, memory_encoder, mask_decoder_kwargs=extra, **cfg)
+    settings = {
+        arg: cls(**{k: v for k, v in cfg.items() if k in field_names[arg]})
+        for arg, cls in _SETTINGS_TYPES.items()
+    }
+    geometry = {k: cfg[k] for k in _GEOMETRY_KEYS if k in cfg}
+    return SAM2Tracker(
+        image_encoder,
+        memory_attention,
+        memory_encoder,
+        **geometry,
+        **settings,
+        mask_decoder_kwargs=mask_decoder_kwargs,
+    )

@@ -102,7 +102,7 @@ class LatestCheckpoint(L.Callback):
                 f"step {trainer.global_step}: parameter {bad} is not finite; not overwriting {self.path} (it holds "
                 f"the last good state, step {self._saved_step})"
             )
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full training state: resumable
         self._saved_step = trainer.global_step
         log.debug("saved %s at step %d", self.path, trainer.global_step)
 

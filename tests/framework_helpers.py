@@ -42,6 +42,17 @@ def compose_config(
     return cfg
 
 
+# a paper recipe at tiny size on the CPU: the tiny model, no weight files
+TINY_RECIPE = [
+    "model/beit3=tiny",
+    "model/sam2=tiny",
+    "model.weights.mpgsam2=null",
+    "model.weights.beit3=null",
+    "model.weights.sam2=null",
+    "trainer=cpu",
+]
+
+
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 RESOLVED_PARTS = ("model", "data", "system", "trainer")
 

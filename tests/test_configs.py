@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from framework_helpers import CONF_DIR, compose_config
+from framework_helpers import CONF_DIR, EXPERIMENTS, TINY_RECIPE, compose_config
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from lightning.pytorch import Trainer
@@ -16,16 +16,8 @@ from mpgsam2.build import beit3_config
 from mpgsam2.lit_module import RVOSLitModule
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
 
-EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 SWEEPS = sorted((CONF_DIR.parent / "experiments" / "sweeps").glob("*.yaml"))
-TINY = [
-    "model/beit3=tiny",
-    "model/sam2=tiny",
-    "model.weights.mpgsam2=null",
-    "model.weights.beit3=null",
-    "model.weights.sam2=null",
-    "trainer=cpu",
-]
+TINY = TINY_RECIPE
 
 
 def test_the_paper_recipes_are_all_there():

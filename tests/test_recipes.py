@@ -15,19 +15,14 @@ from data_helpers import (
     write_refcoco_dataset,
     write_ytvos_dataset,
 )
-from framework_helpers import compose_config
+from framework_helpers import TINY_RECIPE, compose_config
 from omegaconf import open_dict
 
 import train as train_entry
 from data_modules.base import DataConfigError
 
 TINY = [
-    "model/beit3=tiny",
-    "model/sam2=tiny",
-    "model.weights.mpgsam2=null",
-    "model.weights.beit3=null",
-    "model.weights.sam2=null",
-    "trainer=cpu",
+    *TINY_RECIPE,
     "trainer.max_epochs=2",
     "trainer.limit_train_batches=2",  # two epochs of two steps keep the nine recipes within a minute or two
     "data.batch_size=1",

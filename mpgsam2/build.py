@@ -128,7 +128,10 @@ def build_model(
         ConfigError: an unknown option, size or version, or conflicting weights.
     """
     config = model_config(beit3, sam2, **options)
-    model = MPGSAM2(config)
+    try:
+        model = MPGSAM2(config)
+    except TypeError as err:  # a nested SAM 2 setting no module takes, e.g. memory_attention.layer.d_modle
+        raise ConfigError(f"model.sam2.settings: a key no SAM 2 module takes ({err})") from None
     _load_weights(model, dict(weights or {}), hf_gamma_compat)
     return model
 

@@ -49,6 +49,10 @@ def test_settings_are_deep_merged_over_the_official_sam2_config():
     ("settings", "match"),
     [
         ({"num_maskmemm": 3}, "unknown SAM 2 config keys: num_maskmemm"),
+        (
+            {"memory_attention": {"layer": {"d_modle": 3}}},
+            r"model.sam2.settings: a key no SAM 2 module .*d_modle",
+        ),
         ({"memory_attention": 3}, r"model.sam2.settings.memory_attention=3: .*holds a mapping"),
         (
             {"image_size": {"h": 1}},

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from mpgsam2.benchmarks import Benchmark
-from mpgsam2.data import MeViSSource, RefDAVISSource, RefYTVOSSource, SwappedCaptionSource
+from mpgsam2.data import RefDAVISSource, SwappedCaptionSource
 from mpgsam2.inference.images import evaluate_images
 from mpgsam2.inference.submission import (
     EvalTarget,
@@ -46,7 +46,7 @@ def eval_targets(bench: Benchmark, datamodule: Any, split: str | None) -> list[E
     """The sources to predict or score.
 
     ``split=None``: the data module's validation source, or, where it validates on nothing (the Ref-YouTube-VOS
-    recipes), the benchmark's default split. Otherwise the reader of ``split`` under the data module's ``root``.
+    recipes), the benchmark's default split. Otherwise the data module's reader of ``split``.
     Ref-DAVIS17 gives one source per annotator set, staged under ``anno_<k>``.
     """
     root = getattr(datamodule, "root", None)
@@ -60,12 +60,10 @@ def eval_targets(bench: Benchmark, datamodule: Any, split: str | None) -> list[E
         targets = [EvalTarget(datamodule.split_source(bench.default_split))]
     elif split is None:
         targets = [EvalTarget(datamodule.val_source())]
-    elif root is None:
-        raise ValueError(f"split={split!r}: {type(datamodule).__name__} has no `root`; leave split unset")
-    elif bench.name == "mevis":
-        targets = [EvalTarget(MeViSSource(root, split))]
+    elif hasattr(datamodule, "split_source"):
+        targets = [EvalTarget(datamodule.split_source(split))]  # the data module knows its dataset's reader
     else:
-        targets = [EvalTarget(RefYTVOSSource(root, split))]
+        raise ValueError(f"split={split!r}: {type(datamodule).__name__} reads no named split; leave split unset")
     if getattr(datamodule, "swap_expressions", False):
         seed = int(getattr(datamodule, "seed", 0))
         targets = [EvalTarget(SwappedCaptionSource(t.source, seed), t.folder) for t in targets]
@@ -86,14 +84,9 @@ def score_folder(
         max_frames=getattr(datamodule, "val_max_frames", None),
         annotators=annotators_of(bench, datamodule),
     )
-    record = {
-        **metrics,
-        "predictions": str(predictions),
-        "dataset": bench.name,
-        "source": targets[0].source.name,
-    }
-    write_json_atomic(out_dir / "metrics.json", record)
-    return metrics
+    return _record(
+        out_dir, metrics, predictions=str(predictions), dataset=bench.name, source=targets[0].source.name
+    )
 
 
 def evaluate_model(
@@ -191,14 +184,19 @@ def evaluate_model(
         max_frames=max_frames,
         annotators=annotators_of(bench, datamodule),
     )
-    record = {
-        **metrics,
-        "checkpoint": checkpoint,
-        "dataset": bench.name,
-        "sources": [t.source.name for t in targets],
-        "chunk_size": chunk_size,
-    }
-    write_json_atomic(out_dir / "metrics.json", record)
+    return _record(
+        out_dir,
+        metrics,
+        checkpoint=checkpoint,
+        dataset=bench.name,
+        sources=[t.source.name for t in targets],
+        chunk_size=chunk_size,
+    )
+
+
+def _record(out_dir: Path, metrics: dict[str, Any], **context: Any) -> dict[str, Any]:
+    """Writes ``<out_dir>/metrics.json``: the metrics and what they are of; returns the metrics."""
+    write_json_atomic(out_dir / "metrics.json", {**metrics, **context})
     return metrics
 
 
@@ -218,6 +216,6 @@ def _evaluate_images(
         datamodule.val_split = str(split)
     datamodule.setup("validate")
     metrics = evaluate_images(model.eval(), datamodule.val_dataloader(), device)
-    write_json_atomic(out_dir / "metrics.json", {**metrics, "checkpoint": checkpoint, "dataset": "refcoco"})
+    _record(out_dir, metrics, checkpoint=checkpoint, dataset="refcoco")
     log.info("mIoU=%.4f cIoU=%.4f over %d samples", metrics["miou"], metrics["ciou"], metrics["num_samples"])
     return metrics

@@ -648,3 +648,10 @@ def test_model_predictor_stages_a_video_in_one_call_with_the_per_expression_mask
         a = np.asarray(Image.open(io.BytesIO(data)), dtype=int)
         b = np.asarray(Image.open(io.BytesIO(per_expression[key])), dtype=int)
         assert np.abs(a - b).max() <= 1, key
+
+
+def test_scoring_a_folder_follows_the_benchmark_table(train_source, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="RefCOCO/\\+/g predictions are scored in memory"):
+        score_predictions(tmp_path, train_source, "refcoco")
+    with pytest.raises(ValueError, match="unknown benchmark 'kitti'"):
+        score_predictions(tmp_path, train_source, "kitti")

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mpgsam2.inference import predict_expression, predict_video  # noqa: E402
-from mpgsam2.modeling.config import MPGSAM2Config  # noqa: E402
+from mpgsam2.build import model_config  # noqa: E402
 from mpgsam2.modeling.mpgsam2 import MPGSAM2  # noqa: E402
 
 BEIT_SIZE = 224
@@ -40,8 +40,17 @@ ORIG_SIZE = (256, 256)
 def mid_model(sam_size: int, seed: int = 0) -> MPGSAM2:
     """BEiT-3 width 384 x 6 layers, Hiera-T trunk, full-size SAM 2 heads, random weights."""
     torch.manual_seed(seed)
-    cfg = MPGSAM2Config.from_presets("base", "sam2_hiera_t.yaml", [f"++model.image_size={sam_size}"])
-    cfg.beit3.update(embed_dim=384, num_heads=6, ffn_dim=1536, num_layers=6, img_size=BEIT_SIZE)
+    cfg = model_config(
+        {
+            "preset": "base",
+            "embed_dim": 384,
+            "num_heads": 6,
+            "ffn_dim": 1536,
+            "num_layers": 6,
+            "img_size": BEIT_SIZE,
+        },
+        {"size": "t", "version": "2.0", "settings": {"image_size": sam_size}},
+    )
     model = MPGSAM2(cfg).eval()
     # with random weights the object-score head may call every frame empty (all logits -1024), and equal empty
     # masks would compare nothing: bias it to "present" so the masks come from the decoder

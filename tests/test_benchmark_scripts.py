@@ -1,0 +1,57 @@
+"""The benchmark scripts still run: each at its smallest size, checking what it checks (masks of the two paths
+agree, files staged alike) and printing its table. They are run by hand for figures; this keeps them from
+rotting when the code they call changes (a renamed argument broke ``eval_throughput.py`` once unnoticed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str) -> ModuleType:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_eval_throughput_compares_masks_and_prints_the_table(capsys: pytest.CaptureFixture) -> None:
+    code = _load("eval_throughput").main(
+        ["--frames", "2", "--ks", "2", "--repeats", "1", "--memory", "--sam-size", "64", "--threads", "1"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out  # 1 when the engine's masks differ from predict_expression's
+    row = [line for line in out.splitlines() if line.startswith("| 2 | 2 |")]
+    assert len(row) == 1 and row[0].rstrip().endswith("|"), out
+
+
+def test_eval_end_to_end_stages_the_same_pngs_both_ways(capsys: pytest.CaptureFixture) -> None:
+    code = _load("eval_end_to_end").main(
+        ["--videos", "1", "--frames", "2", "--repeats", "1", "--sam-size", "64", "--threads", "1"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "files that differ: 0; pixels that differ: 0" in out, out
+    assert "| engine |" in out, out
+
+
+def test_eval_profile_times_each_module(capsys: pytest.CaptureFixture) -> None:
+    assert _load("eval_profile").main(["--k", "2", "--frames", "2", "--sam-size", "64"]) == 0
+    out = capsys.readouterr().out
+    for label in ("BEiT-3", "Hiera image encoder (shared)", "memory attention", "mask decoder"):
+        assert f"| {label} |" in out, out
+
+
+def test_gpu_check_smoke_runs_on_the_cpu(capsys: pytest.CaptureFixture) -> None:
+    assert _load("gpu_check").main(["--smoke"]) in (0, None)
+    assert "cpu (smoke)" in capsys.readouterr().out

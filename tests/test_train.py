@@ -54,7 +54,8 @@ def test_train_writes_metrics_and_eval_reproduces_them(tmp_path, data_dir):
 
     ckpt = Path(record["checkpoint"])
     raw = torch.load(ckpt, map_location="cpu", weights_only=True)  # plain containers only
-    assert raw["mpgsam2"]["config"]["model"]["beit3"]["embed_dim"] == cfg.model.beit3.embed_dim
+    assert raw["mpgsam2"]["model_config"]["beit3"]["embed_dim"] == cfg.model.beit3.embed_dim
+    assert "model" not in raw["mpgsam2"]["config"]  # the model is stored once, as model_config
 
     eval_cfg = compose_config("eval", [f"ckpt={ckpt}"], tmp_path / "eval", data_dir)
     again = eval_entry.run(eval_cfg)

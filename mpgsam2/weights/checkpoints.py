@@ -51,9 +51,13 @@ def train_checkpoint_record(
     run_config: Mapping[str, Any] | None, model: MPGSAM2, tokenizer_path: str | None
 ) -> dict[str, Any]:
     """What ``train.py`` stores in ``checkpoint[TRAIN_CHECKPOINT_KEY]``, as plain containers only (the file must load
-    with ``torch.load(weights_only=True)``): the run config, the model's config and the tokenizer path."""
+    with ``torch.load(weights_only=True)``): the run config, the model's config and the tokenizer path.
+
+    The model is stored once, as the config it was built with (``model_config``, what :func:`load_model` rebuilds
+    it from): the run config's ``model`` node, which says the same thing in Hydra's terms, is left out."""
+    run = {k: v for k, v in (run_config or {}).items() if k != "model"}
     return {
-        "config": _plain(run_config or {}),
+        "config": _plain(run),
         "model_config": _plain(model.config.to_dict()),
         "tokenizer_path": tokenizer_path,
     }

@@ -2,7 +2,8 @@
 
     python -m mpgsam2.predict CKPT INPUT "the man in red" "the dog on the left" --out OUT_DIR
         [--sentences FILE] [--stride N] [--start 2.5s] [--end 300] [--max-frames N] [--long-side PX]
-        [--chunk-size 24] [--format png json overlay] [--device cuda] [--tokenizer beit3.spm] [--overwrite]
+        [--chunk-size 24] [--format png json overlay] [--device cuda] [--precision bf16] [--compile]
+        [--tokenizer beit3.spm] [--overwrite]
     python -m mpgsam2.predict --demo-video clip.mp4 --out demo_output     # after python train.py experiment=demo
 
 CKPT is a ``train.py`` checkpoint (``final.ckpt``), our export folder or a released MPG-SAM 2 folder. INPUT is a
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from mpgsam2.inference.predictor import PRECISIONS
 from mpgsam2.media.outputs import FORMATS
 from mpgsam2.media.reader import FrameReader, FrameSelection, MediaError, open_frames, parse_position
 from mpgsam2.media.segment import Progress as ProgressCallback
@@ -107,6 +109,17 @@ def _parser() -> argparse.ArgumentParser:
         "--format", nargs="+", choices=FORMATS, default=list(FORMATS), help="outputs to write (default: all)"
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--precision",
+        choices=sorted(PRECISIONS),
+        default="fp32",
+        help="fp32 (default), or bf16 / fp16 autocast on a GPU (masks may differ where a probability is near 0.5)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the image encoder and memory attention (GPU runs)",
+    )
     parser.add_argument("--tokenizer", type=Path, help="sentencepiece model (default: the checkpoint's own)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -167,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             overwrite=args.overwrite,
             progress=progress,
+            precision=args.precision,
+            compile=args.compile,
         )
     print(out)
     return 0

@@ -147,6 +147,35 @@ def test_chunks_selection_and_sentences_file(trained, clip, tmp_path):
     assert _png_masks(picked, 0)[0] == ["000001", "000003"]
 
 
+def test_precision_and_compile_flags_reach_the_engine(trained, clip, tmp_path, monkeypatch):
+    """--precision bf16 gives predict_video's bf16 masks (CPU autocast); --compile runs the image encoder and the
+    memory attention through torch.compile (faked: compiling takes minutes here; the wiring is what is checked)."""
+    from mpgsam2.inference import predict_video
+    from mpgsam2.media import encode_sentences
+
+    compiled = []
+
+    def fake_compile(fn):
+        compiled.append(type(fn.__self__).__name__)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    ckpt, _ = trained
+    out = tmp_path / "out"
+    argv = [str(ckpt), str(clip), *SENTENCES, "--out", str(out), "--no-progress", "--format", "png"]
+    assert predict.main([*argv, "--precision", "bf16", "--compile"]) == 0
+    assert sorted(compiled) == ["ImageEncoder", "MemoryAttention"]
+    model, tokenizer_path = predict.load_model_for_inference(ckpt)
+    transform = ClipTransform(model.sam.image_size, int(model.config.beit3["img_size"]), train=False)
+    sam, beit, _, _ = transform(np.stack([f.rgb for f in open_frames(clip)]), None, "")
+    expressions = encode_sentences(Beit3Tokenizer(tokenizer_path), SENTENCES, "cpu")
+    expected = predict_video(model.eval(), sam, beit, expressions, (SIZE, SIZE), precision="bf16")
+    for k in range(len(SENTENCES)):
+        assert (_png_masks(out, k)[1] == expected[k].masks.numpy()).all()
+    with pytest.raises(SystemExit):
+        predict.main([*argv, "--precision", "int8"])
+
+
 def test_positions_and_selection(tmp_path):
     assert parse_position("12") == parse_position("12f") and not parse_position("12").seconds
     assert parse_position("1.5s").seconds and parse_position("1.5s").value == 1.5

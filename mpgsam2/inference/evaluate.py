@@ -102,6 +102,8 @@ def evaluate_model(
     submission: bool | None = None,
     chunk_size: int | None = None,
     restart: bool = False,
+    precision: str = "fp32",
+    compile: bool = False,
     device: torch.device | str = "cpu",
     rank: int = 0,
     world: int = 1,
@@ -116,6 +118,9 @@ def evaluate_model(
         submission: write the zip; None: exactly when the split has no ground truth.
         chunk_size: frames per independent chunk, None for the whole video.
         restart: discard staged predictions of another evaluation instead of refusing (:func:`check_manifest`).
+        precision: ``"fp32"`` (the protocol), or ``"bf16"`` / ``"fp16"`` autocast (GPUs; masks may differ where
+            a probability is near 0.5, see :func:`mpgsam2.inference.predict_video`); recorded in the manifest.
+        compile: ``torch.compile`` the image encoder and memory attention (same masks up to float rounding).
 
     Returns:
         On the main process the metrics, or ``{"submission": path}``; ``{}`` on the others.
@@ -148,6 +153,7 @@ def evaluate_model(
                 "max_frames": max_frames,
                 "mask_format": bench.mask_format,
                 "tokenizer": str(datamodule.tokenizer_path),
+                "precision": precision,
             },
             restart=restart,
             staging=staging,
@@ -162,7 +168,7 @@ def evaluate_model(
         staging.root,
     )
     predict_to_staging(
-        model_predictor(model, device, chunk_size),
+        model_predictor(model, device, chunk_size, precision, compile),
         targets,
         staging,
         bench.mask_format,

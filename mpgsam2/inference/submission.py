@@ -284,6 +284,7 @@ class ModelPredictor:
     Args:
         chunk_size: frames per independent chunk (MeViS: 24, spec §3.2), None for the whole video.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (see :func:`mpgsam2.inference.predict_video`).
+        compile: run the image encoder and memory attention through ``torch.compile`` (same function).
     """
 
     def __init__(
@@ -292,11 +293,13 @@ class ModelPredictor:
         device: str | torch.device,
         chunk_size: int | None,
         precision: str = "fp32",
+        compile: bool = False,
     ) -> None:
         self.model = model.eval()
         self.device = device
         self.chunk_size = chunk_size
         self.precision = precision
+        self.compile = compile
 
     def __call__(self, batch: Mapping[str, Any]) -> Tensor:
         """One collated expression (batch size 1) -> its (T, H, W) logits."""
@@ -315,15 +318,20 @@ class ModelPredictor:
                 tuple(first["meta"][0]["orig_size"]),
                 chunk_size=self.chunk_size,
                 precision=self.precision,
+                compile=self.compile,
             )
         return [p.logits for p in predictions]
 
 
 def model_predictor(
-    model: MPGSAM2, device: str | torch.device, chunk_size: int | None, precision: str = "fp32"
+    model: MPGSAM2,
+    device: str | torch.device,
+    chunk_size: int | None,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> ModelPredictor:
     """A :class:`ModelPredictor` (see there)."""
-    return ModelPredictor(model, device, chunk_size, precision)
+    return ModelPredictor(model, device, chunk_size, precision, compile)
 
 
 def predict_to_staging(

@@ -141,6 +141,8 @@ def segment_to_folder(
     device: str | torch.device = "cpu",
     overwrite: bool = False,
     progress: Progress | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> Path:
     """Segment each sentence in the reader's frames and write the outputs to ``out_dir`` (complete or absent).
 
@@ -149,6 +151,8 @@ def segment_to_folder(
         formats: among ``png``, ``json``, ``overlay`` (see :class:`~mpgsam2.media.outputs.PredictionWriter`).
         chunk_size: frames per independent run (24 for the MeViS protocol), or None for one run over the video.
         progress: told how many frames were decoded and segmented.
+        precision / compile: as :func:`mpgsam2.inference.predict_video` (autocast ``bf16``/``fp16``; compiled
+            image encoder and memory attention).
 
     Returns:
         ``out_dir``.
@@ -171,7 +175,15 @@ def segment_to_folder(
         get_rgb: Callable[[int], np.ndarray], n: int, size: tuple[int, int]
     ) -> list[ExpressionPrediction]:
         views = _Views(get_rgb, n, transform, device)
-        return predict_video(model, _ViewSequence(views, 0), _ViewSequence(views, 1), expressions, size)
+        return predict_video(
+            model,
+            _ViewSequence(views, 0),
+            _ViewSequence(views, 1),
+            expressions,
+            size,
+            precision=precision,
+            compile=compile,
+        )
 
     with staged_folder(out_dir, overwrite) as folder:
         writer = PredictionWriter(folder, sentences, formats, reader.output_fps, str(reader.path))

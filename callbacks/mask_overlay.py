@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 from torch import Tensor
 
+from mpgsam2.data.batch import ReferringBatch
 from mpgsam2.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["MaskOverlayLogger", "overlay_masks"]
@@ -58,7 +59,12 @@ class MaskOverlayLogger(L.Callback):
         self.max_frames = max_frames
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: ReferringBatch,
+        batch_idx: int,
     ) -> None:
         step = trainer.global_step
         if not trainer.is_global_zero or step % self.every_n_steps != 0:
@@ -67,9 +73,9 @@ class MaskOverlayLogger(L.Callback):
             return
         t = self.max_frames
         image = overlay_masks(
-            batch["sam_frames"][0, :t], outputs["pred_masks"][0, :t, 0] > 0, batch["masks"][0, :t] > 0.5
+            batch.sam_frames[0, :t], outputs["pred_masks"][0, :t, 0] > 0, batch.masks[0, :t] > 0.5
         )
-        caption = batch["caption"][0]
+        caption = batch.caption[0]
         wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         for lg in wandb_loggers:
             lg.log_image(key="train/masks", images=[image], caption=[caption], step=step)

@@ -1,8 +1,8 @@
 """RefCOCO / RefCOCO+ / RefCOCOg (ReferFormer's converted layout; see ``mpgsam2.data.refcoco``): the image
 pre-training stage (spec §2.1 stage 1): the training splits concatenated, one item per (image, sentence), T = 1.
 
-Every batch carries ``batch["image_batch"] = True`` so that the Lightning module can run the model's batched
-image path (``MPGSAM2.forward_images``, spec §1.7) instead of the video path.
+Every batch has ``is_image=True`` (``ReferringImageCollate``) so that the Lightning module can run the model's
+batched image path (``MPGSAM2.forward_images``, spec §1.7) instead of the video path.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from mpgsam2.benchmarks import benchmark
+from mpgsam2.data.batch import ReferringBatch
 from mpgsam2.inference.predictor import (
     expression_text,
     predict_expression,
@@ -168,7 +169,7 @@ class RVOSLitModule(L.LightningModule):
             )
 
     # ------------------------------------------------------------------ training
-    def forward(self, batch: Mapping[str, Any]) -> Tensor:
+    def forward(self, batch: ReferringBatch) -> Tensor:
         """Mask logits (B, T, 1, S, S) for a collated clip (or image) batch."""
         return self._clip_logits(batch)[0]
 
@@ -181,31 +182,29 @@ class RVOSLitModule(L.LightningModule):
             count = count / dist.get_world_size()
         return count.clamp(min=1)
 
-    def _clip_logits(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+    def _clip_logits(self, batch: ReferringBatch) -> tuple[Tensor, Tensor, Tensor]:
         """Mask logits (B, T, 1, S, S), sentence scores (B, T) and prior logits (B, T, G, G).
 
-        Image batches (RefCOCO, ``image_batch``) go through the model's batched image path (spec §1.7), T = 1.
+        Image batches (RefCOCO, ``batch.is_image``) go through the model's batched image path (spec §1.7), T = 1.
         """
-        if batch.get("image_batch"):
+        if batch.is_image:
             out = self.model.forward_images(
-                batch["sam_frames"][:, 0],
-                batch["beit_frames"][:, 0],
-                batch["text_ids"],
-                batch["text_padding_mask"],
+                batch.sam_frames[:, 0],
+                batch.beit_frames[:, 0],
+                batch.text_ids,
+                batch.text_padding_mask,
             )
             return out.pred_masks[:, None], out.sentence_scores[:, None], out.prior_logits[:, None]
-        out = self.model(
-            batch["sam_frames"], batch["beit_frames"], batch["text_ids"], batch["text_padding_mask"]
-        )
+        out = self.model(batch.sam_frames, batch.beit_frames, batch.text_ids, batch.text_padding_mask)
         return out.pred_masks, out.sentence_scores, out.context.prior.prior_logits
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
+    def training_step(self, batch: ReferringBatch, batch_idx: int) -> dict[str, Tensor]:
         pred_masks, sentence_scores, prior_logits = self._clip_logits(batch)
-        valid = batch["valid"]
+        valid = batch.valid
         losses = self.criterion(
             pred_masks,
             sentence_scores,
-            batch["masks"],
+            batch.masks,
             valid,
             num_valid=self._num_valid(valid),
             prior_logits=prior_logits,
@@ -265,7 +264,7 @@ class RVOSLitModule(L.LightningModule):
         )
 
     # ------------------------------------------------------------------ evaluation
-    def predict_batch(self, batch: Mapping[str, Any]) -> list[Tensor]:
+    def predict_batch(self, batch: ReferringBatch) -> list[Tensor]:
         """Whole-video predictions for each expression of an evaluation batch: a list of (T, H, W) logits at
         each expression's original size.
 
@@ -277,18 +276,18 @@ class RVOSLitModule(L.LightningModule):
         video at a time; image batches use the image path. Videos are told apart by ``meta["video"]`` (items
         without one are separate videos).
         """
-        metas = batch["meta"]
+        metas = batch.meta
         groups: dict[object, list[int]] = {}
         for i, meta in enumerate(metas):
             groups.setdefault(meta.get("video", ("item", i)), []).append(i)
-        if batch.get("image_batch") or (len(groups) > 1 and self.eval_chunk_size is None):
+        if batch.is_image or (len(groups) > 1 and self.eval_chunk_size is None):
             with torch.no_grad():
                 logits = self._clip_logits(batch)[0][:, :, 0].float()  # [B, T, S, S]
             return [resize_logits(logits[i : i + 1], m["orig_size"])[0] for i, m in enumerate(metas)]
         results: list[Tensor] = [torch.empty(0)] * len(metas)
         for rows in groups.values():
             first = rows[0]
-            frames = (batch["sam_frames"][first], batch["beit_frames"][first])
+            frames = (batch.sam_frames[first], batch.beit_frames[first])
             size = tuple(metas[first]["orig_size"])
             if len(rows) == 1:
                 results[first] = predict_expression(
@@ -303,10 +302,10 @@ class RVOSLitModule(L.LightningModule):
                 results[i] = prediction.logits
         return results
 
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        if "orig_masks" not in batch:
+    def validation_step(self, batch: ReferringBatch, batch_idx: int) -> None:
+        if batch.orig_masks is None:
             raise ValueError("validation needs ground truth: the validation source has no masks")
-        for logits, target in zip(self.predict_batch(batch), batch["orig_masks"]):
+        for logits, target in zip(self.predict_batch(batch), batch.orig_masks):
             self.val_jf.update(logits > 0, target.bool().cpu())
 
     def on_validation_epoch_end(self) -> None:
@@ -315,10 +314,10 @@ class RVOSLitModule(L.LightningModule):
         for key in ("j", "f", "jf"):
             self.log(f"val/{key}", float(result[key]), prog_bar=key == "jf", sync_dist=False)
 
-    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+    def predict_step(self, batch: ReferringBatch, batch_idx: int) -> list[dict[str, Any]]:
         """Per expression: ``{"meta": ..., "logits": (T, H, W) float32}`` for the submission writers."""
         return [
-            {"meta": meta, "logits": logits} for meta, logits in zip(batch["meta"], self.predict_batch(batch))
+            {"meta": meta, "logits": logits} for meta, logits in zip(batch.meta, self.predict_batch(batch))
         ]
 
     # ------------------------------------------------------------------ optimisation and checkpoints

@@ -16,9 +16,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from mpgsam2.data import ReferringBatch
 
 __all__ = [
     "DEFAULT_FRAME_SIZE",
@@ -594,15 +598,13 @@ def tiny_video_model():
     return build_model(beit3=beit3, sam2=sam2, freeze_image_encoder=False)
 
 
-def video_training_step(model, batch: Mapping):
+def video_training_step(model, batch: ReferringBatch):
     """One forward + backward of ``model`` on a collated video batch; returns the total loss (a scalar tensor)."""
     from mpgsam2.losses import MPGSAM2Criterion
 
     model.train()
-    out = model(batch["sam_frames"], batch["beit_frames"], batch["text_ids"], batch["text_padding_mask"])
-    loss = MPGSAM2Criterion()(out.pred_masks, out.sentence_scores, batch["masks"], batch["valid"])[
-        "loss_total"
-    ]
+    out = model(batch.sam_frames, batch.beit_frames, batch.text_ids, batch.text_padding_mask)
+    loss = MPGSAM2Criterion()(out.pred_masks, out.sentence_scores, batch.masks, batch.valid)["loss_total"]
     loss.backward()
     return loss
 
@@ -620,11 +622,40 @@ def check_first_training_batch(model, dm):
 
     batch = next(iter(dm.train_dataloader()))
     b, t, s = dm.batch_size, dm.num_frames, model.sam.image_size
-    assert batch["sam_frames"].shape == (b, t, 3, s, s) and batch["masks"].shape == (b, t, s, s)
+    assert batch.sam_frames.shape == (b, t, 3, s, s) and batch.masks.shape == (b, t, s, s)
     loss = video_training_step(model, batch)
     assert torch.isfinite(loss) and loss > 0
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     return batch
 
 
-__all__ += ["check_first_training_batch", "model_view_sizes", "tiny_video_model", "video_training_step"]
+def model_batch(sam, beit, text_ids, text_padding_mask, meta=None, **fields) -> ReferringBatch:
+    """A :class:`~mpgsam2.data.ReferringBatch` of model inputs ``sam`` (B, T, 3, S, S), ``beit``, ``text_ids`` and
+    ``text_padding_mask`` (B, L), for tests that need no target: zero ``masks``, ``valid`` all False, empty
+    captions, ``meta`` one empty dict per row unless given; ``fields`` sets the others (``is_image``,
+    ``orig_masks``, ...)."""
+    import torch
+
+    from mpgsam2.data import ReferringBatch
+
+    b, t, s = sam.shape[0], sam.shape[1], sam.shape[-1]
+    return ReferringBatch(
+        sam_frames=sam,
+        beit_frames=beit,
+        masks=fields.pop("masks", torch.zeros(b, t, s, s)),
+        valid=fields.pop("valid", torch.zeros(b, t, dtype=torch.bool)),
+        text_ids=text_ids,
+        text_padding_mask=text_padding_mask,
+        caption=fields.pop("caption", [""] * b),
+        meta=[{} for _ in range(b)] if meta is None else meta,
+        **fields,
+    )
+
+
+__all__ += [
+    "check_first_training_batch",
+    "model_batch",
+    "model_view_sizes",
+    "tiny_video_model",
+    "video_training_step",
+]

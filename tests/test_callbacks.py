@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from data_helpers import model_batch
 from framework_helpers import TINY_SYNTHETIC, compose_config
 
 import train as train_entry
@@ -36,11 +37,13 @@ def test_overlay_puts_truth_on_top_and_prediction_below():
 
 def test_overlay_logger_writes_a_png_every_n_steps_without_wandb(tmp_path):
     callback = MaskOverlayLogger(every_n_steps=5, max_frames=2)
-    batch = {
-        "sam_frames": _normalised_grey(3, 8, 8).unsqueeze(0),
-        "masks": torch.zeros(1, 3, 8, 8),
-        "caption": ["the red square"],
-    }
+    batch = model_batch(
+        _normalised_grey(3, 8, 8).unsqueeze(0),
+        torch.zeros(1, 3, 3, 4, 4),
+        torch.zeros(1, 2, dtype=torch.long),
+        torch.zeros(1, 2, dtype=torch.bool),
+        caption=["the red square"],
+    )
     outputs = {"loss": torch.tensor(1.0), "pred_masks": torch.zeros(1, 3, 1, 8, 8)}
     for step in (4, 5):
         trainer = SimpleNamespace(

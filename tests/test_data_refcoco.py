@@ -260,9 +260,9 @@ def test_training_set_concatenates_the_three_sources(coco_root: Path) -> None:
         assert src is sources[k]
         assert sample.sample_id == i - sum(lengths[:k]) + 1
     item = ds[len(ds) - 1]  # the last refcocog sample
-    assert item["meta"]["dataset"] == "refcocog" and item["meta"]["sample_id"] == 2
-    assert item["sam_frames"].shape == (1, 3, S, S) and item["beit_frames"].shape == (1, 3, HB, HB)
-    assert item["masks"].shape == (1, S, S) and item["valid"].tolist() == [True]
+    assert item.meta["dataset"] == "refcocog" and item.meta["sample_id"] == 2
+    assert item.sam_frames.shape == (1, 3, S, S) and item.beit_frames.shape == (1, 3, HB, HB)
+    assert item.masks.shape == (1, S, S) and item.valid.tolist() == [True]
     with pytest.raises(IndexError):
         ds[len(ds)]
 
@@ -273,12 +273,12 @@ def test_training_item_is_exact_without_flip(coco_root: Path) -> None:
     sample = src.sample(1)
     image = src.read_image(sample)[None]
     # no photometric distortion: exactly the evaluation views of the image
-    torch.testing.assert_close(item["sam_frames"], to_normalized_view(image, S), rtol=0, atol=0)
-    torch.testing.assert_close(item["beit_frames"], to_normalized_view(image, HB), rtol=0, atol=0)
+    torch.testing.assert_close(item.sam_frames, to_normalized_view(image, S), rtol=0, atol=0)
+    torch.testing.assert_close(item.beit_frames, to_normalized_view(image, HB), rtol=0, atol=0)
     expected = resize_masks(expected_refcoco_mask(1101)[None], S)
-    torch.testing.assert_close(item["masks"], expected, rtol=0, atol=0)
-    assert item["caption"] == "left box"  # lower-cased, whitespace-normalised
-    meta = item["meta"]
+    torch.testing.assert_close(item.masks, expected, rtol=0, atol=0)
+    assert item.caption == "left box"  # lower-cased, whitespace-normalised
+    meta = item.meta
     assert (meta["image_id"], meta["ann_id"], meta["orig_size"]) == (11, 1101, (20, 28))
     assert meta["frame_names"] == ["COCO_train2014_000000000011"] and meta["exp_id"] == "2"
 
@@ -293,13 +293,13 @@ def test_flip_is_consistent_on_both_views_mask_and_caption(coco_root: Path) -> N
         (4, "bright box on the leftmost side"),  # whole words only: "bright" stays
     ]:
         a, b = plain[i], flipped[i]
-        assert b["caption"] == caption
+        assert b.caption == caption
         # PIL's bilinear filter is mirror-symmetric: the flipped image's views are the mirrored views (to rounding)
         for key in ("sam_frames", "beit_frames"):
-            torch.testing.assert_close(b[key], a[key].flip(-1), rtol=0, atol=0.03)
+            torch.testing.assert_close(getattr(b, key), getattr(a, key).flip(-1), rtol=0, atol=0.03)
         ann_id = src.sample(i).ann_ids[0]
         expected = resize_masks(expected_refcoco_mask(ann_id)[None, :, ::-1].copy(), S)
-        torch.testing.assert_close(b["masks"], expected, rtol=0, atol=0)
+        torch.testing.assert_close(b.masks, expected, rtol=0, atol=0)
 
 
 def test_items_are_deterministic_per_seed_epoch_and_index(coco_root: Path) -> None:
@@ -312,9 +312,9 @@ def test_items_are_deterministic_per_seed_epoch_and_index(coco_root: Path) -> No
         again.set_epoch(epoch)
         for i in reversed(range(len(ds))):  # order of requests does not matter
             a, b = ds[i], again[i]
-            assert a["caption"] == b["caption"]
-            torch.testing.assert_close(a["sam_frames"], b["sam_frames"], rtol=0, atol=0)
-        flips[epoch] = [ds[0]["caption"] for _ in range(2)]
+            assert a.caption == b.caption
+            torch.testing.assert_close(a.sam_frames, b.sam_frames, rtol=0, atol=0)
+        flips[epoch] = [ds[0].caption for _ in range(2)]
         assert flips[epoch][0] == flips[epoch][1]
     # item 0 ("the box on the left") is flipped in some epochs and not in others
     assert {f[0] for f in flips.values()} == {"the box on the left", "the box on the right"}
@@ -329,7 +329,7 @@ def test_an_empty_target_is_resampled(coco_root: Path) -> None:
     assert not src.read_mask(src.sample(0)).any()
     ds = ReferringImageDataset([src], _train_transform(0.5), seed=1)
     item = ds[0]
-    assert item["valid"].tolist() == [True] and item["meta"]["sample_id"] != 1
+    assert item.valid.tolist() == [True] and item.meta["sample_id"] != 1
 
 
 def test_eval_items_keep_the_raw_caption_and_the_original_mask(coco_root: Path) -> None:
@@ -337,10 +337,10 @@ def test_eval_items_keep_the_raw_caption_and_the_original_mask(coco_root: Path) 
     ds = ReferringImageEvalDataset(src, ClipTransform(S, HB, train=False))
     assert len(ds) == 3
     item = ds[0]
-    assert item["caption"] == "The Right one"  # raw at inference (parity)
-    assert item["orig_masks"].shape == (1, 20, 28) and item["orig_masks"].dtype == torch.bool
-    np.testing.assert_array_equal(item["orig_masks"][0].numpy(), expected_refcoco_mask(1102))
-    assert item["sam_frames"].shape == (1, 3, S, S) and item["valid"].tolist() == [True]
+    assert item.caption == "The Right one"  # raw at inference (parity)
+    assert item.orig_masks.shape == (1, 20, 28) and item.orig_masks.dtype == torch.bool
+    np.testing.assert_array_equal(item.orig_masks[0].numpy(), expected_refcoco_mask(1102))
+    assert item.sam_frames.shape == (1, 3, S, S) and item.valid.tolist() == [True]
     with pytest.raises(ValueError, match="train=False"):
         ReferringImageEvalDataset(src, _train_transform(0.5))
 
@@ -350,7 +350,7 @@ def test_swapped_captions_come_from_another_object_of_the_same_image(coco_root: 
     ds = ReferringImageEvalDataset(src, ClipTransform(S, HB, train=False), swap_captions=True)
     # image 11 has two objects (1102, 1101); image 33 has one, so its sample is dropped
     assert len(ds) == 2
-    assert [(it["meta"]["ann_id"], it["caption"]) for it in (ds[0], ds[1])] == [
+    assert [(it.meta["ann_id"], it.caption) for it in (ds[0], ds[1])] == [
         (1102, "left  one"),
         (1101, "The Right one"),
     ]
@@ -377,14 +377,14 @@ def test_datamodule_yields_image_batches(coco_root: Path, tokenizer_path: Path) 
     assert len(dm.train_dataset) == 10 and len(dm.val_dataset) == 3
     assert dm.steps_per_epoch() == 2
     batch = next(iter(dm.train_dataloader()))
-    assert batch["image_batch"] is True
-    assert batch["sam_frames"].shape == (4, 1, 3, S, S) and batch["beit_frames"].shape == (4, 1, 3, HB, HB)
-    assert batch["masks"].shape == (4, 1, S, S) and batch["valid"].shape == (4, 1)
-    assert batch["text_ids"].shape[0] == 4 and batch["text_padding_mask"].dtype == torch.bool
+    assert batch.is_image is True
+    assert batch.sam_frames.shape == (4, 1, 3, S, S) and batch.beit_frames.shape == (4, 1, 3, HB, HB)
+    assert batch.masks.shape == (4, 1, S, S) and batch.valid.shape == (4, 1)
+    assert batch.text_ids.shape[0] == 4 and batch.text_padding_mask.dtype == torch.bool
     assert isinstance(dm.collate, ReferringImageCollate)
     val = next(iter(dm.val_dataloader()))
-    assert val["image_batch"] is True and len(val["orig_masks"]) == 3  # val_batch_size = batch_size = 4
-    assert [m.shape for m in val["orig_masks"]] == [(1, 20, 28), (1, 20, 28), (1, 18, 24)]
+    assert val.is_image is True and len(val.orig_masks) == 3  # val_batch_size = batch_size = 4
+    assert [m.shape for m in val.orig_masks] == [(1, 20, 28), (1, 20, 28), (1, 18, 24)]
 
 
 def test_datamodule_options(coco_root: Path, tokenizer_path: Path) -> None:
@@ -392,7 +392,7 @@ def test_datamodule_options(coco_root: Path, tokenizer_path: Path) -> None:
     dm.setup("fit")
     assert len(dm.train_dataset) == 2 and dm.val_dataset.source.name == "refcoco+/val"
     assert dm.photometric is False and dm.train_dataset.transform.photometric is False
-    assert next(iter(dm.val_dataloader()))["sam_frames"].shape[0] == 1
+    assert next(iter(dm.val_dataloader())).sam_frames.shape[0] == 1
     with pytest.raises(ValueError, match="num_frames"):
         _datamodule(coco_root, tokenizer_path, num_frames=5)
 
@@ -419,17 +419,17 @@ def test_one_training_step_through_the_image_path(coco_root: Path, tokenizer_pat
     dm.setup("fit")
     assert dm.tokenizer_vocab_size <= model.config.beit3["vocab_size"]
     batch = next(iter(dm.train_dataloader()))
-    assert batch["image_batch"] is True
+    assert batch.is_image is True
     out = model.forward_images(
-        batch["sam_frames"][:, 0], batch["beit_frames"][:, 0], batch["text_ids"], batch["text_padding_mask"]
+        batch.sam_frames[:, 0], batch.beit_frames[:, 0], batch.text_ids, batch.text_padding_mask
     )
     size = model.sam.image_size
     assert out.pred_masks.shape == (2, 1, size, size) and out.sentence_scores.shape == (2,)
     losses = MPGSAM2Criterion()(
         out.pred_masks.unsqueeze(1),
         out.sentence_scores.unsqueeze(1),
-        batch["masks"],
-        batch["valid"],
+        batch.masks,
+        batch.valid,
     )
     loss = losses["loss_total"]
     assert torch.isfinite(loss) and loss > 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from data_helpers import model_batch
 from test_model import random_clip, tiny_config
 from torch import nn
 
@@ -64,7 +65,7 @@ def test_the_original_fast_group_matches_the_mpg_modules():
 def _eval_batch(model: MPGSAM2, batch: int):
     sam, beit, ids, pad = random_clip(model, frames=3, batch=batch, seed=3)
     meta = [{"orig_size": (48, 40)} for _ in range(batch)]
-    return {"sam_frames": sam, "beit_frames": beit, "text_ids": ids, "text_padding_mask": pad, "meta": meta}
+    return model_batch(sam, beit, ids, pad, meta)
 
 
 def test_batched_clip_evaluation_matches_streaming_one_expression_at_a_time():
@@ -73,7 +74,13 @@ def test_batched_clip_evaluation_matches_streaming_one_expression_at_a_time():
     batch = _eval_batch(system.model, 2)
     batched = system.predict_batch(batch)
     for i in range(2):
-        single = {k: (v[i : i + 1] if torch.is_tensor(v) else v[i : i + 1]) for k, v in batch.items()}
+        single = model_batch(
+            *(
+                x[i : i + 1]
+                for x in (batch.sam_frames, batch.beit_frames, batch.text_ids, batch.text_padding_mask)
+            ),
+            batch.meta[i : i + 1],
+        )
         streamed = system.predict_batch(single)[0]
         assert streamed.shape == (3, 48, 40)
         torch.testing.assert_close(batched[i], streamed, atol=1e-4, rtol=1e-4)
@@ -108,14 +115,7 @@ def test_image_batches_are_predicted_at_each_image_size():
     system = _system(model).eval()
     sam, beit, ids, pad = random_clip(model, frames=1, batch=2)
     sizes = [(30, 50), (41, 17)]
-    batch = {
-        "sam_frames": sam,
-        "beit_frames": beit,
-        "text_ids": ids,
-        "text_padding_mask": pad,
-        "image_batch": True,
-        "meta": [{"orig_size": s} for s in sizes],
-    }
+    batch = model_batch(sam, beit, ids, pad, [{"orig_size": s} for s in sizes], is_image=True)
     out = system.predict_batch(batch)
     assert [tuple(p.shape) for p in out] == [(1, *s) for s in sizes]
     expected = model.forward_images(sam[:, 0], beit[:, 0], ids, pad).pred_masks[1:2]
@@ -128,7 +128,7 @@ def test_validation_accumulates_jf_at_the_original_size():
     system = _system(MPGSAM2(tiny_config())).eval()
     batch = _eval_batch(system.model, 1)
     pred = system.predict_batch(batch)[0] > 0
-    batch["orig_masks"] = [pred.clone()]  # a perfect target
+    batch.orig_masks = [pred.clone()]  # a perfect target
     system.validation_step(batch, 0)
     assert system.val_jf.compute()["jf"] == pytest.approx(1.0)
 
@@ -138,13 +138,7 @@ def test_image_batches_use_the_image_path():
     model = MPGSAM2(tiny_config())
     system = _system(model).eval()  # no dropout: the two calls must agree
     sam, beit, ids, pad = random_clip(model, frames=1, batch=2)
-    batch = {
-        "sam_frames": sam,
-        "beit_frames": beit,
-        "text_ids": ids,
-        "text_padding_mask": pad,
-        "image_batch": True,
-    }
+    batch = model_batch(sam, beit, ids, pad, is_image=True)
     pred, scores, prior = system._clip_logits(batch)
     expected = model.forward_images(sam[:, 0], beit[:, 0], ids, pad)
     torch.testing.assert_close(pred[:, 0], expected.pred_masks)
@@ -252,13 +246,13 @@ def test_expressions_of_one_video_run_through_predict_video_trimmed_to_their_len
     # has an unknown piece (id 3, masked like padding) inside it, which trimming must keep
     rows = [[0, 11, 12, 13, 14, 2], [0, 21, 3, 2, 3, 3], [0, 31, 2, 3, 3, 3]]
     text_ids = torch.tensor(rows)
-    batch = {
-        "sam_frames": sam.expand(3, -1, -1, -1, -1),
-        "beit_frames": beit.expand(3, -1, -1, -1, -1),
-        "text_ids": text_ids,
-        "text_padding_mask": text_ids == 3,
-        "meta": [{"video": "v", "orig_size": (48, 40)} for _ in range(3)],
-    }
+    batch = model_batch(
+        sam.expand(3, -1, -1, -1, -1),
+        beit.expand(3, -1, -1, -1, -1),
+        text_ids,
+        text_ids == 3,
+        [{"video": "v", "orig_size": (48, 40)} for _ in range(3)],
+    )
     calls = []
     original = lit.predict_video
     monkeypatch.setattr(lit, "predict_video", lambda *a, **k: calls.append(a[3]) or original(*a, **k))

@@ -15,7 +15,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from mpgsam2 import predict
-from mpgsam2.data import ReferringCollate
+from mpgsam2.data import ReferringCollate, ReferringItem
 from mpgsam2.data.transforms import ClipTransform
 from mpgsam2.lit_module import RVOSLitModule
 from mpgsam2.losses import MPGSAM2Criterion
@@ -106,14 +106,14 @@ def test_video_with_two_sentences(trained, clip, tmp_path):
     collate = ReferringCollate(Beit3Tokenizer(tokenizer_path))
     for k, sentence in enumerate(SENTENCES):
         sam, beit, _, caption = transform(np.stack(decoded), None, sentence)
-        item = {
-            "sam_frames": sam,
-            "beit_frames": beit,
-            "masks": torch.zeros(NUM_FRAMES, sam.shape[-1], sam.shape[-1]),
-            "valid": torch.zeros(NUM_FRAMES, dtype=torch.bool),
-            "caption": caption,
-            "meta": {"video": "clip", "orig_size": (SIZE, SIZE)},
-        }
+        item = ReferringItem(
+            sam_frames=sam,
+            beit_frames=beit,
+            masks=torch.zeros(NUM_FRAMES, sam.shape[-1], sam.shape[-1]),
+            valid=torch.zeros(NUM_FRAMES, dtype=torch.bool),
+            caption=caption,
+            meta={"video": "clip", "orig_size": (SIZE, SIZE)},
+        )
         expected = (reference.predict_batch(collate([item]))[0] > 0).numpy()
         assert (masks[k] == expected).all()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from data_helpers import expected_refcoco_mask, write_refcoco_dataset
+from data_helpers import expected_refcoco_mask, model_batch, write_refcoco_dataset
 from framework_helpers import compose_config
 
 import eval as eval_entry
@@ -93,14 +93,15 @@ class _Oracle(torch.nn.Module):
 def test_image_scores_of_perfect_and_empty_predictions(empty):
     targets = [torch.from_numpy(expected_refcoco_mask(a)) for a in (1101, 1102)]
     targets = [t[:8, :8] for t in targets]  # same size so they batch
-    batch = {
-        "sam_frames": torch.zeros(2, 1, 3, 8, 8),
-        "beit_frames": torch.zeros(2, 1, 3, 8, 8),
-        "text_ids": torch.zeros(2, 3, dtype=torch.long),
-        "text_padding_mask": torch.zeros(2, 3, dtype=torch.bool),
-        "meta": [{"orig_size": (8, 8)}, {"orig_size": (8, 8)}],
-        "orig_masks": [t[None] for t in targets],
-    }
+    batch = model_batch(
+        torch.zeros(2, 1, 3, 8, 8),
+        torch.zeros(2, 1, 3, 8, 8),
+        torch.zeros(2, 3, dtype=torch.long),
+        torch.zeros(2, 3, dtype=torch.bool),
+        [{"orig_size": (8, 8)}, {"orig_size": (8, 8)}],
+        orig_masks=[t[None] for t in targets],
+        is_image=True,
+    )
     scores = evaluate_images(_Oracle(targets, empty), [batch])
     nonempty = [bool(t.any()) for t in targets]
     if empty:

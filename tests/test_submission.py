@@ -20,6 +20,7 @@ from mpgsam2.data import (
     ClipTransform,
     DatasetError,
     ExpressionRecord,
+    ReferringBatch,
     ReferringCollate,
     RefYTVOSSource,
     VideoRecord,
@@ -64,8 +65,8 @@ class PatternPredictor:
         self.calls: list[tuple[str, str]] = []
         self.fail_after = fail_after
 
-    def __call__(self, batch: dict) -> torch.Tensor:
-        meta = batch["meta"][0]
+    def __call__(self, batch: ReferringBatch) -> torch.Tensor:
+        meta = batch.meta[0]
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise RuntimeError("simulated crash")
         self.calls.append((meta["video"], meta["exp_id"]))
@@ -82,8 +83,8 @@ class TruthPredictor:
         self.by_key = {(e.video.video_id, e.exp_id): e for e in source.expressions}
         self.source = source
 
-    def __call__(self, batch: dict) -> torch.Tensor:
-        meta = batch["meta"][0]
+    def __call__(self, batch: ReferringBatch) -> torch.Tensor:
+        meta = batch.meta[0]
         expr = self.by_key[(meta["video"], meta["exp_id"])]
         masks = self.source.read_masks(expr, meta["frame_indices"])
         return torch.from_numpy(np.where(masks, 5.0, -5.0).astype(np.float32))
@@ -636,7 +637,8 @@ def test_model_predictor_stages_a_video_in_one_call_with_the_per_expression_mask
     sizes = [len(batches) for batches, _ in calls]
     assert len(calls) == len(videos) and sum(sizes) == len(valid_source.expressions) and max(sizes) > 1
     for batches, out in calls:  # each expression's logits are its own (as predicted alone), in order
-        alone = [real_unit([{**batches[0], **b}])[0] for b in batches]
+        frames = {"sam_frames": batches[0].sam_frames, "beit_frames": batches[0].beit_frames}
+        alone = [real_unit([replace(b, **frames)])[0] for b in batches]
         for logits, reference in zip(out, alone):
             assert (torch.sigmoid(logits) - torch.sigmoid(reference)).abs().max() <= 1e-4
         if len(out) > 1:  # and the expressions of a video differ, so an order mix-up would show

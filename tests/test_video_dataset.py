@@ -20,6 +20,7 @@ from mpgsam2.data import (
     ExpressionRecord,
     ReferringClipDataset,
     ReferringCollate,
+    ReferringItem,
     ReferringVideoEvalDataset,
     RefYTVOSSource,
     VideoRecord,
@@ -134,26 +135,23 @@ def test_clip_dataset_item_contract(source: RefYTVOSSource) -> None:
     ds = ReferringClipDataset(source, 3, _train_tf(hflip_p=0.0, photometric=False), seed=1)
     for i in range(len(ds)):
         item = ds[i]
-        assert set(item) == {"sam_frames", "beit_frames", "masks", "valid", "caption", "meta"}
-        assert item["sam_frames"].shape == (3, 3, 16, 16) and item["sam_frames"].dtype == torch.float32
-        assert item["beit_frames"].shape == (3, 3, 8, 8) and item["beit_frames"].dtype == torch.float32
-        assert item["masks"].shape == (3, 16, 16) and item["masks"].dtype == torch.float32
-        assert (
-            item["valid"].dtype == torch.bool
-            and item["valid"].tolist() == item["masks"].flatten(1).any(1).tolist()
-        )
-        assert item["valid"].any()
-        meta = item["meta"]
+        assert type(item) is ReferringItem and item.orig_masks is None
+        assert item.sam_frames.shape == (3, 3, 16, 16) and item.sam_frames.dtype == torch.float32
+        assert item.beit_frames.shape == (3, 3, 8, 8) and item.beit_frames.dtype == torch.float32
+        assert item.masks.shape == (3, 16, 16) and item.masks.dtype == torch.float32
+        assert item.valid.dtype == torch.bool and item.valid.tolist() == item.masks.flatten(1).any(1).tolist()
+        assert item.valid.any()
+        meta = item.meta
         expr = next(
             e for e in source.expressions if (e.video.video_id, e.exp_id) == (meta["video"], meta["exp_id"])
         )
         assert meta["frame_names"] == [expr.video.frame_names[k] for k in meta["frame_indices"]]
         assert meta["orig_size"] == ((20, 28) if meta["video"] == "vid_c" else (24, 32))
-        assert item["caption"] == normalize_caption(expr.caption)
+        assert item.caption == normalize_caption(expr.caption)
         # Without augmentation the target is exactly the resized annotation.
         expected = resize_masks(source.read_masks(expr, meta["frame_indices"]), 16)
-        assert torch.equal(item["masks"], expected)
-    assert ds[4]["caption"] == "a red square at the top"  # vid_b: lower-cased, whitespace collapsed
+        assert torch.equal(item.masks, expected)
+    assert ds[4].caption == "a red square at the top"  # vid_b: lower-cased, whitespace collapsed
 
 
 def test_clip_dataset_is_deterministic_per_seed_and_epoch(source: RefYTVOSSource) -> None:
@@ -163,17 +161,17 @@ def test_clip_dataset_is_deterministic_per_seed_and_epoch(source: RefYTVOSSource
     items_a = [a[i] for i in order]
     items_b = [b[i] for i in reversed(order)][::-1]  # request order does not matter
     for x, y in zip(items_a, items_b):
-        assert x["meta"] == y["meta"] and x["caption"] == y["caption"]
-        assert torch.equal(x["sam_frames"], y["sam_frames"]) and torch.equal(x["masks"], y["masks"])
+        assert x.meta == y.meta and x.caption == y.caption
+        assert torch.equal(x.sam_frames, y.sam_frames) and torch.equal(x.masks, y.masks)
     copy = pickle.loads(pickle.dumps(a))  # what a DataLoader worker gets
-    assert torch.equal(copy[5]["sam_frames"], items_a[5]["sam_frames"])
+    assert torch.equal(copy[5].sam_frames, items_a[5].sam_frames)
     a.set_epoch(1)
     epoch1 = [a[i] for i in order]
-    assert any(not torch.equal(x["sam_frames"], y["sam_frames"]) for x, y in zip(items_a, epoch1))
+    assert any(not torch.equal(x.sam_frames, y.sam_frames) for x, y in zip(items_a, epoch1))
     a.set_epoch(0)
-    assert torch.equal(a[2]["beit_frames"], items_a[2]["beit_frames"])
+    assert torch.equal(a[2].beit_frames, items_a[2].beit_frames)
     other_seed = ReferringClipDataset(source, 3, _train_tf(), seed=5)
-    assert any(not torch.equal(other_seed[i]["sam_frames"], items_a[i]["sam_frames"]) for i in order)
+    assert any(not torch.equal(other_seed[i].sam_frames, items_a[i].sam_frames) for i in order)
 
 
 def test_clip_dataset_resamples_clips_without_the_object(source: RefYTVOSSource) -> None:
@@ -184,9 +182,9 @@ def test_clip_dataset_resamples_clips_without_the_object(source: RefYTVOSSource)
     for i in range(len(ds)):
         expr, anchor = ds.locate(i)
         item = ds[i]
-        assert item["valid"].tolist() == [True]
+        assert item.valid.tolist() == [True]
         if expr is blue and anchor in (0, 1, 5):
-            meta = item["meta"]
+            meta = item.meta
             assert (meta["video"], meta["exp_id"], meta["frame_indices"]) != ("vid_a", "1", [anchor])
 
 
@@ -217,7 +215,7 @@ def test_clip_dataset_gives_up_after_bounded_retries(caplog: pytest.LogCaptureFi
     with caplog.at_level(logging.WARNING, logger="mpgsam2.data.video_dataset"):
         item = ds[0]
     assert src.mask_reads == 4
-    assert item["valid"].tolist() == [False, False] and not item["masks"].any()
+    assert item.valid.tolist() == [False, False] and not item.masks.any()
     assert "4 attempts" in caplog.text
 
 
@@ -233,18 +231,18 @@ def test_eval_dataset_items(source: RefYTVOSSource) -> None:
     for i, expr in enumerate(source.expressions):
         item = ds[i]
         n = expr.video.num_frames
-        assert item["sam_frames"].shape == (n, 3, 16, 16) and item["beit_frames"].shape == (n, 3, 8, 8)
-        assert item["caption"] == expr.caption  # raw
-        assert item["meta"]["frame_indices"] == list(range(n))
-        assert item["meta"]["frame_names"] == list(expr.video.frame_names)
+        assert item.sam_frames.shape == (n, 3, 16, 16) and item.beit_frames.shape == (n, 3, 8, 8)
+        assert item.caption == expr.caption  # raw
+        assert item.meta["frame_indices"] == list(range(n))
+        assert item.meta["frame_names"] == list(expr.video.frame_names)
         gt = source.read_masks(expr, range(n))
-        assert item["orig_masks"].dtype == torch.bool and np.array_equal(item["orig_masks"].numpy(), gt)
-        assert torch.equal(item["masks"], resize_masks(gt, 16))
-        assert item["valid"].tolist() == gt.any((1, 2)).tolist()
+        assert item.orig_masks.dtype == torch.bool and np.array_equal(item.orig_masks.numpy(), gt)
+        assert torch.equal(item.masks, resize_masks(gt, 16))
+        assert item.valid.tolist() == gt.any((1, 2)).tolist()
     again = ds[1]
-    assert torch.equal(again["sam_frames"], ds[1]["sam_frames"])
+    assert torch.equal(again.sam_frames, ds[1].sam_frames)
     short = ReferringVideoEvalDataset(source, ClipTransform(16, 8, train=False), max_frames=2)
-    assert short[0]["sam_frames"].shape[0] == 2 and short[0]["meta"]["frame_names"] == ["00000", "00005"]
+    assert short[0].sam_frames.shape[0] == 2 and short[0].meta["frame_names"] == ["00000", "00005"]
     with pytest.raises(ValueError, match="train=False"):
         ReferringVideoEvalDataset(source, _train_tf())
 
@@ -253,8 +251,8 @@ def test_eval_dataset_without_masks(tmp_path: Path) -> None:
     root = write_ytvos_dataset(tmp_path, "valid", annotations=False, obj_ids_in_json=False)
     ds = ReferringVideoEvalDataset(RefYTVOSSource(root, "valid"), ClipTransform(16, 8, train=False))
     item = ds[0]
-    assert "orig_masks" not in item
-    assert item["masks"].shape == (6, 16, 16) and not item["masks"].any() and not item["valid"].any()
+    assert item.orig_masks is None
+    assert item.masks.shape == (6, 16, 16) and not item.masks.any() and not item.valid.any()
 
 
 # ------------------------------------------------------------------------------------ collate and tokenizer
@@ -266,29 +264,29 @@ def test_collate_training_batch(source: RefYTVOSSource, spm_path: Path) -> None:
     ds = ReferringClipDataset(source, 3, _train_tf(hflip_p=0.0))
     items = [ds[0], ds[4]]  # vid_a "the red square on the left", vid_b "a red square at the top"
     batch = collate(items)
-    assert batch["sam_frames"].shape == (2, 3, 3, 16, 16) and batch["beit_frames"].shape == (2, 3, 3, 8, 8)
-    assert batch["masks"].shape == (2, 3, 16, 16) and batch["valid"].shape == (2, 3)
-    assert batch["caption"] == [items[0]["caption"], items[1]["caption"]]
-    assert batch["meta"] == [items[0]["meta"], items[1]["meta"]] and "orig_masks" not in batch
-    ids, pad = batch["text_ids"], batch["text_padding_mask"]
-    lengths = [len(tok.encode(c)) for c in batch["caption"]]
+    assert batch.sam_frames.shape == (2, 3, 3, 16, 16) and batch.beit_frames.shape == (2, 3, 3, 8, 8)
+    assert batch.masks.shape == (2, 3, 16, 16) and batch.valid.shape == (2, 3)
+    assert batch.caption == [items[0].caption, items[1].caption]
+    assert batch.meta == [items[0].meta, items[1].meta] and batch.orig_masks is None
+    ids, pad = batch.text_ids, batch.text_padding_mask
+    lengths = [len(tok.encode(c)) for c in batch.caption]
     assert ids.dtype == torch.long and pad.dtype == torch.bool and ids.shape == (2, max(lengths))
     assert lengths[0] != lengths[1]
     for row, n in enumerate(lengths):
-        assert ids[row, :n].tolist() == tok.encode(batch["caption"][row])
+        assert ids[row, :n].tolist() == tok.encode(batch.caption[row])
         assert (ids[row, n:] == tok.pad_id).all() and pad[row, n:].all()
     assert torch.equal(pad, ids == tok.pad_id)
     loader = DataLoader(ds, batch_size=2, collate_fn=collate)
     first = next(iter(loader))
-    assert torch.equal(first["sam_frames"], collate([ds[0], ds[1]])["sam_frames"])
+    assert torch.equal(first.sam_frames, collate([ds[0], ds[1]]).sam_frames)
 
 
 def test_collate_eval_batch_keeps_orig_masks(source: RefYTVOSSource, spm_path: Path) -> None:
     collate = ReferringCollate(Beit3Tokenizer(spm_path))
     ds = ReferringVideoEvalDataset(source, ClipTransform(16, 8, train=False))
     batch = collate([ds[0]])
-    assert batch["sam_frames"].shape == (1, 6, 3, 16, 16)
-    assert isinstance(batch["orig_masks"], list) and batch["orig_masks"][0].shape == (6, 24, 32)
+    assert batch.sam_frames.shape == (1, 6, 3, 16, 16)
+    assert isinstance(batch.orig_masks, list) and batch.orig_masks[0].shape == (6, 24, 32)
     with pytest.raises(ValueError, match="batch size 1"):
         collate([ds[0], ds[2]])  # 6 and 4 frames
 
@@ -301,7 +299,7 @@ def test_tokenizer_and_collate_pickle(source: RefYTVOSSource, spm_path: Path) ->
     assert copy.encode(text) == tok.encode(text)
     collate = pickle.loads(pickle.dumps(ReferringCollate(tok)))
     ds = ReferringClipDataset(source, 2, _train_tf())
-    assert torch.equal(collate([ds[0]])["text_ids"], ReferringCollate(tok)([ds[0]])["text_ids"])
+    assert torch.equal(collate([ds[0]]).text_ids, ReferringCollate(tok)([ds[0]]).text_ids)
 
 
 def test_eval_dataset_can_skip_the_ground_truth(tmp_path):
@@ -314,4 +312,4 @@ def test_eval_dataset_can_skip_the_ground_truth(tmp_path):
     calls = []
     source.read_masks = lambda *a: calls.append(a)  # type: ignore[method-assign]
     item = ReferringVideoEvalDataset(source, ClipTransform(16, 16, train=False), with_masks=False)[0]
-    assert calls == [] and "orig_masks" not in item and not item["valid"].any()
+    assert calls == [] and item.orig_masks is None and not item.valid.any()

@@ -1,9 +1,11 @@
 """Data pipeline: dataset readers, clip sampling, transforms, torch datasets and collation (plain PyTorch).
 
 See the data contract in the docstrings of :mod:`mpgsam2.data.records` (records), :mod:`mpgsam2.data.sources`
-(reader protocol), :mod:`mpgsam2.data.video_dataset` (items) and :mod:`mpgsam2.data.collate` (batches).
+(reader protocol), :mod:`mpgsam2.data.batch` (the item and batch types, :class:`ReferringItem` and
+:class:`ReferringBatch`), :mod:`mpgsam2.data.video_dataset` (items) and :mod:`mpgsam2.data.collate` (batches).
 """
 
+from mpgsam2.data.batch import FrameView, ReferringBatch, ReferringItem
 from mpgsam2.data.collate import ReferringCollate
 from mpgsam2.data.davis import DAVIS_ANNOTATORS, NUM_DAVIS_ANNOTATORS, RefDAVISSource, davis_annotator
 from mpgsam2.data.errors import DatasetError
@@ -48,16 +50,19 @@ __all__ = [
     "ClipTransform",
     "DatasetError",
     "ExpressionRecord",
+    "FrameView",
     "MeViSSource",
     "RefCOCOSample",
     "RefCOCOSource",
     "RefDAVISSource",
     "RefYTVOSSource",
+    "ReferringBatch",
     "ReferringClipDataset",
     "ReferringCollate",
     "ReferringImageCollate",
     "ReferringImageDataset",
     "ReferringImageEvalDataset",
+    "ReferringItem",
     "ReferringVideoEvalDataset",
     "ReferringVideoSource",
     "SwappedCaptionSource",

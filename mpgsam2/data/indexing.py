@@ -15,24 +15,24 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["ResamplingDataset", "make_item"]
+from mpgsam2.data.batch import ReferringItem
 
-Item = dict[str, object]
+__all__ = ["ResamplingDataset", "make_item"]
 
 
 def make_item(
     sam: torch.Tensor, beit: torch.Tensor, target: torch.Tensor, caption: str, meta: dict[str, object]
-) -> Item:
-    """The item dict of a transform's output: ``valid`` (T,) says which frames of ``target`` (T, S, S) are
+) -> ReferringItem:
+    """The item of a transform's output: ``valid`` (T,) says which frames of ``target`` (T, S, S) are
     non-empty."""
-    return {
-        "sam_frames": sam,
-        "beit_frames": beit,
-        "masks": target,
-        "valid": target.flatten(1).any(1),
-        "caption": caption,
-        "meta": meta,
-    }
+    return ReferringItem(
+        sam_frames=sam,
+        beit_frames=beit,
+        masks=target,
+        valid=target.flatten(1).any(1),
+        caption=caption,
+        meta=meta,
+    )
 
 
 class ResamplingDataset(Dataset):
@@ -72,7 +72,7 @@ class ResamplingDataset(Dataset):
         start = int(self._ends[k - 1]) if k else 0
         return k, index - start
 
-    def __getitem__(self, index: int) -> Item:
+    def __getitem__(self, index: int) -> ReferringItem:
         if index < 0:
             index += self._len
         if not 0 <= index < self._len:
@@ -87,7 +87,7 @@ class ResamplingDataset(Dataset):
             # An empty target is rejected before its frames are decoded and augmented (unless it is the last try).
             if target.any() or last:
                 item = self._make_item(*key, target, np_rng)
-                if bool(item["valid"].any()):  # type: ignore[union-attr]
+                if bool(item.valid.any()):
                     return item
             attempt_index = rng.randrange(self._len)
         self._warn_exhausted(index)
@@ -97,7 +97,7 @@ class ResamplingDataset(Dataset):
         """The candidate of item ``index``: (the leading arguments of :meth:`_make_item`, its bool target)."""
         raise NotImplementedError
 
-    def _make_item(self, *args: object) -> Item:
+    def _make_item(self, *args: object) -> ReferringItem:
         """The item of a candidate: ``_make_item(*key, target, np_rng)``."""
         raise NotImplementedError
 

@@ -45,6 +45,7 @@ import torch
 from pycocotools import mask as coco_mask
 from torch.utils.data import Dataset
 
+from mpgsam2.data.batch import ReferringItem
 from mpgsam2.data.collate import ReferringCollate
 from mpgsam2.data.errors import DatasetError
 from mpgsam2.data.indexing import ResamplingDataset, make_item
@@ -73,8 +74,6 @@ REFCOCO_SPLITS: dict[str, tuple[str, tuple[str, ...]]] = {
     "refcoco+": ("unc", ("train", "val", "testA", "testB")),
     "refcocog": ("umd", ("train", "val", "test")),
 }
-
-Item = dict[str, object]
 
 
 @dataclass(frozen=True)
@@ -446,7 +445,7 @@ class ReferringImageDataset(ResamplingDataset):
         seed: base seed.
         max_resample: attempts after the first before giving up on a non-empty target.
 
-    Items (dict): sam_frames float32 (1, 3, S, S); beit_frames float32 (1, 3, Hb, Hb); masks float32 (1, S, S) 0/1;
+    Items (:class:`~mpgsam2.data.batch.ReferringItem`): sam_frames float32 (1, 3, S, S); beit_frames float32 (1, 3, Hb, Hb); masks float32 (1, S, S) 0/1;
     valid bool (1,); caption str (lower-cased, whitespace-normalised, then left/right swapped if flipped);
     meta dict(dataset, split, sample_id, image_id, ann_id, file_name, orig_size=(H, W), and the video keys video,
     exp_id, frame_names, frame_indices).
@@ -486,7 +485,7 @@ class ReferringImageDataset(ResamplingDataset):
 
     def _make_item(
         self, source: RefCOCOSource, sample: RefCOCOSample, mask: np.ndarray, np_rng: np.random.Generator
-    ) -> Item:
+    ) -> ReferringItem:
         image = source.read_image(sample)
         sam, beit, target, caption = self.transform(
             image[None], mask[None], normalize_caption(sample.caption), rng=np_rng
@@ -505,8 +504,9 @@ class ReferringImageEvalDataset(Dataset):
             dropped; see :func:`swap_captions_within_image`); a control that the model reads the sentence.
         seed: chooses the swapped captions.
 
-    Items (dict): the training keys with the caption RAW (parity: inference captions are not lower-cased, spec
-    §1.1), plus ``"orig_masks"``: bool (1, H, W) at the original resolution (for J&F / IoU).
+    Items (:class:`~mpgsam2.data.batch.ReferringItem`): the training fields with the caption RAW (parity: inference
+    captions are not lower-cased, spec §1.1), plus ``orig_masks``: bool (1, H, W) at the original resolution (for
+    J&F / IoU).
     """
 
     def __init__(
@@ -525,7 +525,7 @@ class ReferringImageEvalDataset(Dataset):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __getitem__(self, index: int) -> Item:
+    def __getitem__(self, index: int) -> ReferringItem:
         sample_index, caption = self._entries[index]
         sample = self.source.sample(sample_index)
         if caption is not None:
@@ -535,16 +535,13 @@ class ReferringImageEvalDataset(Dataset):
         sam, beit, target, caption_out = self.transform(image[None], mask[None], sample.caption)
         assert target is not None
         item = make_item(sam, beit, target, caption_out, _meta(self.source, sample))
-        item["orig_masks"] = torch.from_numpy(mask[None].copy())
+        item.orig_masks = torch.from_numpy(mask[None].copy())
         return item
 
 
 class ReferringImageCollate(ReferringCollate):
-    """:class:`~mpgsam2.data.collate.ReferringCollate` for image items (T = 1) that also sets
-    ``batch["image_batch"] = True``, so the Lightning module can take the model's batched image path
+    """:class:`~mpgsam2.data.collate.ReferringCollate` for image items (T = 1): its batches have
+    ``is_image=True``, so the Lightning module and evaluation take the model's batched image path
     (``MPGSAM2.forward_images`` on ``sam_frames[:, 0]`` / ``beit_frames[:, 0]``, spec §1.7)."""
 
-    def __call__(self, items: Sequence[dict[str, object]]) -> dict[str, object]:
-        batch = super().__call__(items)
-        batch["image_batch"] = True
-        return batch
+    is_image = True

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mpgsam2.data.batch import ReferringItem
 from mpgsam2.data.indexing import ResamplingDataset, make_item
 from mpgsam2.data.records import ExpressionRecord
 from mpgsam2.data.sampling import sample_clip_indices
@@ -27,8 +28,6 @@ from mpgsam2.data.transforms import ClipTransform
 __all__ = ["ReferringClipDataset", "ReferringVideoEvalDataset", "normalize_caption"]
 
 log = logging.getLogger(__name__)
-
-Item = dict[str, object]
 
 
 def normalize_caption(caption: str) -> str:
@@ -72,10 +71,11 @@ class ReferringClipDataset(ResamplingDataset):
         seed: base seed.
         max_resample: attempts after the first before giving up on finding the object.
 
-    Items (dict):
+    Items (:class:`~mpgsam2.data.batch.ReferringItem`):
         sam_frames: float32 (T, 3, S, S); beit_frames: float32 (T, 3, Hb, Hb); masks: float32 (T, S, S) 0/1;
         valid: bool (T,) object present in the frame; caption: str (lower-cased, whitespace-normalised, then
-        left/right swapped if flipped); meta: dict(video, exp_id, frame_names, frame_indices, orig_size=(H, W)).
+        left/right swapped if flipped); meta: dict(video, exp_id, frame_names, frame_indices, orig_size=(H, W));
+        orig_masks: None.
     """
 
     _rng_tag = "clip"
@@ -119,7 +119,7 @@ class ReferringClipDataset(ResamplingDataset):
 
     def _make_item(
         self, expr: ExpressionRecord, indices: list[int], masks: np.ndarray, np_rng: np.random.Generator
-    ) -> Item:
+    ) -> ReferringItem:
         frames = self.source.read_frames(expr.video, indices)
         orig_size = (int(frames.shape[1]), int(frames.shape[2]))
         sam, beit, target, caption = self.transform(
@@ -140,10 +140,10 @@ class ReferringVideoEvalDataset(Dataset):
         with_masks: read the ground truth when the source has it (False: frames only, for prediction runs that
             score or submit afterwards).
 
-    Items (dict): the training keys with T = number of frames (``frame_indices`` = 0..T-1) and the caption RAW
-    (parity: inference captions are not lower-cased, spec §1.1). When ground truth is read: ``masks`` / ``valid``
-    from the ground truth and ``"orig_masks"``: bool (T, H, W) at the original resolution (for J&F); otherwise
-    ``masks`` are zeros and ``valid`` all False, and there is no ``"orig_masks"``.
+    Items (:class:`~mpgsam2.data.batch.ReferringItem`): the training fields with T = number of frames
+    (``frame_indices`` = 0..T-1) and the caption RAW (parity: inference captions are not lower-cased, spec §1.1).
+    When ground truth is read: ``masks`` / ``valid`` from the ground truth and ``orig_masks``: bool (T, H, W) at the
+    original resolution (for J&F); otherwise ``masks`` are zeros, ``valid`` all False and ``orig_masks`` None.
     """
 
     def __init__(
@@ -165,30 +165,29 @@ class ReferringVideoEvalDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source.expressions)
 
-    def __getitem__(self, index: int) -> Item:
+    def __getitem__(self, index: int) -> ReferringItem:
         expr = self.source.expressions[index]
         n = expr.video.num_frames if self.max_frames is None else min(self.max_frames, expr.video.num_frames)
         indices = list(range(n))
         frames = self.source.read_frames(expr.video, indices)
         masks = self.source.read_masks(expr, indices) if self.with_masks else None
         sam, beit, target, caption = self.transform(frames, masks, expr.caption)
-        item: Item = {
-            "sam_frames": sam,
-            "beit_frames": beit,
-            "caption": caption,
-            "meta": _meta(expr, indices, (int(frames.shape[1]), int(frames.shape[2]))),
-        }
+        meta = _meta(expr, indices, (int(frames.shape[1]), int(frames.shape[2])))
         if target is not None:
-            item["masks"] = target
-            item["valid"] = target.flatten(1).any(1)
-            item["orig_masks"] = torch.from_numpy(np.ascontiguousarray(masks))
-        else:
-            s = self.transform.sam_size
-            item["masks"] = torch.zeros(n, s, s)
-            item["valid"] = torch.zeros(n, dtype=torch.bool)
-        return item
+            item = make_item(sam, beit, target, caption, meta)
+            item.orig_masks = torch.from_numpy(np.ascontiguousarray(masks))
+            return item
+        s = self.transform.sam_size
+        return ReferringItem(
+            sam_frames=sam,
+            beit_frames=beit,
+            masks=torch.zeros(n, s, s),
+            valid=torch.zeros(n, dtype=torch.bool),
+            caption=caption,
+            meta=meta,
+        )
 
-    def video_items(self, indices: Sequence[int]) -> list[Item]:
+    def video_items(self, indices: Sequence[int]) -> list[ReferringItem]:
         """The items of expressions ``indices`` of one video with its frames read and transformed once.
 
         The first item holds the video's views as :class:`~mpgsam2.data.transforms.NormalizedFrames` (uint8,
@@ -205,9 +204,15 @@ class ReferringVideoEvalDataset(Dataset):
         # the views stay uint8 until a frame is read (a quarter of the float views' memory for a long video)
         sam, beit = self.transform.held_views(frames)
         meta = _meta(expr, list(range(n)), (int(frames.shape[1]), int(frames.shape[2])))
-        empty = {key: torch.empty(0) for key in ("masks", "valid")}
-        items: list[Item] = [
-            {"sam_frames": sam, "beit_frames": beit, "caption": expr.caption, "meta": meta, **empty}
+        items = [
+            ReferringItem(
+                sam_frames=sam,
+                beit_frames=beit,
+                masks=torch.empty(0),
+                valid=torch.empty(0),
+                caption=expr.caption,
+                meta=meta,
+            )
         ]
         for index in indices[1:]:
             expr = self.source.expressions[index]
@@ -215,9 +220,15 @@ class ReferringVideoEvalDataset(Dataset):
                 raise ValueError(
                     f"expression {index} is of video {expr.video.video_id!r}, not {meta['video']!r}"
                 )
-            item: Item = {key: torch.empty(0) for key in ("sam_frames", "beit_frames", "masks", "valid")}
             # the evaluation transform leaves captions as they are (no flip; raw case, spec §1.1)
-            item["caption"] = expr.caption
-            item["meta"] = _meta(expr, list(meta["frame_indices"]), tuple(meta["orig_size"]))
-            items.append(item)
+            items.append(
+                ReferringItem(
+                    sam_frames=torch.empty(0),
+                    beit_frames=torch.empty(0),
+                    masks=torch.empty(0),
+                    valid=torch.empty(0),
+                    caption=expr.caption,
+                    meta=_meta(expr, list(meta["frame_indices"]), tuple(meta["orig_size"])),
+                )
+            )
         return items

@@ -7,11 +7,11 @@ and are resized bilinearly to each image's original size, then sigmoid > 0.5.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
 import torch
 
+from mpgsam2.data.batch import ReferringBatch
 from mpgsam2.inference.predictor import resize_logits
 from mpgsam2.metrics import JFMetric
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
@@ -21,7 +21,7 @@ __all__ = ["evaluate_images"]
 
 @torch.inference_mode()
 def evaluate_images(
-    model: MPGSAM2, batches: Iterable[Mapping[str, Any]], device: torch.device | str = "cpu"
+    model: MPGSAM2, batches: Iterable[ReferringBatch], device: torch.device | str = "cpu"
 ) -> dict[str, float]:
     """Scores image batches (``ReferringImageCollate`` output: T = 1, ``orig_masks`` per sample).
 
@@ -33,12 +33,12 @@ def evaluate_images(
     inter_sum = union_sum = 0
     for batch in batches:
         out = model.forward_images(
-            batch["sam_frames"][:, 0].to(device),
-            batch["beit_frames"][:, 0].to(device),
-            batch["text_ids"].to(device),
-            batch["text_padding_mask"].to(device),
+            batch.sam_frames[:, 0].to(device),
+            batch.beit_frames[:, 0].to(device),
+            batch.text_ids.to(device),
+            batch.text_padding_mask.to(device),
         )
-        for i, (meta, target) in enumerate(zip(batch["meta"], batch["orig_masks"])):
+        for i, (meta, target) in enumerate(zip(batch.meta, batch.orig_masks)):
             logits = resize_logits(out.pred_masks[i : i + 1], meta["orig_size"])[0]  # [1, H, W]
             pred, gt = logits > 0, target.bool().cpu()
             inter, union = int((pred & gt).sum()), int((pred | gt).sum())

@@ -12,7 +12,7 @@ reference's masks (tests/test_predict_video.py; throughput in benchmarks/README.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mpgsam2.data.batch import ReferringBatch
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
 from mpgsam2.modeling.sam2.tracker import FrameFeatures
 
@@ -123,14 +124,14 @@ def _frames(frames: FrameSequence, start: int, end: int) -> Tensor:
     return torch.stack([frames[t] for t in range(start, end)])
 
 
-def expression_text(batch: Mapping[str, Any], row: int = 0) -> tuple[Tensor, Tensor]:
+def expression_text(batch: ReferringBatch, row: int = 0) -> tuple[Tensor, Tensor]:
     """Row ``row`` of a collated batch's text, trimmed to the expression's own length: ids (L,) and mask (L,).
 
     The length runs to the last token that is not padding (every expression ends with its end-of-sentence
     token). parity: the padding mask itself is not used to cut, since with ``unk_as_pad`` unknown pieces inside
     the expression count as padding too and stay in place, as when the expression is collated alone.
     """
-    ids, pad = batch["text_ids"][row], batch["text_padding_mask"][row].bool()
+    ids, pad = batch.text_ids[row], batch.text_padding_mask[row].bool()
     real = (~pad).nonzero()
     length = int(real[-1]) + 1 if len(real) else ids.shape[0]
     return ids[:length], pad[:length]

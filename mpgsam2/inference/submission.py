@@ -28,7 +28,7 @@ import os
 import shutil
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from mpgsam2.benchmarks import Benchmark, benchmark
+from mpgsam2.data.batch import ReferringBatch, ReferringItem
 from mpgsam2.data.errors import DatasetError
 from mpgsam2.data.records import ExpressionRecord, validate_path_component, validate_video_id
 from mpgsam2.data.sources import ReferringVideoSource
@@ -74,7 +75,7 @@ _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed entry times: the same predictions giv
 
 Unit = tuple[str, ...]  # a staging sub-path: (video,) or (annotator folder, video)
 # one collated evaluation batch (batch size 1) -> (T, H, W) logits at the original frame size
-Predictor = Callable[[Mapping[str, Any]], Tensor]
+Predictor = Callable[[ReferringBatch], Tensor]
 
 
 # ------------------------------------------------------------------------------------------------ post-processing
@@ -301,21 +302,21 @@ class ModelPredictor:
         self.precision = precision
         self.compile = compile
 
-    def __call__(self, batch: Mapping[str, Any]) -> Tensor:
+    def __call__(self, batch: ReferringBatch) -> Tensor:
         """One collated expression (batch size 1) -> its (T, H, W) logits."""
         return self.predict_unit([batch])[0]
 
-    def predict_unit(self, batches: Sequence[Mapping[str, Any]]) -> list[Tensor]:
+    def predict_unit(self, batches: Sequence[ReferringBatch]) -> list[Tensor]:
         """The K collated expressions (batch size 1 each) of one video -> K (T, H, W) logits, in one
         :func:`predict_video` call over the first batch's frames (the others' frames are not read)."""
         first = batches[0]
         with torch.inference_mode():
             predictions = predict_video(
                 self.model,
-                first["sam_frames"][0].to(self.device),
-                first["beit_frames"][0].to(self.device),
+                first.sam_frames[0].to(self.device),
+                first.beit_frames[0].to(self.device),
                 [tuple(x.to(self.device) for x in expression_text(b)) for b in batches],
-                tuple(first["meta"][0]["orig_size"]),
+                tuple(first.meta[0]["orig_size"]),
                 chunk_size=self.chunk_size,
                 precision=self.precision,
                 compile=self.compile,
@@ -341,7 +342,7 @@ def predict_to_staging(
     mask_format: str,
     *,
     transform: Any,
-    collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    collate: Callable[[list[ReferringItem]], ReferringBatch],
     max_frames: int | None = None,
     num_workers: int = 0,
     rank: int = 0,
@@ -402,7 +403,7 @@ def predict_to_staging(
     )
     if not pending:
         return []
-    batches: Iterator[dict[str, Any]]
+    batches: Iterator[ReferringBatch]
     if getattr(predict, "predict_unit", None) is not None:
         # one loader item per video: its frames read and transformed once, whatever its number of expressions
         by_target = {id(t): d for t, d in zip(targets, datasets)}
@@ -434,9 +435,6 @@ def _unit_cost(target: EvalTarget, indices: list[int], max_frames: int | None) -
     return min(num_frames, max_frames or num_frames) * len(indices)
 
 
-_FRAME_KEYS = ("sam_frames", "beit_frames")
-
-
 class _VideoUnits(Dataset):
     """Item u: the items of unit u's expressions, its video read once (``ReferringVideoEvalDataset.video_items``)."""
 
@@ -446,7 +444,7 @@ class _VideoUnits(Dataset):
     def __len__(self) -> int:
         return len(self.units)
 
-    def __getitem__(self, index: int) -> list[dict[str, Any]]:
+    def __getitem__(self, index: int) -> list[ReferringItem]:
         dataset, indices = self.units[index]
         return dataset.video_items(indices)
 
@@ -454,17 +452,17 @@ class _VideoUnits(Dataset):
 class _UnitCollate:
     """Collates each expression item of one unit (loader batch size 1) on its own: a list of batches."""
 
-    def __init__(self, collate: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> None:
+    def __init__(self, collate: Callable[[list[ReferringItem]], ReferringBatch]) -> None:
         self.collate = collate
 
-    def __call__(self, units: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    def __call__(self, units: list[list[ReferringItem]]) -> list[ReferringBatch]:
         (items,) = units
         return [self.collate([item]) for item in items]
 
 
 def _predict_unit(
-    predict: Predictor, batches: Iterator[dict[str, Any]], target: EvalTarget, indices: list[int]
-) -> Iterator[tuple[ExpressionRecord, dict[str, Any], Tensor]]:
+    predict: Predictor, batches: Iterator[ReferringBatch], target: EvalTarget, indices: list[int]
+) -> Iterator[tuple[ExpressionRecord, ReferringBatch, Tensor]]:
     """(expression, batch, logits) for each expression of a unit: the whole video in one call when ``predict``
     can (``predict_unit``), else one call per expression."""
     unit_predict = getattr(predict, "predict_unit", None)
@@ -478,20 +476,20 @@ def _predict_unit(
     for k, expr in enumerate(exprs):
         batch = _checked(next(batches), expr)
         if k:  # the video's frames are the same in every item: keep one copy
-            batch = {key: value for key, value in batch.items() if key not in _FRAME_KEYS}
+            batch = replace(batch, sam_frames=torch.empty(0), beit_frames=torch.empty(0))
         collected.append(batch)
     yield from zip(exprs, collected, unit_predict(collected))
 
 
-def _checked(batch: dict[str, Any], expr: ExpressionRecord) -> dict[str, Any]:
-    meta = batch["meta"][0]
+def _checked(batch: ReferringBatch, expr: ExpressionRecord) -> ReferringBatch:
+    meta = batch.meta[0]
     assert (meta["video"], meta["exp_id"]) == (expr.video.video_id, expr.exp_id), (meta, expr)
     return batch
 
 
 def _write_unit(
     predict: Predictor,
-    batches: Iterator[dict[str, Any]],
+    batches: Iterator[ReferringBatch],
     staging: StagingArea,
     unit: Unit,
     target: EvalTarget,
@@ -503,7 +501,7 @@ def _write_unit(
     merger: PaletteMerger | None = None
     frame_names: list[str] = []
     for expr, batch, logits in _predict_unit(predict, batches, target, indices):
-        meta = batch["meta"][0]
+        meta = batch.meta[0]
         frame_names = list(meta["frame_names"])
         shape = (len(frame_names), *tuple(meta["orig_size"]))
         if tuple(logits.shape) != shape:

@@ -47,11 +47,11 @@ def per_expression(model: torch.nn.Module) -> Any:
         ids, pad = expression_text(batch)
         return predict_expression(
             model,
-            batch["sam_frames"][0],
-            batch["beit_frames"][0],
+            batch.sam_frames[0],
+            batch.beit_frames[0],
             ids,
             pad,
-            tuple(batch["meta"][0]["orig_size"]),
+            tuple(batch.meta[0]["orig_size"]),
         ).logits
 
     return predict

@@ -116,8 +116,9 @@ def evaluate_model(
     rank: int = 0,
     world: int = 1,
 ) -> dict[str, Any]:
-    """Predicts (this process's share of) the benchmark's videos with ``model``, then, on the main process,
-    writes the submission zip or scores the predictions.
+    """Predicts (this process's share of) the benchmark's videos, or RefCOCO/+/g's referring expressions, with
+    ``model`` into ``<out_dir>/staging``, then, on the main process, writes the submission zip or scores the
+    predictions.
 
     Args:
         datamodule: set up for evaluation (its collate carries the tokenizer).

@@ -64,8 +64,12 @@ class RefCOCODataModule(ReferringVideoDataModule):
     def train_sources(self) -> list[RefCOCOSource]:
         return [RefCOCOSource(self.root, name, self.train_split) for name in self.names]
 
+    def split_source(self, split: str) -> RefCOCOSource:  # type: ignore[override]
+        """``split`` of the validation dataset (``val_name``), e.g. ``"testA"``."""
+        return RefCOCOSource(self.root, self.val_name, split)
+
     def val_source(self) -> RefCOCOSource:  # type: ignore[override]
-        return RefCOCOSource(self.root, self.val_name, self.val_split)
+        return self.split_source(self.val_split)  # type: ignore[arg-type]
 
     def make_train_dataset(self) -> ReferringImageDataset:
         return ReferringImageDataset(self.train_sources(), self.train_transform(), seed=self.seed)

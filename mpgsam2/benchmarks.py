@@ -5,12 +5,17 @@ zip writers and the scorers read the row instead of guessing from class names. W
 decided by its files (the released Ref-YouTube-VOS valid and MeViS valid have no masks; a held-out slice of train
 has): the "splits with masks" column below is what the public releases hold.
 
-| benchmark | PNG format | submission zip | chunks | annotator sets | splits with masks | default split |
-|---|---|---|---|---|---|---|
-| ytvos (Ref-YouTube-VOS) | 0/255 ``L`` | ``Annotations/<video>/<exp>/<frame>.png`` | whole video | - | train | valid |
-| mevis (MeViS) | ``p * 255`` ``L`` | ``<video>/<exp>/<frame>.png`` | 24 frames | - | train, valid_u | valid_u |
-| davis (Ref-DAVIS17) | palette ``P`` | none (scored here) | whole video | 4 | train, valid | valid |
-| refcoco (RefCOCO/+/g) | none (scored in memory) | none | one image | - | train, val, testA, testB, test | val |
+| benchmark | PNG format | prediction files | submission zip | chunks | annotator sets | splits with masks | default split |
+|---|---|---|---|---|---|---|---|
+| ytvos (Ref-YouTube-VOS) | 0/255 ``L`` | ``<video>/<exp_id>/<frame>.png`` | under ``Annotations/`` | whole video | - | train | valid |
+| mevis (MeViS) | ``p * 255`` ``L`` | ``<video>/<exp_id>/<frame>.png`` | at the root | 24 frames | - | train, valid_u | valid_u |
+| davis (Ref-DAVIS17) | palette ``P`` | ``anno_<k>/<video>/<frame>.png`` | none (scored here) | whole video | 4 | train, valid | valid |
+| refcoco (RefCOCO/+/g) | 0/255 ``L`` | ``<sample_id>.png`` | none (scored here) | one image | - | train, val, testA, testB, test | val |
+
+Prediction files are where ``eval.py`` stages a model's PNGs and where ``eval.py predictions=DIR`` looks for any
+method's (each at its frame's or image's original size). RefCOCO's ``sample_id`` is the converted json's ``images``
+entry ``id`` (:class:`mpgsam2.data.RefCOCOSample`): one entry per (referred object, sentence), unique in its file,
+so one PNG per referring expression (a COCO ref id is shared by the sentences of one object).
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ class Benchmark:
         name: the key in :data:`BENCHMARKS` (``eval.py dataset=<name>``).
         title: how papers name it.
         mask_format: the staged PNGs: ``"binary"`` (0/255), ``"probability"`` (``p * 255`` above 0.5) or
-            ``"palette"`` (object ids, DAVIS palette); None: predictions are scored in memory (images).
+            ``"palette"`` (object ids, DAVIS palette).
+        prediction_file: where one prediction PNG sits in a staging or scored folder, a ``str.format`` template
+            of the record's fields (see :meth:`prediction_path`).
         zip_prefix: the folder every file of the submission zip sits in; None: no submission server.
         chunk_size: frames per independent inference chunk (spec §3.2), None for the whole video.
         annotator_sets: Ref-DAVIS17's expression sets, each predicted and scored on its own; None elsewhere.
@@ -41,7 +48,8 @@ class Benchmark:
 
     name: str
     title: str
-    mask_format: str | None
+    mask_format: str
+    prediction_file: str
     zip_prefix: str | None
     chunk_size: int | None
     annotator_sets: int | None
@@ -51,6 +59,10 @@ class Benchmark:
     @property
     def has_submission(self) -> bool:
         return self.zip_prefix is not None
+
+    def prediction_path(self, **fields: object) -> str:
+        """The relative path of one prediction PNG, e.g. ``prediction_path(sample_id=7)`` -> ``"7.png"``."""
+        return self.prediction_file.format(**fields)
 
     @property
     def annotators(self) -> list[int]:
@@ -65,6 +77,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             name="ytvos",
             title="Ref-YouTube-VOS",
             mask_format="binary",
+            prediction_file="{video}/{exp_id}/{frame}.png",
             zip_prefix="Annotations/",
             chunk_size=None,
             annotator_sets=None,
@@ -75,6 +88,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             name="mevis",
             title="MeViS",
             mask_format="probability",
+            prediction_file="{video}/{exp_id}/{frame}.png",
             zip_prefix="",  # the video folders at the zip's root (the MeViS guideline)
             chunk_size=24,  # spec §3.2: independent 24-frame chunks
             annotator_sets=None,
@@ -85,6 +99,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             name="davis",
             title="Ref-DAVIS17",
             mask_format="palette",
+            prediction_file="anno_{annotator}/{video}/{frame}.png",
             zip_prefix=None,
             chunk_size=None,
             annotator_sets=NUM_DAVIS_ANNOTATORS,
@@ -94,7 +109,8 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark(
             name="refcoco",
             title="RefCOCO/+/g",
-            mask_format=None,
+            mask_format="binary",
+            prediction_file="{sample_id}.png",
             zip_prefix=None,
             chunk_size=None,
             annotator_sets=None,

@@ -1,4 +1,4 @@
-"""J&F metric: hand-computed per-frame scores, the boundary rule, averaging protocol, inputs, state merging."""
+"""J&F metric and the RefCOCO image scores: hand-computed per-frame scores, the boundary rule, averaging protocol, inputs, state merging."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mpgsam2.metrics import (
+    ImageIoU,
     JFMetric,
     boundary_f_measure,
     boundary_tolerance,
@@ -293,3 +294,24 @@ def test_states_are_float64():
     pred, target = random_expressions(1, seed=6)
     m.update(pred, target)
     assert m.j_per_expression[0].dtype == torch.float64
+
+
+# --- ImageIoU (RefCOCO mIoU / cIoU) -------------------------------------------------------------------
+
+
+def test_image_iou_means_per_sample_and_overall():
+    scores = ImageIoU()
+    # sample 1: 4x4 target, prediction covers half of it -> 8 / 16; sample 2: 2x2 target, exact -> 4 / 4
+    assert scores.update(square(0, 0, 4) & (torch.arange(20) < 2)[None, :], square(0, 0, 4)) == 0.5
+    assert scores.update(square(5, 5, 2)[None], square(5, 5, 2)[None]) == 1.0
+    assert (
+        scores.update(torch.zeros(3, 3), torch.zeros(3, 3)) == 1.0
+    )  # both empty: IoU 1, adds nothing to cIoU
+    out = scores.compute()
+    assert out["num_samples"] == 3
+    assert out["miou"] == pytest.approx((0.5 + 1 + 1) / 3) and out["j"] == pytest.approx(out["miou"])
+    assert out["ciou"] == pytest.approx((8 + 4) / (16 + 4))
+    with pytest.raises(ValueError, match="differ in shape"):
+        scores.update(torch.zeros(3, 3), torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="no samples"):
+        ImageIoU().compute()

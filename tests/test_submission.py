@@ -13,13 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_helpers import default_ytvos_videos, expected_mask, write_ytvos_dataset
+from data_helpers import default_ytvos_videos, expected_mask, write_refcoco_dataset, write_ytvos_dataset
 from PIL import Image
 
+from mpgsam2.benchmarks import benchmark
 from mpgsam2.data import (
     ClipTransform,
     DatasetError,
     ExpressionRecord,
+    RefCOCOSource,
     ReferringBatch,
     ReferringCollate,
     RefYTVOSSource,
@@ -653,7 +655,36 @@ def test_model_predictor_stages_a_video_in_one_call_with_the_per_expression_mask
 
 
 def test_scoring_a_folder_follows_the_benchmark_table(train_source, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="RefCOCO/\\+/g predictions are scored in memory"):
-        score_predictions(tmp_path, train_source, "refcoco")
+    # RefCOCO folders are scored (from <sample_id>.png files): an empty one is missing all three predictions
+    refcoco = RefCOCOSource(
+        write_refcoco_dataset(tmp_path / "coco", "refcoco", "val").parents[1], "refcoco", "val"
+    )
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="1.png: prediction PNG not found; 3 of the 3 predictions"):
+        score_predictions(tmp_path / "empty", refcoco, "refcoco")
     with pytest.raises(ValueError, match="unknown benchmark 'kitti'"):
         score_predictions(tmp_path, train_source, "kitti")
+
+
+@pytest.mark.parametrize("name", ["ytvos", "mevis", "davis"])
+def test_staged_files_follow_the_benchmark_row(davis_source, tmp_path: Path, name: str) -> None:
+    """The ``prediction_file`` column of mpgsam2.benchmarks is where the writers put the PNGs."""
+    bench = benchmark(name)
+    targets = _davis_targets(davis_source) if bench.annotator_sets else [EvalTarget(davis_source)]
+    staging = StagingArea(tmp_path / "staging")
+    predict_to_staging(
+        TruthPredictor(davis_source),
+        targets,
+        staging,
+        bench.mask_format,
+        transform=TRANSFORM,
+        collate=COLLATE,
+    )
+    staged = {p.relative_to(staging.root).as_posix() for p in staging.root.rglob("*.png")}
+    expected = {
+        bench.prediction_path(annotator=k, video=e.video.video_id, exp_id=e.exp_id, frame=frame)
+        for k in (bench.annotators or [None])
+        for e in davis_source.expressions
+        for frame in e.video.frame_names
+    }
+    assert staged == expected and len(staged) > 0

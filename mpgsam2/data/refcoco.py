@@ -525,6 +525,11 @@ class ReferringImageEvalDataset(Dataset):
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def sample_indices(self) -> list[int]:
+        """The source's sample index of each item, in item order."""
+        return [i for i, _ in self._entries]
+
     def __getitem__(self, index: int) -> ReferringItem:
         sample_index, caption = self._entries[index]
         sample = self.source.sample(sample_index)

@@ -1,7 +1,8 @@
 """Evaluating a model, or a folder of predictions, on one benchmark (``eval.py`` is the command around this).
 
 A video benchmark's videos are predicted one unit at a time into a resumable staging folder (sharded over
-processes by cost), then zipped for its submission server or scored locally; RefCOCO is scored in memory. What
+processes by cost), then zipped for its submission server or scored locally; RefCOCO/+/g's referring expressions
+are staged the same way, one PNG each (sharded round robin), then scored (mIoU, cIoU). What
 each benchmark is comes from its row in :mod:`mpgsam2.benchmarks`; the data module (any object with the
 attributes used below, e.g. ``data_modules.RefYTVOSDataModule``) says which row and where its files are.
 """
@@ -16,7 +17,8 @@ import torch
 
 from mpgsam2.benchmarks import Benchmark
 from mpgsam2.data import RefDAVISSource, SwappedCaptionSource
-from mpgsam2.inference.images import evaluate_images
+from mpgsam2.data.refcoco import ReferringImageEvalDataset
+from mpgsam2.inference.images import predict_images_to_staging
 from mpgsam2.inference.submission import (
     EvalTarget,
     StagingArea,
@@ -31,7 +33,7 @@ from mpgsam2.modeling.mpgsam2 import MPGSAM2
 from mpgsam2.utils import check_tokenizer_fits, write_json_atomic
 from mpgsam2.weights import weights_digest
 
-__all__ = ["annotators_of", "eval_targets", "evaluate_model", "score_folder"]
+__all__ = ["annotators_of", "eval_targets", "evaluate_model", "image_eval_dataset", "score_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +78,16 @@ def score_folder(
     predictions: str | Path, datamodule: Any, bench: Benchmark, out_dir: Path, split: str | None
 ) -> dict[str, Any]:
     """Scores a folder (or zip) of PNGs written by any method; writes ``<out_dir>/metrics.json``."""
-    if bench.mask_format is None:
-        raise ValueError(f"predictions= scores PNG folders; {bench.title} is scored with ckpt=")
+    if bench.scoring == "images":
+        dataset = image_eval_dataset(datamodule, bench, split)
+        metrics = score_predictions(predictions, dataset.source, bench, samples=dataset.sample_indices)
+        return _record(
+            out_dir,
+            metrics,
+            predictions=str(predictions),
+            dataset=bench.name,
+            source=_image_source_name(datamodule, dataset),
+        )
     targets = eval_targets(bench, datamodule, split)
     metrics = score_predictions(
         predictions,
@@ -108,8 +118,9 @@ def evaluate_model(
     rank: int = 0,
     world: int = 1,
 ) -> dict[str, Any]:
-    """Predicts (this process's share of) the benchmark's videos with ``model``, then, on the main process,
-    writes the submission zip or scores the predictions.
+    """Predicts (this process's share of) the benchmark's videos, or RefCOCO/+/g's referring expressions, with
+    ``model`` into ``<out_dir>/staging``, then, on the main process, writes the submission zip or scores the
+    predictions.
 
     Args:
         datamodule: set up for evaluation (its collate carries the tokenizer).
@@ -126,7 +137,22 @@ def evaluate_model(
         On the main process the metrics, or ``{"submission": path}``; ``{}`` on the others.
     """
     if bench.scoring == "images":
-        return _evaluate_images(model, datamodule, out_dir, checkpoint, split, rank, device)
+        if submission:
+            raise ValueError(
+                f"{bench.title} has no submission server: it is scored locally (leave submission unset)"
+            )
+        return _evaluate_images(
+            model,
+            datamodule,
+            bench,
+            out_dir,
+            checkpoint=checkpoint,
+            split=split,
+            restart=restart,
+            device=device,
+            rank=rank,
+            world=world,
+        )
     targets = eval_targets(bench, datamodule, split)
     has_masks = all(t.source.has_masks for t in targets)
     submission = (not has_masks) if submission is None else bool(submission)
@@ -208,22 +234,75 @@ def _record(out_dir: Path, metrics: dict[str, Any], **context: Any) -> dict[str,
     return metrics
 
 
+def image_eval_dataset(datamodule: Any, bench: Benchmark, split: str | None) -> ReferringImageEvalDataset:
+    """The RefCOCO/+/g items to predict or score: ``split`` (default: the data module's validation split, else the
+    benchmark's default split) of the data module's validation dataset (``val_name``), read through its own
+    reader (``split_source``); captions swapped when the data config asks (``swap_expressions``)."""
+    split = split or getattr(datamodule, "val_split", None) or bench.default_split
+    return ReferringImageEvalDataset(
+        datamodule.split_source(split),
+        datamodule.eval_transform(),
+        swap_captions=bool(getattr(datamodule, "swap_expressions", False)),
+        seed=int(getattr(datamodule, "seed", 0)),
+    )
+
+
+def _image_source_name(datamodule: Any, dataset: ReferringImageEvalDataset) -> str:
+    swapped = "+swapped" if getattr(datamodule, "swap_expressions", False) else ""
+    return dataset.source.name + swapped
+
+
 def _evaluate_images(
     model: MPGSAM2,
     datamodule: Any,
+    bench: Benchmark,
     out_dir: Path,
+    *,
     checkpoint: str,
     split: str | None,
-    rank: int,
+    restart: bool,
     device: torch.device | str,
+    rank: int,
+    world: int,
 ) -> dict[str, Any]:
-    """RefCOCO/+/g validation (no submission server): mIoU, cIoU and J&F on the main process."""
+    """RefCOCO/+/g (no submission server): each process stages its share of the referring expressions, one PNG
+    each, then the main process scores the folder (mIoU, cIoU and the J&F of 1-frame videos)."""
+    dataset = image_eval_dataset(datamodule, bench, split)
+    source_name = _image_source_name(datamodule, dataset)
+    check_tokenizer_fits(int(datamodule.collate.tokenizer.vocab_size), model, datamodule.tokenizer_path)
+    staging = StagingArea(out_dir / "staging")
+    if rank == 0:
+        check_manifest(
+            out_dir / "staging.json",
+            {
+                "checkpoint": str(Path(checkpoint).resolve()),
+                "weights": weights_digest(model),
+                "dataset": bench.name,
+                "sources": [source_name],
+                "mask_format": bench.mask_format,
+                "tokenizer": str(datamodule.tokenizer_path),
+            },
+            restart=restart,
+            staging=staging,
+        )
+    barrier()
+    log.info("predicting %s on %s (%d process(es)) into %s", source_name, device, world, staging.root)
+    predict_images_to_staging(
+        model,
+        dataset,
+        staging,
+        collate=datamodule.collate,
+        batch_size=int(getattr(datamodule, "val_batch_size", None) or 1),
+        num_workers=int(getattr(datamodule, "num_workers", 0)),
+        device=device,
+        rank=rank,
+        world=world,
+    )
+    barrier()
     if rank != 0:
         return {}
-    if split:
-        datamodule.val_split = str(split)
-    datamodule.setup("validate")
-    metrics = evaluate_images(model.eval(), datamodule.val_dataloader(), device)
-    _record(out_dir, metrics, checkpoint=checkpoint, dataset="refcoco")
+    staging.remove_partials()
+    metrics = score_predictions(staging.root, dataset.source, bench, samples=dataset.sample_indices)
+    _record(out_dir, metrics, checkpoint=checkpoint, dataset=bench.name, sources=[source_name])
     log.info("mIoU=%.4f cIoU=%.4f over %d samples", metrics["miou"], metrics["ciou"], metrics["num_samples"])
     return metrics

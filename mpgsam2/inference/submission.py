@@ -6,10 +6,13 @@ of its PNGs are on disk, so after an interruption the finished units are skipped
 (its partial folder is cleared first). The zip is written under a temporary name and renamed, so it exists only
 when complete. Nothing here imports Lightning or Hydra.
 
-Staging layouts (the same as the folders a user may score with :func:`~mpgsam2.metrics.scoring.score_predictions`):
+Staging layouts (the same as the folders a user may score with :func:`~mpgsam2.metrics.scoring.score_predictions`;
+the ``prediction files`` column of :mod:`mpgsam2.benchmarks`):
 
 - Ref-YouTube-VOS and MeViS: ``<staging>/<video>/<exp_id>/<frame>.png`` (mode ``L``);
-- Ref-DAVIS17: ``<staging>/anno_<k>/<video>/<frame>.png`` (mode ``P``, DAVIS palette, one index per object).
+- Ref-DAVIS17: ``<staging>/anno_<k>/<video>/<frame>.png`` (mode ``P``, DAVIS palette, one index per object);
+- RefCOCO/+/g: ``<staging>/<sample_id>.png`` (mode ``L``, 0/255), each file its own unit: written into
+  ``<staging>.partial/`` and renamed (:meth:`StagingArea.write_png`, :mod:`mpgsam2.inference.images`).
 
 Post-processing (spec §1.8, §3), from the logits at the original frame size:
 
@@ -222,6 +225,20 @@ class StagingArea:
         final = self.final_dir(unit)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.partial_dir(unit), final)
+        return final
+
+    def has_file(self, name: str) -> bool:
+        """Whether the single-file unit ``name`` (a relative path) was completed."""
+        return self.root.joinpath(name).is_file()
+
+    def write_png(self, name: str, values: np.ndarray, palette: list[int] | None = None) -> Path:
+        """Writes the single-file unit ``<root>/<name>`` (uint8 (H, W) values, mode ``L`` or, with ``palette``,
+        ``P``): into ``<root>.partial/<name>`` first, then renamed, so it appears whole or not at all."""
+        tmp, final = self.partial_root.joinpath(name), self.root.joinpath(name)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        _save_png(tmp, values, palette)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
         return final
 
     def remove_partials(self) -> None:

@@ -1,8 +1,10 @@
-"""Evaluation metrics: J&F (region similarity J, boundary F-measure F) for referring video segmentation.
+"""Evaluation metrics: J&F (region similarity J, boundary F-measure F) for referring video segmentation, and
+mIoU / cIoU for referring image segmentation.
 
 ``JFMetric`` is a torchmetrics ``Metric`` that scores one expression per (T, H, W) mask pair and averages
 per-expression means, as the MeViS and DAVIS-2017 evaluations do; the functions below are the per-frame
-scores it is built on (definitions in :mod:`mpgsam2.metrics.jf`).
+scores it is built on (definitions in :mod:`mpgsam2.metrics.jf`). ``ImageIoU`` accumulates the RefCOCO scores
+(the one implementation both the in-memory evaluation and the scoring of a folder of PNGs use).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from mpgsam2.metrics.jf import (
 )
 
 __all__ = [
+    "ImageIoU",
     "JFMetric",
     "boundary_f_measure",
     "boundary_tolerance",
@@ -139,3 +142,59 @@ class JFMetric(Metric):
             out["j_per_expression"] = dim_zero_cat(self.j_per_expression).tolist()
             out["f_per_expression"] = dim_zero_cat(self.f_per_expression).tolist()
         return out
+
+
+class ImageIoU:
+    """Referring image segmentation scores (RefCOCO/+/g), one (H, W) mask pair per referring expression.
+
+    mIoU averages each sample's IoU (1 when prediction and target are both empty, as J); cIoU (overall IoU)
+    divides the summed intersections by the summed unions (1 when every union is empty), the two numbers the
+    RefCOCO literature reports. J, F and J&F are those of 1-frame videos (:class:`JFMetric`), so J = mIoU.
+
+    A plain accumulator on one process (no synchronisation): the images are scored where their predictions are.
+    """
+
+    def __init__(self, bound_th: float = DEFAULT_BOUND_TH) -> None:
+        self.jf = JFMetric(bound_th=bound_th, sync_on_compute=False)
+        self.ious: list[float] = []
+        self.inter_sum = 0
+        self.union_sum = 0
+
+    def update(self, pred: MaskLike, target: MaskLike) -> float:
+        """Adds one sample: (H, W) or (1, H, W) masks, any non-zero value foreground. Returns its IoU.
+
+        Raises:
+            ValueError: the masks differ in shape or are not one image.
+        """
+        p, t = (m[0] if m.ndim == 3 and m.shape[0] == 1 else m for m in map(_as_bool_numpy, (pred, target)))
+        if p.ndim != 2 or t.ndim != 2:
+            raise ValueError(
+                f"ImageIoU.update: expected (H, W) or (1, H, W) masks, got {p.shape} and {t.shape}"
+            )
+        if p.shape != t.shape:
+            raise ValueError(f"ImageIoU.update: pred {p.shape} and target {t.shape} differ in shape")
+        inter, union = int(np.count_nonzero(p & t)), int(np.count_nonzero(p | t))
+        iou = inter / union if union else 1.0
+        self.ious.append(iou)
+        self.inter_sum += inter
+        self.union_sum += union
+        self.jf.update(p[None], t[None])
+        return iou
+
+    def compute(self) -> dict[str, float]:
+        """``{"miou", "ciou", "j", "f", "jf", "num_samples"}``.
+
+        Raises:
+            ValueError: no sample was added.
+        """
+        if not self.ious:
+            raise ValueError("no samples to evaluate")
+        scores = self.jf.compute()
+        return {
+            "miou": sum(self.ious) / len(self.ious),
+            "ciou": self.inter_sum / self.union_sum if self.union_sum else 1.0,
+            "j": scores["j"],
+            "f": scores["f"],
+            "jf": scores["jf"],
+            "num_samples": len(self.ious),
+        }

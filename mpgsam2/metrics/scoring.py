@@ -1,6 +1,6 @@
 """Scoring folders of predicted PNGs against a source with ground truth (any method's output, or ours).
 
-Two layouts, by the benchmark's ``scoring`` (:mod:`mpgsam2.benchmarks`):
+Three layouts, by the benchmark's ``scoring`` (:mod:`mpgsam2.benchmarks`, whose rows name the files):
 
 - ``"expressions"`` (Ref-YouTube-VOS, MeViS): ``<pred>/<video>/<exp_id>/<frame>.png``, optionally under a top
   ``Annotations/`` folder (the Ref-YouTube-VOS zip). Any non-zero grey value is foreground. Each expression is
@@ -14,9 +14,12 @@ Two layouts, by the benchmark's ``scoring`` (:mod:`mpgsam2.benchmarks`):
   ground truth, excluded), Hungarian assignment maximising the mean over frames of (J + F) / 2; then per matched
   ground-truth object the mean over frames; J and F are the means over all objects of the split; J&F their mean.
   The reported numbers are the means over the four annotator sets, given with each set's.
+- ``"images"`` (RefCOCO/+/g): ``<pred>/<sample_id>.png``, one per referring expression at its image's size (any
+  non-zero grey value is foreground), scored with :class:`~mpgsam2.metrics.ImageIoU`: mIoU, cIoU (summed
+  intersections over summed unions) and the J&F of 1-frame videos, the numbers of the in-memory evaluation.
 
 ``pred`` may also be a ``.zip`` holding either layout (e.g. the ``submission.zip`` eval.py writes).
-A missing PNG is an error naming it (deviation: ``eval_mevis.py`` scores a missing video as J = F = 0; a
+A missing PNG is an error naming it (for images: the first missing one and how many are missing) (deviation: ``eval_mevis.py`` scores a missing video as J = F = 0; a
 partial folder should not pass silently).
 """
 
@@ -39,7 +42,7 @@ from mpgsam2.benchmarks import Benchmark, benchmark
 from mpgsam2.data.errors import DatasetError
 from mpgsam2.data.records import ExpressionRecord, VideoRecord
 from mpgsam2.data.sources import ReferringVideoSource, image_size
-from mpgsam2.metrics import JFMetric, boundary_f_measure, region_similarity
+from mpgsam2.metrics import ImageIoU, JFMetric, boundary_f_measure, region_similarity
 from mpgsam2.metrics.jf import DEFAULT_BOUND_TH
 
 __all__ = [
@@ -48,6 +51,7 @@ __all__ = [
     "davis_unsupervised_scores",
     "score_davis",
     "score_expressions",
+    "score_images",
     "score_predictions",
 ]
 
@@ -99,6 +103,12 @@ class PredictionFiles:
             return f"{self.root}:{self._prefix}{rel}"
         return str(self.root.joinpath(*rel.parts))
 
+    def exists(self, rel: PurePosixPath) -> bool:
+        """Whether the file ``rel`` is there."""
+        if self._zip is not None:
+            return f"{self._prefix}{rel}" in self._names
+        return self.root.joinpath(*rel.parts).is_file()
+
     def has_dir(self, rel: PurePosixPath) -> bool:
         if self._zip is not None:
             head = f"{self._prefix}{rel}/"
@@ -128,17 +138,19 @@ class PredictionFiles:
         return img
 
 
-def _check_size(img: Image.Image, size: tuple[int, int], where: str) -> None:
+def _check_size(img: Image.Image, size: tuple[int, int], where: str, of: str = "frame") -> None:
     if (img.height, img.width) != tuple(size):
         raise DatasetError(
-            f"{where}: prediction is {img.width}x{img.height} (WxH) but its frame is {size[1]}x{size[0]}"
+            f"{where}: prediction is {img.width}x{img.height} (WxH) but its {of} is {size[1]}x{size[0]}"
         )
 
 
-def _read_foreground(files: PredictionFiles, rel: PurePosixPath, size: tuple[int, int]) -> np.ndarray:
+def _read_foreground(
+    files: PredictionFiles, rel: PurePosixPath, size: tuple[int, int], of: str = "frame"
+) -> np.ndarray:
     """bool (H, W): any non-zero grey value (as ``cv2.imread(..., IMREAD_GRAYSCALE) != 0`` in eval_mevis.py)."""
     with files.open(rel) as img:
-        _check_size(img, size, files.where(rel))
+        _check_size(img, size, files.where(rel), of)
         if img.mode not in ("1", "L", "I", "I;16", "F"):
             img = img.convert("L")  # palette and colour PNGs: their grey level, as OpenCV reads them
         return np.asarray(img) != 0
@@ -218,6 +230,52 @@ def score_expressions(
     if not source.expressions:
         raise DatasetError(f"{getattr(source, 'expressions_file', source.name)}: no expression to score")
     return {**metric.compute(), "num_expressions": len(source.expressions)}
+
+
+# ------------------------------------------------------------------------------------------------ images
+
+
+def score_images(
+    pred: str | os.PathLike[str],
+    source: Any,
+    *,
+    samples: Sequence[int] | None = None,
+    bound_th: float = DEFAULT_BOUND_TH,
+) -> dict[str, Any]:
+    """RefCOCO/+/g: mIoU, cIoU and J&F of ``<pred>/<sample_id>.png`` over the samples of ``source``.
+
+    Args:
+        pred: the folder (or zip) of PNGs (file names: the ``refcoco`` row of :mod:`mpgsam2.benchmarks`).
+        source: a :class:`~mpgsam2.data.RefCOCOSource` (``sample(i)``, ``read_mask(sample)``, ``len``).
+        samples: the sample indices to score (default: all, in order).
+        bound_th: boundary tolerance of F.
+
+    Returns:
+        ``{"miou", "ciou", "j", "f", "jf", "num_samples"}`` (:class:`~mpgsam2.metrics.ImageIoU`).
+
+    Raises:
+        DatasetError: no sample to score; prediction PNGs missing (naming the first and how many are missing,
+            before anything is scored); a PNG undecodable or of another size than its image (naming the file and
+            both sizes).
+    """
+    bench = benchmark("refcoco")
+    indices = list(range(len(source))) if samples is None else list(samples)
+    if not indices:
+        raise DatasetError(f"{getattr(source, 'annotation_file', source.name)}: no sample to score")
+    samples_ = [source.sample(i) for i in indices]
+    entries = [(s, PurePosixPath(bench.prediction_path(sample_id=s.sample_id))) for s in samples_]
+    scores = ImageIoU(bound_th=bound_th)
+    with PredictionFiles(pred) as files:
+        missing = [rel for _, rel in entries if not files.exists(rel)]
+        if missing:
+            raise DatasetError(
+                f"{files.where(missing[0])}: prediction PNG not found; {len(missing)} of the {len(entries)} "
+                f"predictions of {source.name} are missing"
+            )
+        for sample, rel in entries:
+            target = source.read_mask(sample)
+            scores.update(_read_foreground(files, rel, (sample.height, sample.width), "image"), target)
+    return scores.compute()
 
 
 # ------------------------------------------------------------------------------------------------ DAVIS
@@ -379,23 +437,27 @@ def score_davis(
 
 def score_predictions(
     pred: str | os.PathLike[str],
-    source: ReferringVideoSource,
+    source: ReferringVideoSource | Any,
     bench: Benchmark | str,
     *,
     max_frames: int | None = None,
     bound_th: float = DEFAULT_BOUND_TH,
     annotators: Iterable[int] | None = None,
+    samples: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Scores a folder (or zip) of PNGs against ``source`` as the benchmark ``bench`` is scored:
-    :func:`score_expressions` (Ref-YouTube-VOS, MeViS) or :func:`score_davis` over ``annotators`` (default: all of
-    the benchmark's sets). Returns at least ``{"j", "f", "jf"}``.
+    :func:`score_expressions` (Ref-YouTube-VOS, MeViS), :func:`score_davis` over ``annotators`` (default: all of
+    the benchmark's sets) or :func:`score_images` over ``samples`` (RefCOCO/+/g; default: all). Returns at least
+    ``{"j", "f", "jf"}``.
 
     Raises:
-        ValueError: a benchmark whose predictions are not PNG folders (RefCOCO is scored in memory).
+        ValueError: an unknown benchmark, or one scored in no way known here.
     """
     bench = benchmark(bench) if isinstance(bench, str) else bench
     if bench.scoring == "davis":
         return score_davis(pred, source, annotators=annotators, max_frames=max_frames, bound_th=bound_th)
+    if bench.scoring == "images":
+        return score_images(pred, source, samples=samples, bound_th=bound_th)
     if bench.scoring != "expressions":
-        raise ValueError(f"{bench.title} predictions are scored in memory, not from a folder of PNGs")
+        raise ValueError(f"{bench.title}: no scorer for {bench.scoring!r} predictions")
     return score_expressions(pred, source, max_frames=max_frames, bound_th=bound_th)

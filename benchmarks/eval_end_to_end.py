@@ -51,7 +51,7 @@ def per_expression(model: torch.nn.Module) -> Any:
             batch.beit_frames[0],
             ids,
             pad,
-            tuple(batch.meta[0]["orig_size"]),
+            batch.meta[0].orig_size,
         ).logits
 
     return predict

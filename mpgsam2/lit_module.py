@@ -273,22 +273,21 @@ class RVOSLitModule(L.LightningModule):
         :func:`~mpgsam2.inference.predict_expression`; both stream frame by frame (memory bounded by the SAM 2
         window). A batch of expressions of different videos (possible when the videos have equal length and
         size, e.g. the synthetic dataset) runs as one batched clip forward when there are no chunks, else one
-        video at a time; image batches use the image path. Videos are told apart by ``meta["video"]`` (items
-        without one are separate videos).
+        video at a time; image batches use the image path. Videos are told apart by ``meta.video``.
         """
         metas = batch.meta
-        groups: dict[object, list[int]] = {}
+        groups: dict[str, list[int]] = {}
         for i, meta in enumerate(metas):
-            groups.setdefault(meta.get("video", ("item", i)), []).append(i)
+            groups.setdefault(meta.video, []).append(i)
         if batch.is_image or (len(groups) > 1 and self.eval_chunk_size is None):
             with torch.no_grad():
                 logits = self._clip_logits(batch)[0][:, :, 0].float()  # [B, T, S, S]
-            return [resize_logits(logits[i : i + 1], m["orig_size"])[0] for i, m in enumerate(metas)]
+            return [resize_logits(logits[i : i + 1], m.orig_size)[0] for i, m in enumerate(metas)]
         results: list[Tensor] = [torch.empty(0)] * len(metas)
         for rows in groups.values():
             first = rows[0]
             frames = (batch.sam_frames[first], batch.beit_frames[first])
-            size = tuple(metas[first]["orig_size"])
+            size = metas[first].orig_size
             if len(rows) == 1:
                 results[first] = predict_expression(
                     self.model, *frames, *expression_text(batch, first), size, chunk_size=self.eval_chunk_size

@@ -629,10 +629,23 @@ def check_first_training_batch(model, dm):
     return batch
 
 
+def item_meta(video: str, orig_size: tuple[int, int], frames: int = 1):
+    """An :class:`~mpgsam2.data.ItemMeta` of frames ``00000``, ``00001``, ... of ``video`` (expression ``0``)."""
+    from mpgsam2.data import ItemMeta
+
+    return ItemMeta(
+        video=video,
+        exp_id="0",
+        frame_names=[f"{t:05d}" for t in range(frames)],
+        frame_indices=list(range(frames)),
+        orig_size=tuple(orig_size),
+    )
+
+
 def model_batch(sam, beit, text_ids, text_padding_mask, meta=None, **fields) -> ReferringBatch:
     """A :class:`~mpgsam2.data.ReferringBatch` of model inputs ``sam`` (B, T, 3, S, S), ``beit``, ``text_ids`` and
     ``text_padding_mask`` (B, L), for tests that need no target: zero ``masks``, ``valid`` all False, empty
-    captions, ``meta`` one empty dict per row unless given; ``fields`` sets the others (``is_image``,
+    captions, ``meta`` one video per row at the SAM size unless given; ``fields`` sets the others (``is_image``,
     ``orig_masks``, ...)."""
     import torch
 
@@ -647,12 +660,13 @@ def model_batch(sam, beit, text_ids, text_padding_mask, meta=None, **fields) -> 
         text_ids=text_ids,
         text_padding_mask=text_padding_mask,
         caption=fields.pop("caption", [""] * b),
-        meta=[{} for _ in range(b)] if meta is None else meta,
+        meta=[item_meta(f"video{i}", (s, s), t) for i in range(b)] if meta is None else meta,
         **fields,
     )
 
 
 __all__ += [
+    "item_meta",
     "check_first_training_batch",
     "model_batch",
     "model_view_sizes",

@@ -8,6 +8,7 @@ import dataclasses
 import lightning as L
 import pytest
 import torch
+from data_helpers import item_meta
 
 from mpgsam2.data import ReferringBatch, ReferringCollate, ReferringImageCollate, ReferringItem
 from mpgsam2.data.transforms import NormalizedFrames
@@ -39,7 +40,7 @@ def _item(k: int, frames: int = T, truth: bool = False) -> ReferringItem:
         masks=masks,
         valid=masks.flatten(1).any(1),
         caption=" ".join(["word"] * (k + 1)),
-        meta={"video": f"v{k}", "exp_id": "0", "orig_size": (20, 24)},
+        meta=item_meta(f"v{k}", (20, 24), frames),
         orig_masks=torch.zeros(frames, 20, 24, dtype=torch.bool) if truth else None,
     )
 

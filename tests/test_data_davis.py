@@ -250,9 +250,9 @@ def test_davis_datamodule_trains_one_step(tmp_path: Path, tokenizer_path: Path) 
     assert len(dm.train_dataset) == 3 + 3 + 2  # anchors every 2 frames: 5 frames x 2 objects, 3 frames x 1
     assert dm.val_dataset.source.name == "davis/valid/anno3" and len(dm.val_dataset) == 3
     batch = check_first_training_batch(model, dm)
-    assert batch.valid.any() and all(m["exp_id"] in ("3", "7") for m in batch.meta)
+    assert batch.valid.any() and all(m.exp_id in ("3", "7") for m in batch.meta)
     item = dm.val_dataset[1]  # dv_a, object 2, whole video at the original resolution
-    assert item.meta["exp_id"] == "7" and item.orig_masks.shape == (5, 24, 32)
+    assert item.meta.exp_id == "7" and item.orig_masks.shape == (5, 24, 32)
     assert item.orig_masks.sum(dim=(1, 2)).tolist() == [25, 25, 25, 0, 0]
 
 

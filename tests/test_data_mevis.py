@@ -327,7 +327,7 @@ def test_mevis_datamodule_trains_one_step(root: Path, tokenizer_path: Path) -> N
     assert batch.text_ids.shape[0] == 2 and batch.valid.any()
 
     item = dm.val_dataset[0]  # whole video with the original-resolution union target
-    assert item.meta["video"] == "mv_a" and item.orig_masks.shape == (6, 24, 32)
+    assert item.meta.video == "mv_a" and item.orig_masks.shape == (6, 24, 32)
     assert item.orig_masks[2].sum() == 50
 
 
@@ -337,7 +337,7 @@ def test_mevis_datamodule_valid_split_and_config(tmp_path: Path, tokenizer_path:
     dm = MeViSDataModule(root=str(root), val_split="valid", tokenizer_path=str(tokenizer_path), sam_size=32)
     dm.setup("validate")
     item = dm.val_dataset[3]
-    assert item.meta["video"] == "mv_b" and item.orig_masks is None and not item.valid.any()
+    assert item.meta.video == "mv_b" and item.orig_masks is None and not item.valid.any()
     cfg = composed_data_config("mevis")
     assert cfg["_target_"] == "data_modules.mevis.MeViSDataModule" and cfg["num_frames"] == 8
     assert cfg["root"] == "${paths.data_dir}/mevis" and cfg["val_split"] == "valid_u"

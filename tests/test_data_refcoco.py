@@ -260,7 +260,7 @@ def test_training_set_concatenates_the_three_sources(coco_root: Path) -> None:
         assert src is sources[k]
         assert sample.sample_id == i - sum(lengths[:k]) + 1
     item = ds[len(ds) - 1]  # the last refcocog sample
-    assert item.meta["dataset"] == "refcocog" and item.meta["sample_id"] == 2
+    assert item.meta.image.dataset == "refcocog" and item.meta.image.sample_id == 2
     assert item.sam_frames.shape == (1, 3, S, S) and item.beit_frames.shape == (1, 3, HB, HB)
     assert item.masks.shape == (1, S, S) and item.valid.tolist() == [True]
     with pytest.raises(IndexError):
@@ -279,8 +279,8 @@ def test_training_item_is_exact_without_flip(coco_root: Path) -> None:
     torch.testing.assert_close(item.masks, expected, rtol=0, atol=0)
     assert item.caption == "left box"  # lower-cased, whitespace-normalised
     meta = item.meta
-    assert (meta["image_id"], meta["ann_id"], meta["orig_size"]) == (11, 1101, (20, 28))
-    assert meta["frame_names"] == ["COCO_train2014_000000000011"] and meta["exp_id"] == "2"
+    assert (meta.image.image_id, meta.image.ann_id, meta.orig_size) == (11, 1101, (20, 28))
+    assert meta.frame_names == ["COCO_train2014_000000000011"] and meta.exp_id == "2"
 
 
 def test_flip_is_consistent_on_both_views_mask_and_caption(coco_root: Path) -> None:
@@ -329,7 +329,7 @@ def test_an_empty_target_is_resampled(coco_root: Path) -> None:
     assert not src.read_mask(src.sample(0)).any()
     ds = ReferringImageDataset([src], _train_transform(0.5), seed=1)
     item = ds[0]
-    assert item.valid.tolist() == [True] and item.meta["sample_id"] != 1
+    assert item.valid.tolist() == [True] and item.meta.image.sample_id != 1
 
 
 def test_eval_items_keep_the_raw_caption_and_the_original_mask(coco_root: Path) -> None:
@@ -350,7 +350,7 @@ def test_swapped_captions_come_from_another_object_of_the_same_image(coco_root: 
     ds = ReferringImageEvalDataset(src, ClipTransform(S, HB, train=False), swap_captions=True)
     # image 11 has two objects (1102, 1101); image 33 has one, so its sample is dropped
     assert len(ds) == 2
-    assert [(it.meta["ann_id"], it.caption) for it in (ds[0], ds[1])] == [
+    assert [(it.meta.image.ann_id, it.caption) for it in (ds[0], ds[1])] == [
         (1102, "left  one"),
         (1101, "The Right one"),
     ]

@@ -153,7 +153,7 @@ def test_interrupted_eval_finishes_with_the_same_zip(released: Path, tmp_path: P
         def wrapped(batch):
             if len(calls) == 2:  # video va (2 expressions) is done, vb not
                 raise KeyboardInterrupt
-            calls.append(batch.meta[0]["video"])
+            calls.append(batch.meta[0].video)
             return predict(batch)
 
         return wrapped

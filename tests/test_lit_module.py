@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from data_helpers import model_batch
+from data_helpers import item_meta, model_batch
 from test_model import random_clip, tiny_config
 from torch import nn
 
@@ -64,7 +64,7 @@ def test_the_original_fast_group_matches_the_mpg_modules():
 
 def _eval_batch(model: MPGSAM2, batch: int):
     sam, beit, ids, pad = random_clip(model, frames=3, batch=batch, seed=3)
-    meta = [{"orig_size": (48, 40)} for _ in range(batch)]
+    meta = [item_meta(f"v{i}", (48, 40), 3) for i in range(batch)]
     return model_batch(sam, beit, ids, pad, meta)
 
 
@@ -115,7 +115,9 @@ def test_image_batches_are_predicted_at_each_image_size():
     system = _system(model).eval()
     sam, beit, ids, pad = random_clip(model, frames=1, batch=2)
     sizes = [(30, 50), (41, 17)]
-    batch = model_batch(sam, beit, ids, pad, [{"orig_size": s} for s in sizes], is_image=True)
+    batch = model_batch(
+        sam, beit, ids, pad, [item_meta(f"image{i}", s) for i, s in enumerate(sizes)], is_image=True
+    )
     out = system.predict_batch(batch)
     assert [tuple(p.shape) for p in out] == [(1, *s) for s in sizes]
     expected = model.forward_images(sam[:, 0], beit[:, 0], ids, pad).pred_masks[1:2]
@@ -251,7 +253,7 @@ def test_expressions_of_one_video_run_through_predict_video_trimmed_to_their_len
         beit.expand(3, -1, -1, -1, -1),
         text_ids,
         text_ids == 3,
-        [{"video": "v", "orig_size": (48, 40)} for _ in range(3)],
+        [item_meta("v", (48, 40), 3) for _ in range(3)],
     )
     calls = []
     original = lit.predict_video

@@ -11,6 +11,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from data_helpers import item_meta
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -112,7 +113,7 @@ def test_video_with_two_sentences(trained, clip, tmp_path):
             masks=torch.zeros(NUM_FRAMES, sam.shape[-1], sam.shape[-1]),
             valid=torch.zeros(NUM_FRAMES, dtype=torch.bool),
             caption=caption,
-            meta={"video": "clip", "orig_size": (SIZE, SIZE)},
+            meta=item_meta("clip", (SIZE, SIZE), NUM_FRAMES),
         )
         expected = (reference.predict_batch(collate([item]))[0] > 0).numpy()
         assert (masks[k] == expected).all()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_helpers import REFCOCO_IMAGES, expected_refcoco_mask, model_batch, write_refcoco_dataset
+from data_helpers import REFCOCO_IMAGES, expected_refcoco_mask, item_meta, model_batch, write_refcoco_dataset
 from framework_helpers import compose_config
 from hydra.utils import instantiate
 from PIL import Image
@@ -113,7 +113,7 @@ def test_image_scores_of_perfect_and_empty_predictions(empty):
         torch.zeros(2, 1, 3, 8, 8),
         torch.zeros(2, 3, dtype=torch.long),
         torch.zeros(2, 3, dtype=torch.bool),
-        [{"orig_size": (8, 8)}, {"orig_size": (8, 8)}],
+        [item_meta("a", (8, 8)), item_meta("b", (8, 8))],
         orig_masks=[t[None] for t in targets],
         is_image=True,
     )
@@ -191,7 +191,7 @@ def test_eval_of_images_resumes_and_refuses_other_weights(tmp_path, refcoco_ckpt
     real = images_module.predict_image_masks
 
     def counting(model, batch, device="cpu"):  # noqa: ANN001, ANN202
-        predicted.extend(int(m["sample_id"]) for m in batch.meta)
+        predicted.extend(m.image.sample_id for m in batch.meta)
         return real(model, batch, device)
 
     monkeypatch.setattr(images_module, "predict_image_masks", counting)

@@ -71,9 +71,9 @@ class PatternPredictor:
         meta = batch.meta[0]
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise RuntimeError("simulated crash")
-        self.calls.append((meta["video"], meta["exp_id"]))
-        t, (h, w) = len(meta["frame_names"]), meta["orig_size"]
-        seed = sum(map(ord, meta["video"] + "/" + meta["exp_id"]))
+        self.calls.append((meta.video, meta.exp_id))
+        t, (h, w) = len(meta.frame_names), meta.orig_size
+        seed = sum(map(ord, meta.video + "/" + meta.exp_id))
         g = torch.Generator().manual_seed(seed)
         return torch.randn(t, h, w, generator=g) * 3
 
@@ -87,8 +87,8 @@ class TruthPredictor:
 
     def __call__(self, batch: ReferringBatch) -> torch.Tensor:
         meta = batch.meta[0]
-        expr = self.by_key[(meta["video"], meta["exp_id"])]
-        masks = self.source.read_masks(expr, meta["frame_indices"])
+        expr = self.by_key[(meta.video, meta.exp_id)]
+        masks = self.source.read_masks(expr, meta.frame_indices)
         return torch.from_numpy(np.where(masks, 5.0, -5.0).astype(np.float32))
 
 

@@ -143,13 +143,13 @@ def test_clip_dataset_item_contract(source: RefYTVOSSource) -> None:
         assert item.valid.any()
         meta = item.meta
         expr = next(
-            e for e in source.expressions if (e.video.video_id, e.exp_id) == (meta["video"], meta["exp_id"])
+            e for e in source.expressions if (e.video.video_id, e.exp_id) == (meta.video, meta.exp_id)
         )
-        assert meta["frame_names"] == [expr.video.frame_names[k] for k in meta["frame_indices"]]
-        assert meta["orig_size"] == ((20, 28) if meta["video"] == "vid_c" else (24, 32))
+        assert meta.frame_names == [expr.video.frame_names[k] for k in meta.frame_indices]
+        assert meta.orig_size == ((20, 28) if meta.video == "vid_c" else (24, 32))
         assert item.caption == normalize_caption(expr.caption)
         # Without augmentation the target is exactly the resized annotation.
-        expected = resize_masks(source.read_masks(expr, meta["frame_indices"]), 16)
+        expected = resize_masks(source.read_masks(expr, meta.frame_indices), 16)
         assert torch.equal(item.masks, expected)
     assert ds[4].caption == "a red square at the top"  # vid_b: lower-cased, whitespace collapsed
 
@@ -185,7 +185,7 @@ def test_clip_dataset_resamples_clips_without_the_object(source: RefYTVOSSource)
         assert item.valid.tolist() == [True]
         if expr is blue and anchor in (0, 1, 5):
             meta = item.meta
-            assert (meta["video"], meta["exp_id"], meta["frame_indices"]) != ("vid_a", "1", [anchor])
+            assert (meta.video, meta.exp_id, meta.frame_indices) != ("vid_a", "1", [anchor])
 
 
 class _TinyObjectSource:
@@ -233,8 +233,8 @@ def test_eval_dataset_items(source: RefYTVOSSource) -> None:
         n = expr.video.num_frames
         assert item.sam_frames.shape == (n, 3, 16, 16) and item.beit_frames.shape == (n, 3, 8, 8)
         assert item.caption == expr.caption  # raw
-        assert item.meta["frame_indices"] == list(range(n))
-        assert item.meta["frame_names"] == list(expr.video.frame_names)
+        assert item.meta.frame_indices == list(range(n))
+        assert item.meta.frame_names == list(expr.video.frame_names)
         gt = source.read_masks(expr, range(n))
         assert item.orig_masks.dtype == torch.bool and np.array_equal(item.orig_masks.numpy(), gt)
         assert torch.equal(item.masks, resize_masks(gt, 16))
@@ -242,7 +242,7 @@ def test_eval_dataset_items(source: RefYTVOSSource) -> None:
     again = ds[1]
     assert torch.equal(again.sam_frames, ds[1].sam_frames)
     short = ReferringVideoEvalDataset(source, ClipTransform(16, 8, train=False), max_frames=2)
-    assert short[0].sam_frames.shape[0] == 2 and short[0].meta["frame_names"] == ["00000", "00005"]
+    assert short[0].sam_frames.shape[0] == 2 and short[0].meta.frame_names == ["00000", "00005"]
     with pytest.raises(ValueError, match="train=False"):
         ReferringVideoEvalDataset(source, _train_tf())
 

@@ -5,7 +5,7 @@ See the data contract in the docstrings of :mod:`mpgsam2.data.records` (records)
 :class:`ReferringBatch`), :mod:`mpgsam2.data.video_dataset` (items) and :mod:`mpgsam2.data.collate` (batches).
 """
 
-from mpgsam2.data.batch import FrameView, ReferringBatch, ReferringItem
+from mpgsam2.data.batch import FrameView, ImageRef, ItemMeta, ReferringBatch, ReferringItem
 from mpgsam2.data.collate import ReferringCollate
 from mpgsam2.data.davis import DAVIS_ANNOTATORS, NUM_DAVIS_ANNOTATORS, RefDAVISSource, davis_annotator
 from mpgsam2.data.errors import DatasetError
@@ -51,6 +51,8 @@ __all__ = [
     "DatasetError",
     "ExpressionRecord",
     "FrameView",
+    "ImageRef",
+    "ItemMeta",
     "MeViSSource",
     "RefCOCOSample",
     "RefCOCOSource",

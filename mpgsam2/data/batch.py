@@ -7,7 +7,9 @@
   (:class:`~mpgsam2.data.collate.ReferringCollate`); read by the Lightning module, the losses, validation and the
   evaluation and submission code.
 
-Both are plain (mutable) dataclasses of tensors, strings and meta dicts, so Lightning's ``transfer_batch_to_device``
+- :class:`ItemMeta` (with :class:`ImageRef` for RefCOCO): where an item comes from.
+
+All are plain (mutable) dataclasses of tensors, strings and lists, so Lightning's ``transfer_batch_to_device``
 (``apply_to_collection``, which rebuilds dataclasses field by field) moves a batch's tensors to the device.
 
 Shapes: B batch size, T frames, S the SAM 2 view's side (``sam_size``), Hb the BEiT-3 view's side (``beit_size``),
@@ -21,11 +23,54 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-__all__ = ["FrameView", "ReferringBatch", "ReferringItem"]
+__all__ = ["FrameView", "ImageRef", "ItemMeta", "ReferringBatch", "ReferringItem"]
 
 # A model view of T frames: a float32 (T, 3, S, S) tensor, or a lazy sequence of T float32 (3, S, S) frames
 # (``mpgsam2.data.transforms.NormalizedFrames``, normalised when a frame is read).
 FrameView = Tensor | Sequence[Tensor]
+
+
+@dataclass
+class ImageRef:
+    """A RefCOCO/+/g item's place in its annotations.
+
+    Attributes:
+        dataset: ``refcoco``, ``refcoco+`` or ``refcocog``.
+        split: the split of the converted annotation file (``train``, ``val``, ``testA``, ...).
+        sample_id: the converted file's ``images[].id``, one per (referred object, sentence): the prediction's
+            file name (``<sample_id>.png``).
+        image_id: the COCO image id.
+        ann_id: the COCO annotation id of the referred object (a list when it is several).
+        file_name: the COCO image file.
+    """
+
+    dataset: str
+    split: str
+    sample_id: int
+    image_id: int
+    ann_id: int | list[int]
+    file_name: str
+
+
+@dataclass
+class ItemMeta:
+    """Where an item comes from.
+
+    Attributes:
+        video: the video id (RefCOCO: the image file's stem: an image is a 1-frame video per sentence).
+        exp_id: the expression id within the video (RefCOCO: the sample id as a string).
+        frame_names: the T frames' names (file stems), in item order.
+        frame_indices: the T frames' indices in the video.
+        orig_size: (H, W), the original frame size predictions are resized to.
+        image: RefCOCO items' annotation reference; None for video items.
+    """
+
+    video: str
+    exp_id: str
+    frame_names: list[str]
+    frame_indices: list[int]
+    orig_size: tuple[int, int]
+    image: ImageRef | None = None
 
 
 @dataclass
@@ -42,9 +87,7 @@ class ReferringItem:
         valid: ``[T] bool``, the object is present in the frame (all False without ground truth).
         caption: the expression (training: lower-cased, whitespace-normalised, left/right swapped if flipped;
             evaluation: raw).
-        meta: where the item comes from: ``video``, ``exp_id``, ``frame_names``, ``frame_indices``,
-            ``orig_size`` = (H, W); RefCOCO items also ``dataset``, ``split``, ``sample_id``, ``image_id``,
-            ``ann_id``, ``file_name``.
+        meta: where the item comes from.
         orig_masks: ``[T, H, W] bool``, the ground truth at the original resolution (evaluation items with ground
             truth, for J&F), else None.
     """
@@ -54,7 +97,7 @@ class ReferringItem:
     masks: Tensor
     valid: Tensor
     caption: str
-    meta: dict[str, object]
+    meta: ItemMeta
     orig_masks: Tensor | None = None
 
 
@@ -71,7 +114,7 @@ class ReferringBatch:
         text_ids: ``[B, L] long``, token ids right-padded with the tokenizer's ``pad_id``.
         text_padding_mask: ``[B, L] bool``, True = padding (``text_ids == pad_id``).
         caption: B captions.
-        meta: B meta dicts (see :class:`ReferringItem`).
+        meta: B items' :class:`ItemMeta`.
         orig_masks: B ``[T, H, W] bool`` ground truths (None for an item without), or None when no item has one.
         is_image: the items are single images (RefCOCO, T = 1): the Lightning module and evaluation run the
             model's batched image path (``MPGSAM2.forward_images`` on ``sam_frames[:, 0]``, spec §1.7).
@@ -84,6 +127,6 @@ class ReferringBatch:
     text_ids: Tensor
     text_padding_mask: Tensor
     caption: list[str]
-    meta: list[dict[str, object]]
+    meta: list[ItemMeta]
     orig_masks: list[Tensor | None] | None = None
     is_image: bool = False

@@ -22,7 +22,7 @@ class _Tokenizer(Protocol):
 def _stacked(name: str, values: list[Tensor], items: Sequence[ReferringItem]) -> Tensor:
     shapes = {tuple(t.shape) for t in values}
     if len(shapes) > 1:
-        videos = [item.meta["video"] for item in items]
+        videos = [item.meta.video for item in items]
         raise ValueError(
             f"cannot stack {name!r} of shapes {sorted(shapes)} (videos {videos}); items of different "
             "lengths or sizes need batch size 1"

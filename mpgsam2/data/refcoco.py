@@ -45,7 +45,7 @@ import torch
 from pycocotools import mask as coco_mask
 from torch.utils.data import Dataset
 
-from mpgsam2.data.batch import ReferringItem
+from mpgsam2.data.batch import ImageRef, ItemMeta, ReferringItem
 from mpgsam2.data.collate import ReferringCollate
 from mpgsam2.data.errors import DatasetError
 from mpgsam2.data.indexing import ResamplingDataset, make_item
@@ -407,22 +407,24 @@ def swap_captions_within_image(source: RefCOCOSource, seed: int = 0) -> list[tup
     return out
 
 
-def _meta(source: RefCOCOSource, sample: RefCOCOSample) -> dict[str, object]:
+def _meta(source: RefCOCOSource, sample: RefCOCOSample) -> ItemMeta:
     stem = Path(sample.file_name).stem
-    return {
-        "dataset": source.dataset,
-        "split": source.split,
-        "sample_id": sample.sample_id,
-        "image_id": sample.image_id,
-        "ann_id": sample.ann_ids[0] if len(sample.ann_ids) == 1 else list(sample.ann_ids),
-        "file_name": sample.file_name,
-        "orig_size": (sample.height, sample.width),
-        # the video datasets' keys, for code written for them: the image is a 1-frame video per sentence
-        "video": stem,
-        "exp_id": str(sample.sample_id),
-        "frame_names": [stem],
-        "frame_indices": [0],
-    }
+    return ItemMeta(
+        # an image is a 1-frame video per sentence, so code written for videos reads it as one
+        video=stem,
+        exp_id=str(sample.sample_id),
+        frame_names=[stem],
+        frame_indices=[0],
+        orig_size=(sample.height, sample.width),
+        image=ImageRef(
+            dataset=source.dataset,
+            split=source.split,
+            sample_id=sample.sample_id,
+            image_id=sample.image_id,
+            ann_id=sample.ann_ids[0] if len(sample.ann_ids) == 1 else list(sample.ann_ids),
+            file_name=sample.file_name,
+        ),
+    )
 
 
 class ReferringImageDataset(ResamplingDataset):

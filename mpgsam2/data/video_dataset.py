@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mpgsam2.data.batch import ReferringItem
+from mpgsam2.data.batch import ItemMeta, ReferringItem
 from mpgsam2.data.indexing import ResamplingDataset, make_item
 from mpgsam2.data.records import ExpressionRecord
 from mpgsam2.data.sampling import sample_clip_indices
@@ -35,14 +35,14 @@ def normalize_caption(caption: str) -> str:
     return " ".join(caption.lower().split())
 
 
-def _meta(expr: ExpressionRecord, indices: list[int], orig_size: tuple[int, int]) -> dict[str, object]:
-    return {
-        "video": expr.video.video_id,
-        "exp_id": expr.exp_id,
-        "frame_names": [expr.video.frame_names[i] for i in indices],
-        "frame_indices": list(indices),
-        "orig_size": orig_size,
-    }
+def _meta(expr: ExpressionRecord, indices: list[int], orig_size: tuple[int, int]) -> ItemMeta:
+    return ItemMeta(
+        video=expr.video.video_id,
+        exp_id=expr.exp_id,
+        frame_names=[expr.video.frame_names[i] for i in indices],
+        frame_indices=list(indices),
+        orig_size=orig_size,
+    )
 
 
 class ReferringClipDataset(ResamplingDataset):
@@ -216,9 +216,9 @@ class ReferringVideoEvalDataset(Dataset):
         ]
         for index in indices[1:]:
             expr = self.source.expressions[index]
-            if expr.video.video_id != meta["video"]:
+            if expr.video.video_id != meta.video:
                 raise ValueError(
-                    f"expression {index} is of video {expr.video.video_id!r}, not {meta['video']!r}"
+                    f"expression {index} is of video {expr.video.video_id!r}, not {meta.video!r}"
                 )
             # the evaluation transform leaves captions as they are (no flip; raw case, spec §1.1)
             items.append(
@@ -228,7 +228,7 @@ class ReferringVideoEvalDataset(Dataset):
                     masks=torch.empty(0),
                     valid=torch.empty(0),
                     caption=expr.caption,
-                    meta=_meta(expr, list(meta["frame_indices"]), tuple(meta["orig_size"])),
+                    meta=_meta(expr, meta.frame_indices, meta.orig_size),
                 )
             )
         return items

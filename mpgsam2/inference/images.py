@@ -40,7 +40,7 @@ def predict_image_masks(
     model: MPGSAM2, batch: ReferringBatch, device: torch.device | str = "cpu"
 ) -> list[Tensor]:
     """The masks of one image batch (``ReferringImageCollate`` output, T = 1): per sample a bool CPU (H, W) tensor
-    at its original size (``meta["orig_size"]``)."""
+    at its original size (``meta.orig_size``)."""
     out = model.forward_images(
         batch.sam_frames[:, 0].to(device),
         batch.beit_frames[:, 0].to(device),
@@ -48,7 +48,7 @@ def predict_image_masks(
         batch.text_padding_mask.to(device),
     )
     return [
-        (resize_logits(out.pred_masks[i : i + 1], meta["orig_size"])[0, 0] > 0).cpu()
+        (resize_logits(out.pred_masks[i : i + 1], meta.orig_size)[0, 0] > 0).cpu()
         for i, meta in enumerate(batch.meta)
     ]
 
@@ -137,7 +137,10 @@ def predict_images_to_staging(
         for mask, meta in zip(predict_image_masks(model, batch, device), batch.meta):
             k = next(todo)
             name = names[k]
-            assert meta["sample_id"] == dataset.source.sample(dataset.sample_indices[k]).sample_id, (
+            assert (
+                meta.image is not None
+                and meta.image.sample_id == dataset.source.sample(dataset.sample_indices[k]).sample_id
+            ), (
                 meta,
                 name,
             )

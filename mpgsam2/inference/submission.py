@@ -333,7 +333,7 @@ class ModelPredictor:
                 first.sam_frames[0].to(self.device),
                 first.beit_frames[0].to(self.device),
                 [tuple(x.to(self.device) for x in expression_text(b)) for b in batches],
-                tuple(first.meta[0]["orig_size"]),
+                first.meta[0].orig_size,
                 chunk_size=self.chunk_size,
                 precision=self.precision,
                 compile=self.compile,
@@ -500,7 +500,7 @@ def _predict_unit(
 
 def _checked(batch: ReferringBatch, expr: ExpressionRecord) -> ReferringBatch:
     meta = batch.meta[0]
-    assert (meta["video"], meta["exp_id"]) == (expr.video.video_id, expr.exp_id), (meta, expr)
+    assert (meta.video, meta.exp_id) == (expr.video.video_id, expr.exp_id), (meta, expr)
     return batch
 
 
@@ -519,8 +519,8 @@ def _write_unit(
     frame_names: list[str] = []
     for expr, batch, logits in _predict_unit(predict, batches, target, indices):
         meta = batch.meta[0]
-        frame_names = list(meta["frame_names"])
-        shape = (len(frame_names), *tuple(meta["orig_size"]))
+        frame_names = list(meta.frame_names)
+        shape = (len(frame_names), *meta.orig_size)
         if tuple(logits.shape) != shape:
             raise ValueError(
                 f"prediction for video {expr.video.video_id!r} expression {expr.exp_id!r} has shape "

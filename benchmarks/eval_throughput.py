@@ -29,8 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mpgsam2.inference import predict_expression, predict_video  # noqa: E402
 from mpgsam2.build import model_config  # noqa: E402
+from mpgsam2.inference import predict_expression, predict_video  # noqa: E402
 from mpgsam2.modeling.mpgsam2 import MPGSAM2  # noqa: E402
 
 BEIT_SIZE = 224

@@ -63,7 +63,9 @@ def eval_targets(bench: Benchmark, datamodule: Any, split: str | None) -> list[E
     elif hasattr(datamodule, "split_source"):
         targets = [EvalTarget(datamodule.split_source(split))]  # the data module knows its dataset's reader
     else:
-        raise ValueError(f"split={split!r}: {type(datamodule).__name__} reads no named split; leave split unset")
+        raise ValueError(
+            f"split={split!r}: {type(datamodule).__name__} reads no named split; leave split unset"
+        )
     if getattr(datamodule, "swap_expressions", False):
         seed = int(getattr(datamodule, "seed", 0))
         targets = [EvalTarget(SwappedCaptionSource(t.source, seed), t.folder) for t in targets]

@@ -1,18 +1,25 @@
 """Evaluate MPG-SAM 2, write leaderboard submissions, or score predictions: the command around
 ``mpgsam2.inference.evaluate`` (what each benchmark is: ``mpgsam2.benchmarks``).
 
-    # validate a train.py checkpoint with its run's data config (+data.key=value overrides that config)
+    # validate a train.py checkpoint with its run's data config (data=checkpoint, the default: a data.key=value
+    # given replaces the stored value)
     python eval.py ckpt=logs/train/runs/<run>/checkpoints/final.ckpt
+    python eval.py ckpt=logs/train/runs/<run>/checkpoints/final.ckpt data.swap_expressions=true data.val_max_frames=4
     # a released MPG-SAM 2 folder (config.json, weights, sentencepiece.bpe.model) or our export: pick the data
     python eval.py ckpt=weights/MPG-SAM2-ytvos data=ytvos data.root=/data/ref-youtube-vos    # -> submission.zip
-    python eval.py ckpt=weights/MPG-SAM2-mevis data=mevis data.root=/data/mevis split=valid_u  # local J&F
-    python eval.py ckpt=weights/MPG-SAM2-mevis data=mevis data.root=/data/mevis split=valid    # -> submission.zip
+    python eval.py ckpt=weights/MPG-SAM2-mevis data=mevis data.root=/data/mevis                    # valid_u: J&F
+    python eval.py ckpt=weights/MPG-SAM2-mevis data=mevis data.root=/data/mevis data.val_split=valid  # -> zip
     python eval.py ckpt=weights/MPG-SAM2-ytvos data=davis data.root=/data/ref-davis            # 4 annotators
     # score PNGs written by any method (a folder or a zip) against a split with ground truth
-    python eval.py predictions=/path/to/pngs data=mevis data.root=/data/mevis split=valid_u
+    python eval.py predictions=/path/to/pngs data=mevis data.root=/data/mevis data.val_split=valid_u
     # N GPUs: each process predicts its share of the videos, rank 0 zips / scores
     torchrun --nproc_per_node=8 eval.py ckpt=... data=ytvos hydra.run.dir=logs/eval/ytvos_valid
     # resume an interrupted run: the same command with the same run folder (finished videos are skipped)
+
+Each setting has its train.py key: the split is ``data.val_split`` (null: the benchmark's leaderboard split), the
+tokenizer ``data.tokenizer_path`` (a released folder is evaluated with the ``sentencepiece.bpe.model`` it ships:
+:func:`tokenizer_path`), the chunk size ``system.eval_chunk_size``, the released-weights switch
+``model.hf_gamma_compat``.
 
 Predictions are staged per video under ``<run dir>/staging`` (a video appears there only when complete), then
 zipped to ``<run dir>/submission.zip`` (temp name, rename) or scored. A scoring run writes
@@ -40,9 +47,8 @@ from data_modules import UnsafeConfigError, checked_data_config
 from mpgsam2.benchmarks import Benchmark, benchmark
 from mpgsam2.inference.evaluate import evaluate_model, score_folder
 from mpgsam2.inference.submission import barrier, rank_and_world
-from mpgsam2.modeling.mpgsam2 import MPGSAM2
 from mpgsam2.weights import CheckpointError, load_model
-from mpgsam2.weights.checkpoints import read_train_checkpoint
+from mpgsam2.weights.checkpoints import LoadedModel, read_train_checkpoint
 
 log = logging.getLogger("eval")
 
@@ -72,17 +78,43 @@ def stored_run_config(path: str | Path, run_config: Any) -> DictConfig:
 
 
 def data_config(cfg: DictConfig, run_config: DictConfig | None) -> DictConfig:
-    """The data module config: a selected data group (``data=mevis``, it has a ``_target_``) as is; otherwise the
-    checkpoint run's data config with ``cfg.data`` merged over it."""
-    given = cfg.get("data") or OmegaConf.create({})
+    """The data module config: a dataset's data group (``data=mevis``: it has a ``_target_``) as composed; the
+    ``checkpoint`` group (``conf/data/checkpoint.yaml``, the default) is the checkpoint run's data config with each
+    key given there (not ``???``) replacing the stored value.
+
+    Raises:
+        ValueError: the ``checkpoint`` group without a ``train.py`` checkpoint (a weights folder stores no data).
+    """
+    given = cfg.data
     if "_target_" in given:
         return given
     if run_config is None:
         raise ValueError(
-            "no dataset given: select one with data=<ytvos|mevis|davis> (and data.root=...); only a train.py "
-            "checkpoint carries its own data config"
+            "no dataset given: select one with data=<ytvos|mevis|davis|refcoco> (and data.root=...); only a "
+            "train.py checkpoint carries its own data config (data=checkpoint, the default)"
         )
-    return OmegaConf.merge(run_config.data, given)
+    replaced = {key: given[key] for key in given if not OmegaConf.is_missing(given, key)}
+    return OmegaConf.merge(run_config.data, replaced)
+
+
+def tokenizer_path(loaded: LoadedModel, given: Any) -> Any:
+    """The tokenizer to evaluate with. ``data.tokenizer_path`` is the one key; a model that ships its own
+    tokenizer (a released folder's ``sentencepiece.bpe.model``) is evaluated with it, and ``data.tokenizer_path``
+    may then name the same tokenizer or a file that does not exist here (e.g. a data group's default
+    ``${paths.weights_dir}/beit3.spm`` without a weights folder), never another one.
+
+    Raises:
+        ValueError: ``data.tokenizer_path`` names another tokenizer than the model's own.
+    """
+    own = loaded.tokenizer_path if loaded.path.is_dir() else None
+    if own is None:
+        return given
+    if given is not None and Path(given).is_file() and Path(given).read_bytes() != own.read_bytes():
+        raise ValueError(
+            f"data.tokenizer_path={given} is not the tokenizer {loaded.path} ships ({own}); the model is evaluated "
+            f"with its own: drop the override or pass data.tokenizer_path={own}"
+        )
+    return str(own)
 
 
 def benchmark_of(datamodule: Any, name: str | None) -> Benchmark:
@@ -99,9 +131,9 @@ def benchmark_of(datamodule: Any, name: str | None) -> Benchmark:
 def chunk_size(
     cfg: DictConfig, bench: Benchmark, run_config: DictConfig | None, from_checkpoint: bool
 ) -> int | None:
-    """``eval_chunk_size``: an int, null (whole video) or ``auto``: the checkpoint's own validation setting when
-    evaluating with its data config, else the benchmark's protocol."""
-    value = cfg.get("eval_chunk_size", "auto")
+    """``system.eval_chunk_size``: an int, null (whole video) or ``auto``: the checkpoint's own validation
+    setting when evaluating with its data config, else the benchmark's protocol."""
+    value = cfg.system.eval_chunk_size
     if value != "auto":
         return None if value is None else int(value)
     if from_checkpoint and run_config is not None:
@@ -176,15 +208,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             dist.destroy_process_group()
 
 
-def _datamodule(
-    cfg: DictConfig, run_config: DictConfig | None, model: MPGSAM2 | None, tokenizer: Path | None
-):  # noqa: ANN202
+def _datamodule(cfg: DictConfig, run_config: DictConfig | None, loaded: LoadedModel | None):  # noqa: ANN202
     data_cfg = data_config(cfg, run_config)
-    if tokenizer is not None:
-        with open_dict(data_cfg):
-            data_cfg.tokenizer_path = str(tokenizer)
     sizes = {}
-    if model is not None:
+    if loaded is not None:
+        tokenizer = tokenizer_path(loaded, data_cfg.get("tokenizer_path"))
+        with open_dict(data_cfg):
+            data_cfg.tokenizer_path = tokenizer
+        model = loaded.model
         sizes = {"sam_size": model.sam.image_size, "beit_size": int(model.config.beit3["img_size"])}
     datamodule = instantiate(data_cfg, **sizes)
     if rank_and_world()[0] == 0:
@@ -197,30 +228,28 @@ def _score_folder(cfg: DictConfig, out_dir: Path, rank: int) -> dict[str, Any]:
     run_config = None
     if cfg.get("ckpt") and Path(cfg.ckpt).is_file():
         run_config = stored_run_config(cfg.ckpt, read_train_checkpoint(cfg.ckpt).stored.get("config"))
-    datamodule = _datamodule(cfg, run_config, None, None)
+    datamodule = _datamodule(cfg, run_config, None)
     bench = benchmark_of(datamodule, cfg.get("dataset"))
     if rank != 0:
         return {}
-    return score_folder(cfg.predictions, datamodule, bench, out_dir, cfg.get("split"))
+    return score_folder(cfg.predictions, datamodule, bench, out_dir, None)  # the split: data.val_split
 
 
 def _evaluate_model(
     cfg: DictConfig, out_dir: Path, rank: int, world: int, device: torch.device
 ) -> dict[str, Any]:
-    loaded = load_model(cfg.ckpt, bool(cfg.get("hf_gamma_compat", False)))
+    loaded = load_model(cfg.ckpt, bool(cfg.model.hf_gamma_compat))
     run_config = None if loaded.path.is_dir() else stored_run_config(loaded.path, loaded.run_config)
-    tokenizer = Path(cfg.tokenizer) if cfg.get("tokenizer") else loaded.tokenizer_path
-    model = loaded.model.to(device)
-    datamodule = _datamodule(cfg, run_config, model, tokenizer)
+    datamodule = _datamodule(cfg, run_config, loaded)
     bench = benchmark_of(datamodule, cfg.get("dataset"))
-    from_checkpoint = "_target_" not in (cfg.get("data") or {})
+    from_checkpoint = "_target_" not in cfg.data
     return evaluate_model(
-        model,
+        loaded.model.to(device),
         datamodule,
         bench,
         out_dir,
         checkpoint=str(cfg.ckpt),
-        split=cfg.get("split"),
+        split=None,  # the data module's val_split
         submission=cfg.get("submission"),
         chunk_size=chunk_size(cfg, bench, run_config, from_checkpoint),
         restart=bool(cfg.get("restart", False)),

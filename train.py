@@ -31,7 +31,17 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 
 def build_components(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
     """Model, data module and Lightning system from a composed config (``cfg.model``, ``cfg.data``,
-    ``cfg.system``). The resolved config is stored in the system so that every checkpoint carries it."""
+    ``cfg.system``). The resolved config is stored in the system so that every checkpoint carries it.
+
+    Raises:
+        ValueError: a group's ``checkpoint`` option (eval.py's: what ``ckpt=`` stores) instead of a buildable one.
+    """
+    for part in ("model", "data", "system"):
+        if "_target_" not in cfg[part]:
+            raise ValueError(
+                f"{part}: nothing to build (conf/{part}/checkpoint.yaml is eval.py's: what its ckpt= stores); "
+                f"choose a {part} config that train.py builds"
+            )
     model = instantiate(cfg.model)
     datamodule = instantiate(
         cfg.data, sam_size=model.sam.image_size, beit_size=int(model.config.beit3["img_size"])

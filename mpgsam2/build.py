@@ -15,22 +15,12 @@ from typing import Any
 from mpgsam2.modeling.beit3 import BEIT3_PRESETS
 from mpgsam2.modeling.config import MPGSAM2Config
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
-from mpgsam2.modeling.sam2.presets import SAM2_CONFIG_NAMES, merge_settings, sam2_model_config
+from mpgsam2.modeling.sam2.presets import SAM2_CONFIG_NAMES, SAM2_SIZES, merge_settings, sam2_model_config
 
 __all__ = ["ConfigError", "beit3_config", "build_model", "model_config", "sam2_config_name"]
 
 logger = logging.getLogger(__name__)
 
-_SAM2_SIZES = {
-    "tiny": "t",
-    "small": "s",
-    "base_plus": "b+",
-    "large": "l",
-    "t": "t",
-    "s": "s",
-    "b+": "b+",
-    "l": "l",
-}
 _SAM2_VERSIONS = {"2.0": "sam2", "2.1": "sam2.1"}
 _WEIGHT_KINDS = ("mpgsam2", "beit3", "sam2")
 
@@ -40,13 +30,13 @@ class ConfigError(ValueError):
 
 
 def sam2_config_name(size: str, version: str) -> str:
-    """The official SAM 2 config file for a size ("t", "s", "b+", "l" or tiny/small/base_plus/large) and a
-    version ("2.0" or "2.1"), e.g. ``sam2.1_hiera_b+.yaml``."""
+    """The official SAM 2 config file for a size ("t", "s", "b+" or "l": the size tag of the official file names)
+    and a version ("2.0" or "2.1"), e.g. ``sam2.1_hiera_b+.yaml``."""
     if str(version) not in _SAM2_VERSIONS:
         raise ConfigError(f"model.sam2.version={version!r}: expected one of {sorted(_SAM2_VERSIONS)}")
-    if size not in _SAM2_SIZES:
-        raise ConfigError(f"model.sam2.size={size!r}: expected one of {sorted(set(_SAM2_SIZES))}")
-    name = f"{_SAM2_VERSIONS[str(version)]}_hiera_{_SAM2_SIZES[size]}.yaml"
+    if size not in SAM2_SIZES:
+        raise ConfigError(f"model.sam2.size={size!r}: expected one of {', '.join(SAM2_SIZES)}")
+    name = f"{_SAM2_VERSIONS[str(version)]}_hiera_{size}.yaml"
     assert name in SAM2_CONFIG_NAMES, name
     return name
 

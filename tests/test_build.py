@@ -20,7 +20,11 @@ def _tiny() -> tuple[dict, dict]:
 
 def test_sam2_config_names_cover_sizes_and_versions():
     assert sam2_config_name("b+", "2.1") == "sam2.1_hiera_b+.yaml"
-    assert sam2_config_name("large", "2.0") == "sam2_hiera_l.yaml"
+    assert sam2_config_name("l", "2.0") == "sam2_hiera_l.yaml"
+    # one spelling per size: the official file names' tag; a long name is refused, naming the accepted ones
+    for long_name in ("tiny", "small", "base_plus", "large", "hiera_l"):
+        with pytest.raises(ConfigError, match=r"model\.sam2\.size=.*expected one of t, s, b\+, l"):
+            sam2_config_name(long_name, "2.0")
     with pytest.raises(ConfigError, match="version"):
         sam2_config_name("t", "3.0")
     with pytest.raises(ConfigError, match="size"):

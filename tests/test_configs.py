@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from lightning.pytorch import Trainer
 from omegaconf import OmegaConf
 
+import train as train_entry
 from mpgsam2.build import beit3_config
 from mpgsam2.lit_module import RVOSLitModule
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
@@ -73,6 +74,12 @@ def test_every_group_option_composes_over_the_demo(group, option, tmp_path):
     (model sizes over the default config: the demo overrides some of their keys)."""
     base = [] if group.startswith("model/") else ["experiment=demo"]
     cfg = compose_config("train", [*base, f"{group}={option}"], tmp_path)
+    if (
+        option == "checkpoint"
+    ):  # eval.py's default: a train.py checkpoint's stored data (tests/test_eval_cli.py)
+        with pytest.raises(ValueError, match=r"data: nothing to build .*eval\.py"):
+            train_entry.build_components(cfg)
+        return
     OmegaConf.resolve(cfg)  # every interpolation resolves
     if group == "data":
         datamodule = instantiate(cfg.data, sam_size=64, beit_size=64)

@@ -24,6 +24,7 @@ from data_helpers import (
     write_ytvos_dataset,
 )
 from framework_helpers import TINY_SYNTHETIC, compose_config
+from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
@@ -34,7 +35,7 @@ from mpgsam2.data import MeViSSource, RefDAVISSource
 from mpgsam2.data.synthetic import SyntheticConfig, generate_synthetic_ytvos
 from mpgsam2.metrics import JFMetric
 from mpgsam2.weights import save_mpgsam2
-from mpgsam2.weights.checkpoints import RELEASED_TOKENIZER, train_checkpoint_record
+from mpgsam2.weights.checkpoints import RELEASED_TOKENIZER, LoadedModel, train_checkpoint_record
 
 YTVOS_VIDEOS = {
     "va": {
@@ -174,7 +175,9 @@ def test_interrupted_eval_finishes_with_the_same_zip(released: Path, tmp_path: P
 def test_mevis_valid_u_scores_and_valid_writes_a_root_level_zip(released: Path, tmp_path: Path) -> None:
     root = write_mevis_dataset(tmp_path / "mevis", "valid_u", MEVIS_VIDEOS)
     write_mevis_dataset(root, "valid", MEVIS_VIDEOS, masks=False)
-    cfg = _cfg(tmp_path / "u", f"ckpt={released}", "data=mevis", f"data.root={root}", "split=valid_u")
+    cfg = _cfg(
+        tmp_path / "u", f"ckpt={released}", "data=mevis", f"data.root={root}", "data.val_split=valid_u"
+    )
     metrics = eval_entry.run(cfg)
     record = json.loads((tmp_path / "u" / "run" / "metrics.json").read_text())
     assert record["chunk_size"] == 24 and record["dataset"] == "mevis" and record["num_expressions"] == 3
@@ -195,7 +198,7 @@ def test_mevis_valid_u_scores_and_valid_writes_a_root_level_zip(released: Path, 
         metric.update(pred, truth)
     assert metrics["jf"] == pytest.approx(metric.compute()["jf"], abs=1e-12)
 
-    cfg = _cfg(tmp_path / "v", f"ckpt={released}", "data=mevis", f"data.root={root}", "split=valid")
+    cfg = _cfg(tmp_path / "v", f"ckpt={released}", "data=mevis", f"data.root={root}", "data.val_split=valid")
     result = eval_entry.run(cfg)
     with zipfile.ZipFile(result["submission"]) as zf:
         assert sorted(zf.namelist()) == sorted(
@@ -231,14 +234,20 @@ def test_predictions_mode_scores_an_existing_folder(tmp_path: Path) -> None:
             Image.fromarray(mask.astype(np.uint8) * 200).save(
                 pred / expr.video.video_id / expr.exp_id / f"{name}.png"
             )
-    cfg = _cfg(tmp_path, f"predictions={pred}", "data=mevis", f"data.root={root}", "split=valid_u")
+    cfg = _cfg(tmp_path, f"predictions={pred}", "data=mevis", f"data.root={root}", "data.val_split=valid_u")
     metrics = eval_entry.run(cfg)
     assert eval_entry.final_line(metrics) == "j=1.0000 f=1.0000 jf=1.0000"
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["predictions"] == str(pred)
     next(pred.rglob("*.png")).unlink()
     with pytest.raises(Exception, match="prediction PNG not found"):
         eval_entry.run(
-            _cfg(tmp_path / "b", f"predictions={pred}", "data=mevis", f"data.root={root}", "split=valid_u")
+            _cfg(
+                tmp_path / "b",
+                f"predictions={pred}",
+                "data=mevis",
+                f"data.root={root}",
+                "data.val_split=valid_u",
+            )
         )
 
     davis = write_davis_dataset(tmp_path / "davis", "valid", DAVIS_VIDEOS)
@@ -265,12 +274,12 @@ def test_train_checkpoint_uses_its_data_config_and_swapped_captions(tmp_path: Pa
     torch.save({"mpgsam2": record, "state_dict": state}, ckpt)
     data_dir = tmp_path / "train" / "data"
     plain = eval_entry.run(
-        compose_config("eval", [f"ckpt={ckpt}", "+data.val_max_frames=2"], tmp_path / "a", data_dir)
+        compose_config("eval", [f"ckpt={ckpt}", "data.val_max_frames=2"], tmp_path / "a", data_dir)
     )
     swapped = eval_entry.run(
         compose_config(
             "eval",
-            [f"ckpt={ckpt}", "+data.val_max_frames=2", "+data.swap_expressions=true"],
+            [f"ckpt={ckpt}", "data.val_max_frames=2", "data.swap_expressions=true"],
             tmp_path / "b",
             data_dir,
         )
@@ -298,7 +307,7 @@ def test_configuration_errors_are_explained(released: Path, tmp_path: Path) -> N
                 f"ckpt={released}",
                 "data=mevis",
                 f"data.root={root}",
-                "split=valid",
+                "data.val_split=valid",
                 "submission=false",
             )
         )
@@ -349,7 +358,7 @@ def test_mevis_valid_u_empty_predictions_score_the_frames_without_the_objects(tm
             Image.fromarray(np.zeros(truth.shape, np.uint8)).save(folder / f"{name}.png")
         expected.append(empty_frames / expr.video.num_frames)
     metrics = eval_entry.run(
-        _cfg(tmp_path, f"predictions={pred}", "data=mevis", f"data.root={root}", "split=valid_u")
+        _cfg(tmp_path, f"predictions={pred}", "data=mevis", f"data.root={root}", "data.val_split=valid_u")
     )
     assert 0 < np.mean(expected) < 1  # the tiny dataset has a frame where the referred objects are absent
     for key in ("j", "f", "jf"):
@@ -392,7 +401,7 @@ def test_a_checkpoint_s_stored_config_is_data_never_code(tmp_path: Path, where: 
             run_config["model"] = payload
 
     ckpt, data_dir = _demo_train_checkpoint(tmp_path, edit)
-    cfg = compose_config("eval", [f"ckpt={ckpt}", "+data.val_max_frames=2"], tmp_path / "eval", data_dir)
+    cfg = compose_config("eval", [f"ckpt={ckpt}", "data.val_max_frames=2"], tmp_path / "eval", data_dir)
     if where == "model":
         # the model is rebuilt from the stored model config alone; the run config's model node is never called
         eval_entry.run(cfg)
@@ -424,3 +433,73 @@ def test_a_run_folder_staged_by_other_weights_is_refused_or_restarted(released: 
     assert Path(first["submission"]).read_bytes() == zip_before  # the refusal touched nothing
     again = eval_entry.run(_cfg(tmp_path, f"ckpt={released}", *args, "restart=true"))
     assert Path(again["submission"]).read_bytes() != zip_before  # every video predicted again
+
+
+def test_a_checkpoint_s_data_keys_are_overridden_without_plus_and_typos_are_refused(tmp_path: Path) -> None:
+    """data=checkpoint (the default) lists the keys a run may replace: given ones replace the stored values, the
+    others (???) keep them; a key it does not list fails at compose time (struct mode)."""
+    ckpt, data_dir = _demo_train_checkpoint(tmp_path)
+    cfg = compose_config(
+        "eval", [f"ckpt={ckpt}", "data.val_max_frames=2", "data.num_workers=0"], tmp_path / "eval", data_dir
+    )
+    assert OmegaConf.is_missing(cfg.data, "swap_expressions") and "_target_" not in cfg.data
+    stored = OmegaConf.create(
+        {"data": eval_entry.read_train_checkpoint(ckpt).stored["config"]["data"], "system": {}}
+    )
+    merged = eval_entry.data_config(cfg, stored)
+    assert merged.val_max_frames == 2 and merged.num_workers == 0
+    assert merged.swap_expressions is False and merged._target_ == stored.data._target_  # kept
+    assert {k: merged[k] for k in merged if k not in ("val_max_frames", "num_workers")} == {
+        k: v for k, v in stored.data.items() if k not in ("val_max_frames", "num_workers")
+    }
+    for typo in ("data.val_max_frame=2", "data.swap_expression=true", "split=valid", "tokenizer=/t.spm"):
+        with pytest.raises(ConfigCompositionException):
+            compose_config("eval", [f"ckpt={ckpt}", typo], tmp_path / "typo", data_dir)
+
+
+def test_a_weights_folder_needs_a_dataset_even_with_data_keys_given(released: Path, tmp_path: Path) -> None:
+    cfg = compose_config("eval", [f"ckpt={released}", "data.val_max_frames=2"], tmp_path)
+    with pytest.raises(ValueError, match=r"select one with data=.*only a train\.py checkpoint"):
+        eval_entry.run(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_released_folder_is_evaluated_with_its_own_tokenizer(released: Path, tmp_path: Path) -> None:
+    """data.tokenizer_path is the one key; a folder that ships a tokenizer is evaluated with it, so the key may
+    name the same tokenizer (anywhere) or nothing that exists, never another tokenizer (refused, writing nothing)."""
+    own = released / RELEASED_TOKENIZER
+    loaded = LoadedModel(model=None, tokenizer_path=own, run_config=None, path=released)
+    copy = tmp_path / "copy.spm"
+    copy.write_bytes(own.read_bytes())
+    for given in (None, str(tmp_path / "missing.spm"), str(copy), str(own)):
+        assert eval_entry.tokenizer_path(loaded, given) == str(own)
+    # a train.py checkpoint ships no tokenizer file: data.tokenizer_path (its stored one unless replaced)
+    ckpt = LoadedModel(model=None, tokenizer_path=own, run_config={}, path=tmp_path / "model.ckpt")
+    assert eval_entry.tokenizer_path(ckpt, str(copy)) == str(copy)
+
+    other = tmp_path / "other.spm"
+    other.write_bytes(b"another sentencepiece model")
+    root = write_mevis_dataset(tmp_path / "mevis", "valid_u", MEVIS_VIDEOS)
+    args = [f"ckpt={released}", "data=mevis", f"data.root={root}", "data.num_workers=0"]
+    with pytest.raises(
+        ValueError, match=rf"data\.tokenizer_path={other} is not the tokenizer .*{RELEASED_TOKENIZER}"
+    ):
+        eval_entry.run(compose_config("eval", [*args, f"data.tokenizer_path={other}"], tmp_path / "a"))
+    assert not (tmp_path / "a" / "run").exists()
+    metrics = eval_entry.run(compose_config("eval", [*args, f"data.tokenizer_path={copy}"], tmp_path / "b"))
+    record = json.loads((tmp_path / "b" / "run" / "staging.json").read_text())
+    assert record["tokenizer"] == str(own) and 0 <= metrics["jf"] <= 1
+
+
+def test_the_chunk_size_and_the_split_have_their_train_py_keys(released: Path, tmp_path: Path) -> None:
+    root = write_mevis_dataset(tmp_path / "mevis", "valid_u", MEVIS_VIDEOS)
+    write_mevis_dataset(root, "valid", MEVIS_VIDEOS, masks=False)
+    base = [f"ckpt={released}", "data=mevis", f"data.root={root}", "model.hf_gamma_compat=false"]
+    eval_entry.run(_cfg(tmp_path / "u", *base, "system.eval_chunk_size=2"))
+    record = json.loads((tmp_path / "u" / "run" / "metrics.json").read_text())
+    assert record["chunk_size"] == 2 and record["sources"] == ["mevis/valid_u"]  # data.val_split's default
+    result = eval_entry.run(
+        _cfg(tmp_path / "v", *base, "data.val_split=valid", "system.eval_chunk_size=null")
+    )
+    assert Path(result["submission"]).is_file()
+    assert json.loads((tmp_path / "v" / "run" / "staging.json").read_text())["chunk_size"] is None

@@ -98,7 +98,7 @@ def _full_size_entries(name: str) -> dict[str, list[int]]:
     return {e["key"][len(PREFIX) :]: e["shape"] for e in manifest["entries"] if e["key"].startswith(PREFIX)}
 
 
-@pytest.mark.parametrize(("manifest", "preset"), [("large", "hiera_l"), ("tiny", "hiera_t")])
+@pytest.mark.parametrize(("manifest", "preset"), [("large", "l"), ("tiny", "t")])
 def test_preset_matches_full_size_keys(manifest: str, preset: str) -> None:
     expected = _full_size_entries(manifest)
     with torch.device("meta"):
@@ -108,9 +108,7 @@ def test_preset_matches_full_size_keys(manifest: str, preset: str) -> None:
     assert got == expected
 
 
-@pytest.mark.parametrize(
-    ("preset", "millions"), [("hiera_t", 27.22), ("hiera_s", 34.32), ("hiera_b+", 69.11), ("hiera_l", 212.70)]
-)
+@pytest.mark.parametrize(("preset", "millions"), [("t", 27.22), ("s", 34.32), ("b+", 69.11), ("l", 212.70)])
 def test_preset_parameter_counts(preset: str, millions: float) -> None:
     with torch.device("meta"):
         encoder = build_image_encoder(HIERA_PRESETS[preset])
@@ -120,11 +118,17 @@ def test_preset_parameter_counts(preset: str, millions: float) -> None:
 
 
 def test_image_encoder_config_is_a_copy() -> None:
-    cfg = image_encoder_config("hiera_l")
+    cfg = image_encoder_config("l")
     cfg["trunk"]["stages"][0] = 99
-    assert HIERA_PRESETS["hiera_l"]["trunk"]["stages"][0] == 2
-    with pytest.raises(KeyError, match="hiera_x"):
-        image_encoder_config("hiera_x")
+    assert HIERA_PRESETS["l"]["trunk"]["stages"][0] == 2
+    assert list(HIERA_PRESETS) == [
+        "t",
+        "s",
+        "b+",
+        "l",
+    ]  # the official file names' size tags, the one spelling
+    with pytest.raises(KeyError, match="hiera_l"):
+        image_encoder_config("hiera_l")
 
 
 def _small_encoder(scalp: int, drop_path_rate: float = 0.0) -> ImageEncoder:

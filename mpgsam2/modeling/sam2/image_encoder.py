@@ -149,9 +149,10 @@ def _neck_defaults(backbone_channel_list: list[int]) -> dict:
 # sam2/configs/sam2.1/sam2.1_hiera_{t,s,b+,l}.yaml (identical between 2.0 and 2.1), with the Hiera constructor
 # defaults written out where a yaml leaves them unset. No model yaml sets drop_path_rate (default 0.0); the 2.1
 # training config sam2.1_training/sam2.1_hiera_b+_MOSE_finetune.yaml sets drop_path_rate 0.1 for fine-tuning.
-# MPG-SAM 2 builds sam2_hiera_l.yaml.
+# MPG-SAM 2 builds sam2_hiera_l.yaml. Keyed by the size tag of those file names (t, s, b+, l), the one name of a
+# SAM 2 size in this project.
 HIERA_PRESETS: dict[str, dict] = {
-    "hiera_t": {
+    "t": {
         "scalp": 1,
         "trunk": {
             "embed_dim": 96,
@@ -163,7 +164,7 @@ HIERA_PRESETS: dict[str, dict] = {
         },
         "neck": _neck_defaults([768, 384, 192, 96]),
     },
-    "hiera_s": {
+    "s": {
         "scalp": 1,
         "trunk": {
             "embed_dim": 96,
@@ -175,7 +176,7 @@ HIERA_PRESETS: dict[str, dict] = {
         },
         "neck": _neck_defaults([768, 384, 192, 96]),
     },
-    "hiera_b+": {
+    "b+": {
         "scalp": 1,
         "trunk": {
             "embed_dim": 112,
@@ -187,7 +188,7 @@ HIERA_PRESETS: dict[str, dict] = {
         },
         "neck": _neck_defaults([896, 448, 224, 112]),
     },
-    "hiera_l": {
+    "l": {
         "scalp": 1,
         "trunk": {
             "embed_dim": 144,
@@ -202,11 +203,12 @@ HIERA_PRESETS: dict[str, dict] = {
 }
 
 
-def image_encoder_config(name: str) -> dict:
-    """A deep copy of ``HIERA_PRESETS[name]`` (safe to modify), shaped like a SAM 2 yaml ``image_encoder`` section."""
-    if name not in HIERA_PRESETS:
-        raise KeyError(f"unknown Hiera preset {name!r}; known: {sorted(HIERA_PRESETS)}")
-    return copy.deepcopy(HIERA_PRESETS[name])
+def image_encoder_config(size: str) -> dict:
+    """A deep copy of ``HIERA_PRESETS[size]`` (safe to modify; ``size``: t, s, b+ or l), shaped like a SAM 2 yaml
+    ``image_encoder`` section."""
+    if size not in HIERA_PRESETS:
+        raise KeyError(f"unknown SAM 2 size {size!r}; known: {list(HIERA_PRESETS)}")
+    return copy.deepcopy(HIERA_PRESETS[size])
 
 
 def _strip_target(cfg: Mapping) -> dict:
@@ -218,7 +220,7 @@ def build_image_encoder(config: Mapping) -> ImageEncoder:
 
     Args:
         config: ``{"scalp": int, "trunk": {Hiera kwargs}, "neck": {FpnNeck kwargs, "position_encoding":
-            {PositionEmbeddingSine kwargs}}}``, e.g. ``HIERA_PRESETS["hiera_l"]`` or a resolved Hydra config.
+            {PositionEmbeddingSine kwargs}}}``, e.g. ``HIERA_PRESETS["l"]`` or a resolved Hydra config.
             ``_target_`` keys are ignored (the classes are fixed).
     """
     trunk = Hiera(**_strip_target(config["trunk"]))

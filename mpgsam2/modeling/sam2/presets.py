@@ -13,15 +13,16 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mpgsam2.modeling.sam2.image_encoder import image_encoder_config
+from mpgsam2.modeling.sam2.image_encoder import HIERA_PRESETS, image_encoder_config
 
-# The image-encoder sections (trunk + neck) live with the image encoder; these are the file-name size tags.
-_SIZES = {"t": "hiera_t", "s": "hiera_s", "b+": "hiera_b+", "l": "hiera_l"}
+# The SAM 2 sizes, by the size tag of the official file names (sam2_hiera_<size>.yaml): the one name of a size.
+# Their image-encoder sections (trunk + neck) live with the image encoder.
+SAM2_SIZES: tuple[str, ...] = tuple(HIERA_PRESETS)
 
 
 def _base_model(size: str) -> dict[str, Any]:
     return {
-        "image_encoder": image_encoder_config(_SIZES[size]),
+        "image_encoder": image_encoder_config(size),
         "memory_attention": {
             "d_model": 256,
             "pos_enc_at_input": True,
@@ -110,7 +111,7 @@ def _sam21(model: dict[str, Any]) -> dict[str, Any]:
 
 
 SAM2_CONFIG_NAMES: tuple[str, ...] = tuple(
-    [f"sam2_hiera_{s}.yaml" for s in _SIZES] + [f"sam2.1_hiera_{s}.yaml" for s in _SIZES]
+    [f"sam2_hiera_{s}.yaml" for s in SAM2_SIZES] + [f"sam2.1_hiera_{s}.yaml" for s in SAM2_SIZES]
 )
 
 
@@ -123,7 +124,7 @@ def sam2_model_config(name: str) -> dict[str, Any]:
     for version, builder in (("sam2.1_hiera_", _sam21), ("sam2_hiera_", lambda m: m)):
         if base.startswith(version):
             size = base[len(version) : -len(".yaml")]
-            if size in _SIZES:
+            if size in SAM2_SIZES:
                 return builder(_base_model(size))
     raise ValueError(f"unknown SAM 2 config {name!r}; known: {', '.join(SAM2_CONFIG_NAMES)}")
 

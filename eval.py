@@ -253,6 +253,8 @@ def _evaluate_model(
         submission=cfg.get("submission"),
         chunk_size=chunk_size(cfg, bench, run_config, from_checkpoint),
         restart=bool(cfg.get("restart", False)),
+        precision=str(cfg.precision),
+        compile=bool(cfg.compile),
         device=device,
         rank=rank,
         world=world,

@@ -503,3 +503,29 @@ def test_the_chunk_size_and_the_split_have_their_train_py_keys(released: Path, t
     )
     assert Path(result["submission"]).is_file()
     assert json.loads((tmp_path / "v" / "run" / "staging.json").read_text())["chunk_size"] is None
+
+
+def test_precision_reaches_the_engine_and_a_run_folder_keeps_its_precision(
+    released: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """precision=bf16 predicts through predict_video in bf16 (CPU autocast here), compile=true compiles the image
+    encoder and memory attention; a run folder staged in bf16 is not continued in fp32 (staging.json)."""
+    import mpgsam2.inference.predictor as predictor_module
+
+    seen, compiled = [], []
+    real = predictor_module.predict_video
+    monkeypatch.setattr(
+        "mpgsam2.inference.submission.predict_video",
+        lambda *a, **k: seen.append((k["precision"], k["compile"])) or real(*a, **k),
+    )
+    monkeypatch.setattr(torch, "compile", lambda fn: compiled.append(type(fn.__self__).__name__) or fn)
+    args = [f"ckpt={released}", "data=ytvos", f"data.root={_ytvos_valid(tmp_path)}"]
+    result = eval_entry.run(_cfg(tmp_path, *args, "precision=bf16", "compile=true"))
+    assert Path(result["submission"]).is_file()
+    assert seen and set(seen) == {("bf16", True)}
+    assert sorted(set(compiled)) == ["ImageEncoder", "MemoryAttention"]
+    with pytest.raises(ValueError, match=r"staging.json: .*precision"):
+        eval_entry.run(_cfg(tmp_path, *args))  # fp32 over a bf16 run folder
+    with pytest.raises(ValueError, match=r"precision='int8': expected one of \['bf16', 'fp16', 'fp32'\]"):
+        eval_entry.run(_cfg(tmp_path, *args, "precision=int8", "restart=true"))
+    assert not (tmp_path / "run" / "staging.json").read_text().count("int8")  # refused before touching it

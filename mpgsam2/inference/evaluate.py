@@ -19,6 +19,7 @@ from mpgsam2.benchmarks import Benchmark
 from mpgsam2.data import RefDAVISSource, SwappedCaptionSource
 from mpgsam2.data.refcoco import ReferringImageEvalDataset
 from mpgsam2.inference.images import predict_images_to_staging
+from mpgsam2.inference.predictor import PRECISIONS
 from mpgsam2.inference.submission import (
     EvalTarget,
     StagingArea,
@@ -131,12 +132,17 @@ def evaluate_model(
         restart: discard staged predictions of another evaluation instead of refusing (:func:`check_manifest`).
         precision: ``"fp32"`` (the protocol), or ``"bf16"`` / ``"fp16"`` autocast (GPUs; masks may differ where
             a probability is near 0.5, see :func:`mpgsam2.inference.predict_video`); recorded in the manifest.
-        compile: ``torch.compile`` the image encoder and memory attention (same masks up to float rounding).
+        compile: ``torch.compile`` the image encoder and memory attention (same masks up to float rounding);
+            video benchmarks only.
 
     Returns:
         On the main process the metrics, or ``{"submission": path}``; ``{}`` on the others.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: expected one of {sorted(PRECISIONS)}")
     if bench.scoring == "images":
+        if compile:
+            raise ValueError(f"compile applies to the video benchmarks' tracking; {bench.title} runs images")
         if submission:
             raise ValueError(
                 f"{bench.title} has no submission server: it is scored locally (leave submission unset)"
@@ -148,6 +154,7 @@ def evaluate_model(
             out_dir,
             checkpoint=checkpoint,
             split=split,
+            precision=precision,
             restart=restart,
             device=device,
             rank=rank,
@@ -261,6 +268,7 @@ def _evaluate_images(
     checkpoint: str,
     split: str | None,
     restart: bool,
+    precision: str,
     device: torch.device | str,
     rank: int,
     world: int,
@@ -281,6 +289,7 @@ def _evaluate_images(
                 "sources": [source_name],
                 "mask_format": bench.mask_format,
                 "tokenizer": str(datamodule.tokenizer_path),
+                "precision": precision,
             },
             restart=restart,
             staging=staging,
@@ -295,6 +304,7 @@ def _evaluate_images(
         batch_size=int(getattr(datamodule, "val_batch_size", None) or 1),
         num_workers=int(getattr(datamodule, "num_workers", 0)),
         device=device,
+        precision=precision,
         rank=rank,
         world=world,
     )

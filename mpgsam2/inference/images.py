@@ -25,7 +25,7 @@ from mpgsam2.benchmarks import benchmark
 from mpgsam2.data.batch import ReferringBatch, ReferringItem
 from mpgsam2.data.errors import DatasetError
 from mpgsam2.data.refcoco import ReferringImageEvalDataset
-from mpgsam2.inference.predictor import resize_logits
+from mpgsam2.inference.predictor import PRECISIONS, resize_logits
 from mpgsam2.inference.submission import StagingArea, shard
 from mpgsam2.metrics import ImageIoU
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
@@ -37,16 +37,20 @@ log = logging.getLogger(__name__)
 
 @torch.inference_mode()
 def predict_image_masks(
-    model: MPGSAM2, batch: ReferringBatch, device: torch.device | str = "cpu"
+    model: MPGSAM2, batch: ReferringBatch, device: torch.device | str = "cpu", precision: str = "fp32"
 ) -> list[Tensor]:
     """The masks of one image batch (``ReferringImageCollate`` output, T = 1): per sample a bool CPU (H, W) tensor
-    at its original size (``meta.orig_size``)."""
-    out = model.forward_images(
-        batch.sam_frames[:, 0].to(device),
-        batch.beit_frames[:, 0].to(device),
-        batch.text_ids.to(device),
-        batch.text_padding_mask.to(device),
-    )
+    at its original size (``meta.orig_size``); ``precision`` as :func:`mpgsam2.inference.predict_video`'s."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    dtype = PRECISIONS[precision]
+    with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+        out = model.forward_images(
+            batch.sam_frames[:, 0].to(device),
+            batch.beit_frames[:, 0].to(device),
+            batch.text_ids.to(device),
+            batch.text_padding_mask.to(device),
+        )
     return [
         (resize_logits(out.pred_masks[i : i + 1], meta.orig_size)[0, 0] > 0).cpu()
         for i, meta in enumerate(batch.meta)
@@ -94,6 +98,7 @@ def predict_images_to_staging(
     batch_size: int = 1,
     num_workers: int = 0,
     device: torch.device | str = "cpu",
+    precision: str = "fp32",
     rank: int = 0,
     world: int = 1,
 ) -> list[str]:
@@ -134,7 +139,7 @@ def predict_images_to_staging(
     todo = iter(pending)
     written = []
     for batch in loader:
-        for mask, meta in zip(predict_image_masks(model, batch, device), batch.meta):
+        for mask, meta in zip(predict_image_masks(model, batch, device, precision), batch.meta):
             k = next(todo)
             name = names[k]
             assert (

@@ -190,9 +190,9 @@ def test_eval_of_images_resumes_and_refuses_other_weights(tmp_path, refcoco_ckpt
     predicted: list[int] = []
     real = images_module.predict_image_masks
 
-    def counting(model, batch, device="cpu"):  # noqa: ANN001, ANN202
+    def counting(model, batch, device="cpu", precision="fp32"):  # noqa: ANN001, ANN202
         predicted.extend(m.image.sample_id for m in batch.meta)
-        return real(model, batch, device)
+        return real(model, batch, device, precision)
 
     monkeypatch.setattr(images_module, "predict_image_masks", counting)
     first = eval_entry.run(compose_config("eval", [f"ckpt={ckpt}"], tmp_path))

@@ -37,7 +37,7 @@ __all__ = ["RVOSLitModule", "build_param_groups", "one_cycle_schedule"]
 
 logger = logging.getLogger(__name__)
 
-# checkpoint[CHECKPOINT_KEY] = {"config", "model_config", "tokenizer_path"}, read by mpgsam2.weights.checkpoints
+# checkpoint[CHECKPOINT_KEY] = {"config", "model_config"}, read by mpgsam2.weights.checkpoints
 CHECKPOINT_KEY = TRAIN_CHECKPOINT_KEY
 
 

@@ -372,12 +372,12 @@ def _demo_train_checkpoint(tmp_path: Path, edit=None) -> tuple[Path, Path]:
         "train", ["experiment=demo", *TINY_SYNTHETIC, "logger=none"], tmp_path / "train"
     )
     model = instantiate(train_cfg.model)
-    run_config = OmegaConf.to_container(train_cfg, resolve=True)
-    if edit is not None:
-        edit(run_config)
+    record = train_checkpoint_record(OmegaConf.to_container(train_cfg, resolve=True), model, None)
+    if edit is not None:  # a checkpoint from someone else: its stored run config may hold anything
+        edit(record["config"])
     ckpt = tmp_path / "model.ckpt"
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    torch.save({"mpgsam2": train_checkpoint_record(run_config, model, None), "state_dict": state}, ckpt)
+    torch.save({"mpgsam2": record, "state_dict": state}, ckpt)
     return ckpt, tmp_path / "train" / "data"
 
 

@@ -170,11 +170,33 @@ def test_setup_records_the_tokenizer_for_checkpoints(tmp_path):
     checkpoint: dict = {}
     system.on_save_checkpoint(checkpoint)
     stored = checkpoint["mpgsam2"]
-    assert stored["tokenizer_path"] == str(spm.resolve())
+    assert stored["config"]["data"]["tokenizer_path"] == str(spm.resolve())  # stored once, resolved
+    assert set(stored) == {"config", "model_config"}
     assert stored["model_config"]["beit3"]["vocab_size"] == 64
     assert (
         torch.load(_saved(tmp_path, checkpoint), weights_only=True)["mpgsam2"] == stored
     )  # plain containers
+
+
+def test_a_checkpoint_s_tokenizer_is_read_in_either_layout(tmp_path):
+    """load_model finds the tokenizer in the run config's data.tokenizer_path (stored once since 2026-12-06) and,
+    for checkpoints written before, beside the run config."""
+    from mpgsam2.weights import load_model
+    from mpgsam2.weights.checkpoints import train_checkpoint_record
+
+    model = MPGSAM2(tiny_config())
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    record = train_checkpoint_record({"data": {"root": "/d"}}, model, "/w/new.spm")
+    assert record["config"]["data"] == {"root": "/d", "tokenizer_path": "/w/new.spm"}
+    torch.save({"mpgsam2": record, "state_dict": state}, tmp_path / "new.ckpt")
+    assert load_model(tmp_path / "new.ckpt").tokenizer_path == Path("/w/new.spm")
+    old = {
+        "config": {"data": {"root": "/d"}},
+        "model_config": record["model_config"],
+        "tokenizer_path": "/w/old.spm",
+    }
+    torch.save({"mpgsam2": old, "state_dict": state}, tmp_path / "old.ckpt")
+    assert load_model(tmp_path / "old.ckpt").tokenizer_path == Path("/w/old.spm")
 
 
 def _saved(tmp_path: Path, obj: dict) -> Path:

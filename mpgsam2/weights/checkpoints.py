@@ -39,7 +39,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# checkpoint[TRAIN_CHECKPOINT_KEY] = {"config", "model_config", "tokenizer_path"}, written by
+# checkpoint[TRAIN_CHECKPOINT_KEY] = {"config", "model_config"}, written by
 # mpgsam2.lit_module, which imports this key (this module stays free of Lightning)
 TRAIN_CHECKPOINT_KEY = "mpgsam2"
 # the tokenizer file of a released MPG-SAM 2 folder (HF save_pretrained of XLMRobertaTokenizer, = beit3.spm)
@@ -51,16 +51,17 @@ def train_checkpoint_record(
     run_config: Mapping[str, Any] | None, model: MPGSAM2, tokenizer_path: str | None
 ) -> dict[str, Any]:
     """What ``train.py`` stores in ``checkpoint[TRAIN_CHECKPOINT_KEY]``, as plain containers only (the file must load
-    with ``torch.load(weights_only=True)``): the run config, the model's config and the tokenizer path.
+    with ``torch.load(weights_only=True)``): the run config and the model's config.
 
-    The model is stored once, as the config it was built with (``model_config``, what :func:`load_model` rebuilds
-    it from): the run config's ``model`` node, which says the same thing in Hydra's terms, is left out."""
+    Each thing is stored once. The model is the config it was built with (``model_config``, what
+    :func:`load_model` rebuilds it from): the run config's ``model`` node, which says the same in Hydra's terms, is
+    left out. The tokenizer is the run config's ``data.tokenizer_path``, set to ``tokenizer_path`` (the file the
+    run read, resolved) so that the stored path does not depend on the working directory."""
     run = {k: v for k, v in (run_config or {}).items() if k != "model"}
-    return {
-        "config": _plain(run),
-        "model_config": _plain(model.config.to_dict()),
-        "tokenizer_path": tokenizer_path,
-    }
+    if tokenizer_path is not None:
+        data = run.get("data")
+        run["data"] = {**(data if isinstance(data, Mapping) else {}), "tokenizer_path": tokenizer_path}
+    return {"config": _plain(run), "model_config": _plain(model.config.to_dict())}
 
 
 def _plain(value: Any) -> Any:
@@ -173,8 +174,11 @@ def load_model(path: str | Path, hf_gamma_compat: bool = False) -> LoadedModel:
     except (TypeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{path}: invalid '{TRAIN_CHECKPOINT_KEY}.model_config': {err}") from err
     logger.info("%s", load_into(model, ckpt.state_dict, source=str(path)))
-    tokenizer = ckpt.stored.get("tokenizer_path")
     run_config = ckpt.stored.get("config")
+    # checkpoints written before 2026-12-06 also stored the tokenizer beside the run config
+    tokenizer = ckpt.stored.get("tokenizer_path")
+    if tokenizer is None and isinstance(run_config, Mapping) and isinstance(run_config.get("data"), Mapping):
+        tokenizer = run_config["data"].get("tokenizer_path")
     return LoadedModel(
         model,
         Path(tokenizer) if isinstance(tokenizer, str) and tokenizer else None,

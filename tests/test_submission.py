@@ -312,6 +312,11 @@ def test_manifest_refuses_to_mix_runs(tmp_path: Path) -> None:
     check_manifest(path, {"checkpoint": "a.ckpt", "chunk_size": None})  # the same run resumes
     with pytest.raises(ValueError, match="staging.json.*chunk_size"):
         check_manifest(path, {"checkpoint": "a.ckpt", "chunk_size": 24})
+    # a run folder staged before the precision was recorded was staged in fp32: it resumes in fp32 only
+    check_manifest(path, {"checkpoint": "a.ckpt", "chunk_size": None, "precision": "fp32"})
+    path.write_text('{"checkpoint": "a.ckpt", "chunk_size": null}')
+    with pytest.raises(ValueError, match="staging.json.*precision"):
+        check_manifest(path, {"checkpoint": "a.ckpt", "chunk_size": None, "precision": "bf16"})
 
 
 # ------------------------------------------------------------------------------------------------ scoring

@@ -618,6 +618,10 @@ def write_submission_zip(
     return path
 
 
+# settings added to the manifest later -> the value every earlier run used
+_UNRECORDED_SETTINGS = {"precision": "fp32"}
+
+
 def check_manifest(
     path: str | os.PathLike[str],
     manifest: Mapping[str, Any],
@@ -641,10 +645,12 @@ def check_manifest(
     path = Path(path)
     current = json.loads(json.dumps(manifest, sort_keys=True, default=str))
     if path.is_file():
-        previous = json.loads(path.read_text())
-        if previous == current:
+        # a manifest written before a setting was recorded staged it at the only value it then had
+        previous = {**_UNRECORDED_SETTINGS, **json.loads(path.read_text())}
+        now = {**_UNRECORDED_SETTINGS, **current}
+        if previous == now:
             return
-        diff = {k: (previous.get(k), current.get(k)) for k in set(previous) | set(current)}
+        diff = {k: (previous.get(k), now.get(k)) for k in set(previous) | set(now)}
         diff = {k: v for k, v in diff.items() if v[0] != v[1]}
         if not restart:
             raise ValueError(

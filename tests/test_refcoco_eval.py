@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -211,6 +214,28 @@ def test_eval_of_images_resumes_and_refuses_other_weights(tmp_path, refcoco_ckpt
     predicted.clear()
     eval_entry.run(compose_config("eval", [f"ckpt={ckpt}", "restart=true"], tmp_path))
     assert sorted(predicted) == [1, 2, 3]
+
+
+def test_torchrun_shards_the_images_and_scores_as_one_process(tmp_path, refcoco_ckpt):
+    """Two CPU processes (Gloo) each stage their share of the expressions; rank 0 scores the folder: the numbers of
+    the single-process run, and the CLI prints j/f/jf last."""
+    single = eval_entry.run(compose_config("eval", [f"ckpt={refcoco_ckpt}"], tmp_path / "single"))
+    run_dir = tmp_path / "ddp"
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "eval.py"]
+    cmd += [f"ckpt={refcoco_ckpt}", "data.num_workers=0", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == (
+        f"j={single['j']:.4f} f={single['f']:.4f} jf={single['jf']:.4f}"
+    )
+    logs = proc.stderr + proc.stdout + (run_dir / "eval.log").read_text()
+    assert "rank 0/2: 2 of 3 images" in logs and "rank 1/2: 1 of 3 images" in logs
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {k: metrics[k] for k in ("miou", "ciou", "num_samples")} == {
+        k: single[k] for k in ("miou", "ciou", "num_samples")
+    }
 
 
 class _ConstantImages(torch.nn.Module):

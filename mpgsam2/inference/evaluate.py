@@ -3,20 +3,28 @@
 A video benchmark's videos are predicted one unit at a time into a resumable staging folder (sharded over
 processes by cost), then zipped for its submission server or scored locally; RefCOCO/+/g's referring expressions
 are staged the same way, one PNG each (sharded round robin), then scored (mIoU, cIoU). What
-each benchmark is comes from its row in :mod:`mpgsam2.benchmarks`; the data module (any object with the
-attributes used below, e.g. ``data_modules.RefYTVOSDataModule``) says which row and where its files are.
+each benchmark is comes from its row in :mod:`mpgsam2.benchmarks`; the data module (an :class:`EvalDataModule`,
+e.g. ``data_modules.RefYTVOSDataModule``) says which row and where its files are.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from mpgsam2.benchmarks import Benchmark
-from mpgsam2.data import RefDAVISSource, SwappedCaptionSource
+from mpgsam2.data import (
+    ClipTransform,
+    RefDAVISSource,
+    ReferringBatch,
+    ReferringItem,
+    ReferringVideoSource,
+    SwappedCaptionSource,
+)
 from mpgsam2.data.refcoco import ReferringImageEvalDataset
 from mpgsam2.inference.images import predict_images_to_staging
 from mpgsam2.inference.predictor import PRECISIONS
@@ -34,49 +42,86 @@ from mpgsam2.modeling.mpgsam2 import MPGSAM2
 from mpgsam2.utils import check_tokenizer_fits, write_json_atomic
 from mpgsam2.weights import weights_digest
 
-__all__ = ["annotators_of", "eval_targets", "evaluate_model", "image_eval_dataset", "score_folder"]
+__all__ = [
+    "EvalDataModule",
+    "annotators_of",
+    "eval_targets",
+    "evaluate_model",
+    "image_eval_dataset",
+    "score_folder",
+]
 
 log = logging.getLogger(__name__)
 
 
-def annotators_of(bench: Benchmark, datamodule: Any) -> list[int]:
+class EvalDataModule(Protocol):
+    """What evaluation reads from a data module (``data_modules``' data modules all are one; Ref-DAVIS17's also
+    has ``annotator``: one annotator set to evaluate, or None for all of them).
+
+    Attributes:
+        root: the dataset folder.
+        val_split: the split to evaluate; None where the config validates on nothing (the benchmark's default
+            split is evaluated then).
+        tokenizer_path: the sentencepiece model ``collate`` tokenizes with.
+        collate: items -> a batch, captions tokenized.
+        num_workers / val_batch_size: loader settings (``val_batch_size``: images per batch on RefCOCO).
+        val_max_frames: evaluate only the first N frames of each video (debugging), None for all.
+        swap_expressions / seed: replace each caption by another object's (a sanity check), seeded.
+    """
+
+    root: Path
+    val_split: str | None
+    tokenizer_path: str
+    num_workers: int
+    val_batch_size: int | None
+    val_max_frames: int | None
+    swap_expressions: bool
+    seed: int
+
+    @property
+    def collate(self) -> Callable[[list[ReferringItem]], ReferringBatch]: ...
+
+    def eval_transform(self) -> ClipTransform: ...
+
+    def split_source(self, split: str) -> ReferringVideoSource: ...
+
+    def val_source(self) -> ReferringVideoSource: ...
+
+
+def annotators_of(bench: Benchmark, datamodule: EvalDataModule) -> list[int]:
     """The annotator sets to evaluate: all of the benchmark's (the protocol), or the data config's ``annotator``."""
     annotator = getattr(datamodule, "annotator", None)
     return bench.annotators if annotator is None else [int(annotator)]
 
 
-def eval_targets(bench: Benchmark, datamodule: Any, split: str | None) -> list[EvalTarget]:
+def eval_targets(bench: Benchmark, datamodule: EvalDataModule, split: str | None) -> list[EvalTarget]:
     """The sources to predict or score.
 
     ``split=None``: the data module's validation source, or, where it validates on nothing (the Ref-YouTube-VOS
     recipes), the benchmark's default split. Otherwise the data module's reader of ``split``.
     Ref-DAVIS17 gives one source per annotator set, staged under ``anno_<k>``.
     """
-    root = getattr(datamodule, "root", None)
     if bench.annotator_sets:
-        split = split or getattr(datamodule, "val_split", None) or bench.default_split
+        split = split or datamodule.val_split or bench.default_split
         targets = [
-            EvalTarget(RefDAVISSource(root, split, annotator=k), f"anno_{k}")
+            EvalTarget(RefDAVISSource(datamodule.root, split, annotator=k), f"anno_{k}")
             for k in annotators_of(bench, datamodule)
         ]
-    elif split is None and getattr(datamodule, "val_split", None) is None:
+    elif split is None and datamodule.val_split is None:
         targets = [EvalTarget(datamodule.split_source(bench.default_split))]
     elif split is None:
         targets = [EvalTarget(datamodule.val_source())]
-    elif hasattr(datamodule, "split_source"):
-        targets = [EvalTarget(datamodule.split_source(split))]  # the data module knows its dataset's reader
     else:
-        raise ValueError(
-            f"split={split!r}: {type(datamodule).__name__} reads no named split; leave split unset"
-        )
-    if getattr(datamodule, "swap_expressions", False):
-        seed = int(getattr(datamodule, "seed", 0))
-        targets = [EvalTarget(SwappedCaptionSource(t.source, seed), t.folder) for t in targets]
+        targets = [EvalTarget(datamodule.split_source(split))]  # the data module knows its dataset's reader
+    if datamodule.swap_expressions:
+        targets = [
+            EvalTarget(SwappedCaptionSource(t.source, int(datamodule.seed)), t.folder) for t in targets
+        ]
     return targets
 
 
 def score_folder(
-    predictions: str | Path, datamodule: Any, bench: Benchmark, out_dir: Path, split: str | None
+    predictions: str | Path, datamodule: EvalDataModule, bench: Benchmark, out_dir: Path, split: str | None
 ) -> dict[str, Any]:
     """Scores a folder (or zip) of PNGs written by any method; writes ``<out_dir>/metrics.json``."""
     if bench.scoring == "images":
@@ -94,7 +139,7 @@ def score_folder(
         predictions,
         targets[0].source,
         bench,
-        max_frames=getattr(datamodule, "val_max_frames", None),
+        max_frames=datamodule.val_max_frames,
         annotators=annotators_of(bench, datamodule),
     )
     return _record(
@@ -104,7 +149,7 @@ def score_folder(
 
 def evaluate_model(
     model: MPGSAM2,
-    datamodule: Any,
+    datamodule: EvalDataModule,
     bench: Benchmark,
     out_dir: Path,
     *,
@@ -172,7 +217,7 @@ def evaluate_model(
             f"{targets[0].source.name} has no public ground truth: it cannot be scored here; use submission=true"
         )
     check_tokenizer_fits(int(datamodule.collate.tokenizer.vocab_size), model, datamodule.tokenizer_path)
-    max_frames = getattr(datamodule, "val_max_frames", None)
+    max_frames = datamodule.val_max_frames
     staging = StagingArea(out_dir / "staging")
     if rank == 0:
         check_manifest(
@@ -208,7 +253,7 @@ def evaluate_model(
         transform=datamodule.eval_transform(),
         collate=datamodule.collate,
         max_frames=max_frames,
-        num_workers=int(getattr(datamodule, "num_workers", 0)),
+        num_workers=int(datamodule.num_workers),
         rank=rank,
         world=world,
     )
@@ -241,27 +286,29 @@ def _record(out_dir: Path, metrics: dict[str, Any], **context: Any) -> dict[str,
     return metrics
 
 
-def image_eval_dataset(datamodule: Any, bench: Benchmark, split: str | None) -> ReferringImageEvalDataset:
+def image_eval_dataset(
+    datamodule: EvalDataModule, bench: Benchmark, split: str | None
+) -> ReferringImageEvalDataset:
     """The RefCOCO/+/g items to predict or score: ``split`` (default: the data module's validation split, else the
     benchmark's default split) of the data module's validation dataset (``val_name``), read through its own
     reader (``split_source``); captions swapped when the data config asks (``swap_expressions``)."""
-    split = split or getattr(datamodule, "val_split", None) or bench.default_split
+    split = split or datamodule.val_split or bench.default_split
     return ReferringImageEvalDataset(
         datamodule.split_source(split),
         datamodule.eval_transform(),
-        swap_captions=bool(getattr(datamodule, "swap_expressions", False)),
-        seed=int(getattr(datamodule, "seed", 0)),
+        swap_captions=bool(datamodule.swap_expressions),
+        seed=int(datamodule.seed),
     )
 
 
-def _image_source_name(datamodule: Any, dataset: ReferringImageEvalDataset) -> str:
-    swapped = "+swapped" if getattr(datamodule, "swap_expressions", False) else ""
+def _image_source_name(datamodule: EvalDataModule, dataset: ReferringImageEvalDataset) -> str:
+    swapped = "+swapped" if datamodule.swap_expressions else ""
     return dataset.source.name + swapped
 
 
 def _evaluate_images(
     model: MPGSAM2,
-    datamodule: Any,
+    datamodule: EvalDataModule,
     bench: Benchmark,
     out_dir: Path,
     *,
@@ -301,8 +348,8 @@ def _evaluate_images(
         dataset,
         staging,
         collate=datamodule.collate,
-        batch_size=int(getattr(datamodule, "val_batch_size", None) or 1),
-        num_workers=int(getattr(datamodule, "num_workers", 0)),
+        batch_size=int(datamodule.val_batch_size or 1),
+        num_workers=int(datamodule.num_workers),
         device=device,
         precision=precision,
         rank=rank,

@@ -35,7 +35,7 @@ from mpgsam2.modeling.mpgsam2 import MPGSAM2  # noqa: E402
 def build(smoke: bool) -> MPGSAM2:
     torch.manual_seed(0)
     if smoke:
-        from test_model import tiny_config
+        from framework_helpers import tiny_config
 
         return MPGSAM2(tiny_config())
     return MPGSAM2(MPGSAM2Config.from_presets("large", "sam2_hiera_l.yaml"))

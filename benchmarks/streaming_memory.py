@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_model import random_clip, tiny_config  # noqa: E402
+from framework_helpers import random_clip, tiny_config  # noqa: E402
 
 from mpgsam2.modeling.mpgsam2 import MPGSAM2  # noqa: E402
 from mpgsam2.modeling.sam2.tracker import SAM2Tracker, TrackingState  # noqa: E402

@@ -1,13 +1,20 @@
-"""Compose the Hydra configs in-process for tests, at tiny size and with outputs under a temporary folder."""
+"""Shared test helpers: compose the Hydra configs in-process (tiny size, outputs under a temporary folder) and
+build the one tiny model (`conf/model/{beit3,sam2}/tiny.yaml`) with random inputs."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
+
+from mpgsam2.build import model_config
+from mpgsam2.modeling.config import MPGSAM2Config
+from mpgsam2.modeling.mpgsam2 import MPGSAM2
+from mpgsam2.modeling.sam2.presets import merge_settings
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -97,3 +104,22 @@ def tiny_preset() -> tuple[dict, dict]:
     beit3 = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "beit3" / "tiny.yaml"))
     sam2 = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "sam2" / "tiny.yaml"))
     return beit3, sam2
+
+
+def tiny_config(sam2_settings: dict | None = None, **options) -> MPGSAM2Config:
+    """The tiny preset (``conf/model/{beit3,sam2}/tiny.yaml``: BEiT-3 width 64, SAM width 32, 64 px SAM input),
+    with ``sam2_settings`` merged over its SAM 2 settings and ``options`` set."""
+    beit3, sam2 = tiny_preset()
+    sam2["settings"] = merge_settings(sam2["settings"], sam2_settings or {})
+    return model_config(beit3, sam2, **options)
+
+
+def random_clip(model: MPGSAM2, frames: int, batch: int = 1, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    s = model.sam.image_size
+    hb = int(model.config.beit3["img_size"])
+    sam = torch.randn(batch, frames, 3, s, s, generator=g)
+    beit = torch.randn(batch, frames, 3, hb, hb, generator=g)
+    ids = torch.randint(4, 40, (batch, 7), generator=g)
+    ids[:, 0], ids[:, -1] = 0, 2
+    return sam, beit, ids, torch.zeros_like(ids, dtype=torch.bool)

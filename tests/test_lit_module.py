@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from data_helpers import item_meta, model_batch
-from test_model import random_clip, tiny_config
+from framework_helpers import random_clip, tiny_config
 from torch import nn
 
 from mpgsam2.inference import predict_expression

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 import torch
-from test_model import random_clip, tiny_config
+from framework_helpers import random_clip, tiny_config
 
 from mpgsam2.inference import ExpressionPrediction, predict_expression, predict_video
 from mpgsam2.modeling.mpgsam2 import MPGSAM2, PostNormEncoderLayer

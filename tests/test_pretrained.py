@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 import torch
+from framework_helpers import random_clip, tiny_config
 from safetensors.torch import load_file
-from test_model import random_clip, tiny_config
 
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
 from mpgsam2.weights import convert_mpgsam2_to_original, init_from_components, load_mpgsam2, save_mpgsam2

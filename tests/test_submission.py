@@ -595,7 +595,7 @@ def test_shard_balances_by_cost_and_covers_every_item_once() -> None:
 
 
 def test_model_predictor_stages_a_video_in_one_call_with_the_per_expression_masks(valid_source, tmp_path):
-    from test_model import tiny_config
+    from framework_helpers import tiny_config
 
     from mpgsam2.modeling.mpgsam2 import MPGSAM2
 

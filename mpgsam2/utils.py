@@ -11,7 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from PIL import Image
 from torch import nn
+
+# Pillow's errors for unreadable files: OSError (missing, truncated, decoder errors, UnidentifiedImageError),
+# SyntaxError / ValueError (corrupt PNG chunks), DecompressionBombError (huge images)
+PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 __all__ = ["atomic_write", "check_tokenizer_fits", "parameter_counts", "write_json_atomic"]
 

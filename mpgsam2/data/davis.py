@@ -26,7 +26,6 @@ Construction only parses the json; missing or bad frames and masks are reported 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from PIL import Image
 from mpgsam2.data.errors import DatasetError
 from mpgsam2.data.records import ExpressionRecord, VideoRecord
 from mpgsam2.data.sources import (
+    DIGITS,
     PaletteMaskSource,
     load_videos_json,
     parse_expression_entry,
@@ -54,7 +54,6 @@ DAVIS_ANNOTATORS = (
     "Davis17_annot2.txt",
     "Davis17_annot2_full_video.txt",
 )
-_INT_RE = re.compile(r"[0-9]+")
 
 
 def davis_annotator(exp_id: str) -> int:
@@ -63,7 +62,7 @@ def davis_annotator(exp_id: str) -> int:
     Raises:
         ValueError: ``exp_id`` is not a decimal integer string.
     """
-    if not _INT_RE.fullmatch(exp_id):
+    if not DIGITS.fullmatch(exp_id):
         raise ValueError(f"Ref-DAVIS17 expression id {exp_id!r} is not an integer string such as '5'")
     return int(exp_id) % NUM_DAVIS_ANNOTATORS
 

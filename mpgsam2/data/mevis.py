@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from pycocotools import mask as coco_mask
 from mpgsam2.data.errors import DatasetError
 from mpgsam2.data.records import ExpressionRecord, VideoRecord
 from mpgsam2.data.sources import (
+    DIGITS,
     JsonVideoSource,
     image_size,
     load_json,
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 
 MEVIS_SPLITS = ("train", "valid_u", "valid")
 _SPLITS_WITH_MASKS = ("train", "valid_u")
-_INT_RE = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -232,7 +231,7 @@ def _parse_anno_ids(value: object, where: str) -> tuple[tuple[str, ...], tuple[i
     for x in value:
         if isinstance(x, int) and not isinstance(x, bool) and x >= 0:
             ids.append(x)
-        elif isinstance(x, str) and _INT_RE.fullmatch(x):
+        elif isinstance(x, str) and DIGITS.fullmatch(x):
             ids.append(int(x))
         else:
             raise DatasetError(f"{where}: 'anno_id' entries must be non-negative integers, found {x!r}")

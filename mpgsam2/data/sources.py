@@ -26,6 +26,7 @@ from mpgsam2.data.records import (
     validate_path_component,
     validate_video_id,
 )
+from mpgsam2.utils import PIL_ERRORS
 
 __all__ = [
     "ReferringVideoSource",
@@ -37,11 +38,7 @@ __all__ = [
     "read_rgb_frames",
 ]
 
-_INT_RE = re.compile(r"[0-9]+")
-
-# PIL's errors for unreadable files: OSError (missing, truncated "image file is truncated", decoder errors,
-# UnidentifiedImageError), SyntaxError / ValueError (corrupt PNG chunks), DecompressionBombError (huge images).
-_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+DIGITS = re.compile(r"[0-9]+")  # a non-negative integer in ASCII digits
 
 
 @runtime_checkable
@@ -120,7 +117,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
             width, height = img.size
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file not found") from None
-    except _PIL_ERRORS as err:
+    except PIL_ERRORS as err:
         raise DatasetError(f"{path}: cannot read the image header: {err}") from err
     return height, width
 
@@ -131,12 +128,12 @@ def _load_image(path: Path, what: str) -> Image.Image:
         img = Image.open(path)
     except FileNotFoundError:
         raise DatasetError(f"{path}: {what} not found") from None
-    except _PIL_ERRORS as err:
+    except PIL_ERRORS as err:
         raise DatasetError(f"{path}: cannot decode the {what} (not an image?): {err}") from err
     try:
         # Decode now: PIL is lazy, and with LOAD_TRUNCATED_IMAGES left False a truncated JPEG raises OSError here.
         img.load()
-    except _PIL_ERRORS as err:
+    except PIL_ERRORS as err:
         img.close()
         raise DatasetError(f"{path}: cannot decode the {what} (truncated or corrupt?): {err}") from err
     return img
@@ -294,7 +291,7 @@ def parse_obj_id(value: object, where: str) -> int:
     Ref-YouTube-VOS and the Ref-DAVIS17 conversion) or a plain integer."""
     if isinstance(value, int) and not isinstance(value, bool):
         obj_id = value
-    elif isinstance(value, str) and _INT_RE.fullmatch(value):
+    elif isinstance(value, str) and DIGITS.fullmatch(value):
         obj_id = int(value)
     else:
         raise DatasetError(f"{where}: 'obj_id' must be an integer string such as \"1\", found {value!r}")

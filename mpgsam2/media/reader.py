@@ -18,6 +18,8 @@ import av
 import numpy as np
 from PIL import Image
 
+from mpgsam2.utils import PIL_ERRORS
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "VIDEO_SUFFIXES",
@@ -33,7 +35,6 @@ __all__ = [
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_FPS = Fraction(24)  # frame rate of folders and images (timestamps, overlay video)
-_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class MediaError(ValueError):
@@ -265,7 +266,7 @@ def _read_image(path: Path, index: int) -> np.ndarray:
             return np.asarray(img.convert("RGB"))
     except FileNotFoundError:
         raise MediaError(f"{path}: frame {index} not found") from None
-    except _PIL_ERRORS as err:
+    except PIL_ERRORS as err:
         raise MediaError(f"{path}: frame {index} cannot be decoded: {err}") from err
 
 

@@ -44,6 +44,7 @@ from mpgsam2.data.records import ExpressionRecord, VideoRecord
 from mpgsam2.data.sources import ReferringVideoSource, image_size
 from mpgsam2.metrics import ImageIoU, JFMetric, boundary_f_measure, region_similarity
 from mpgsam2.metrics.jf import DEFAULT_BOUND_TH
+from mpgsam2.utils import PIL_ERRORS
 
 __all__ = [
     "DAVIS_MAX_PROPOSALS",
@@ -59,7 +60,6 @@ log = logging.getLogger(__name__)
 
 DAVIS_MAX_PROPOSALS = 20  # parity: davis2017 evaluation refuses more predicted objects per video
 DAVIS_VOID = 255
-_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class PredictionFiles:
@@ -133,7 +133,7 @@ class PredictionFiles:
             img.load()
         except FileNotFoundError:
             raise DatasetError(f"{where}: prediction PNG not found") from None
-        except _PIL_ERRORS as err:
+        except PIL_ERRORS as err:
             raise DatasetError(f"{where}: cannot decode the prediction PNG: {err}") from err
         return img
 

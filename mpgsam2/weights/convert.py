@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor
 
-from mpgsam2.weights.io import CheckpointError
+from mpgsam2.weights.io import CheckpointError, name_listing
 
 __all__ = [
     "Rule",
@@ -188,10 +188,8 @@ class ConvertedStateDict(dict[str, Tensor]):
         self.notes: list[str] = list(notes)
 
 
-def _listing(items: list[str], limit: int = _MAX_LISTED) -> str:
-    shown = "\n  ".join(items[:limit])
-    more = f"\n  ... and {len(items) - limit} more" if len(items) > limit else ""
-    return "  " + shown + more
+def _listing(items: list[str]) -> str:
+    return name_listing(items, _MAX_LISTED)
 
 
 def _map_key(key: str, rules: list[Rule]) -> str | None:

@@ -15,7 +15,7 @@ import re
 import struct
 import sys
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -237,9 +237,19 @@ def _extract_state_dict(obj: object, p: Path) -> dict[str, Tensor]:
     )
 
 
-def _listing(items: list[str], limit: int = _MAX_LISTED) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
+def name_listing(items: Sequence[str], limit: int, inline: bool = False) -> str:
+    """At most ``limit`` names for an error message, then how many more: ``a, b, ... and 3 more`` (``inline``) or
+    one indented name per line."""
+    items = list(items)
+    more = len(items) - limit
+    if inline:
+        return ", ".join(items[:limit]) + (f", ... and {more} more" if more > 0 else "")
+    rows = [f"  {x}" for x in items[:limit]] + ([f"  ... and {more} more"] if more > 0 else [])
+    return "\n".join(rows)
+
+
+def _listing(items: Sequence[str]) -> str:
+    return name_listing(items, _MAX_LISTED, inline=True)
 
 
 # ------------------------------------------------------------------------------------------------------ HF folders

@@ -32,7 +32,7 @@ from mpgsam2.weights.convert import (
     detect_format,
     strip_prefix,
 )
-from mpgsam2.weights.io import CheckpointError, read_state_dict
+from mpgsam2.weights.io import CheckpointError, name_listing, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -151,11 +151,8 @@ class LoadReport:
         return "\n".join(parts)
 
 
-def _listing(items: Sequence[str], limit: int = _MAX_LISTED) -> str:
-    rows = [f"  {x}" for x in items[:limit]]
-    if len(items) > limit:
-        rows.append(f"  ... and {len(items) - limit} more")
-    return "\n".join(rows)
+def _listing(items: Sequence[str]) -> str:
+    return name_listing(items, _MAX_LISTED)
 
 
 def _by_module(keys: Sequence[str], depth: int = 2) -> str:

@@ -215,8 +215,7 @@ def _datamodule(cfg: DictConfig, run_config: DictConfig | None, loaded: LoadedMo
         tokenizer = tokenizer_path(loaded, data_cfg.get("tokenizer_path"))
         with open_dict(data_cfg):
             data_cfg.tokenizer_path = tokenizer
-        model = loaded.model
-        sizes = {"sam_size": model.sam.image_size, "beit_size": int(model.config.beit3["img_size"])}
+        sizes = loaded.model.input_sizes
     datamodule = instantiate(data_cfg, **sizes)
     if rank_and_world()[0] == 0:
         datamodule.prepare_data()  # the synthetic dataset is generated on first use

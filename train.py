@@ -43,9 +43,7 @@ def build_components(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDat
                 f"choose a {part} config that train.py builds"
             )
     model = instantiate(cfg.model)
-    datamodule = instantiate(
-        cfg.data, sam_size=model.sam.image_size, beit_size=int(model.config.beit3["img_size"])
-    )
+    datamodule = instantiate(cfg.data, **model.input_sizes)
     system = instantiate(cfg.system, model=model)
     # set after instantiation: instantiate() would try to build the `_target_`s inside the stored config
     system.run_config = OmegaConf.to_container(cfg, resolve=True)

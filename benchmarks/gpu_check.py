@@ -93,7 +93,7 @@ def expressions(k: int, device: torch.device, vocab: int) -> list[tuple[torch.Te
 
 def inference_rows(model: MPGSAM2, args: argparse.Namespace, device: torch.device) -> list[list[str]]:
     model.eval()
-    s, hb = model.sam.image_size, int(model.config.beit3["img_size"])
+    s, hb = model.input_sizes["sam_size"], model.input_sizes["beit_size"]
     vocab = int(model.config.beit3["vocab_size"])
     sam, beit = DeviceFrames(args.frames, s, device, 0), DeviceFrames(args.frames, hb, device, 1)
     rows = []
@@ -130,7 +130,7 @@ def inference_rows(model: MPGSAM2, args: argparse.Namespace, device: torch.devic
 
 def training_rows(model: MPGSAM2, args: argparse.Namespace, device: torch.device) -> list[list[str]]:
     model.train()
-    s, hb = model.sam.image_size, int(model.config.beit3["img_size"])
+    s, hb = model.input_sizes["sam_size"], model.input_sizes["beit_size"]
     vocab = int(model.config.beit3["vocab_size"])
     g = torch.Generator(device=device).manual_seed(0)
     b, t, length = 1, args.train_frames, 20

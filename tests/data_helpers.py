@@ -587,7 +587,7 @@ __all__ += [
 
 def tiny_video_model():
     """The tiny MPG-SAM 2 of ``conf/model/{beit3,sam2}/tiny.yaml`` (random weights, seed 0, image encoder
-    trainable); its views are ``model.sam.image_size`` and ``model.config.beit3["img_size"]`` pixels."""
+    trainable); its views are ``model.input_sizes``."""
     import torch
     from framework_helpers import tiny_preset
 
@@ -611,7 +611,7 @@ def video_training_step(model, batch: ReferringBatch):
 
 def model_view_sizes(model) -> dict[str, int]:
     """The DataModule arguments ``sam_size`` / ``beit_size`` that match ``model``'s two views."""
-    return {"sam_size": model.sam.image_size, "beit_size": int(model.config.beit3["img_size"])}
+    return model.input_sizes
 
 
 def check_first_training_batch(model, dm):

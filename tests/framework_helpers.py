@@ -117,7 +117,7 @@ def tiny_config(sam2_settings: dict | None = None, **options) -> MPGSAM2Config:
 def random_clip(model: MPGSAM2, frames: int, batch: int = 1, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     s = model.sam.image_size
-    hb = int(model.config.beit3["img_size"])
+    hb = model.input_sizes["beit_size"]
     sam = torch.randn(batch, frames, 3, s, s, generator=g)
     beit = torch.randn(batch, frames, 3, hb, hb, generator=g)
     ids = torch.randint(4, 40, (batch, 7), generator=g)

@@ -103,7 +103,7 @@ def test_video_with_two_sentences(trained, clip, tmp_path):
     # and eval.py's path (the Lightning module's predict_batch on the collate's batch) gives them too
     model, tokenizer_path = predict.load_model_for_inference(ckpt)
     reference = RVOSLitModule(model, MPGSAM2Criterion(), torch.optim.AdamW).eval()
-    transform = ClipTransform(model.sam.image_size, int(model.config.beit3["img_size"]), train=False)
+    transform = ClipTransform(**model.input_sizes, train=False)
     collate = ReferringCollate(Beit3Tokenizer(tokenizer_path))
     for k, sentence in enumerate(SENTENCES):
         sam, beit, _, caption = transform(np.stack(decoded), None, sentence)
@@ -133,7 +133,7 @@ def test_chunks_selection_and_sentences_file(trained, clip, tmp_path):
     assert predict.main([*argv, "--chunk-size", "2", "--format", "png", "json"]) == 0
     assert not (out / "overlay.mp4").exists()
     model, tokenizer_path = predict.load_model_for_inference(ckpt)
-    transform = ClipTransform(model.sam.image_size, int(model.config.beit3["img_size"]), train=False)
+    transform = ClipTransform(**model.input_sizes, train=False)
     sam, beit, _, _ = transform(np.stack([f.rgb for f in open_frames(clip)]), None, "")
     expressions = encode_sentences(Beit3Tokenizer(tokenizer_path), SENTENCES, "cpu")
     expected = predict_video(model.eval(), sam, beit, expressions, (SIZE, SIZE), chunk_size=2)
@@ -167,7 +167,7 @@ def test_precision_and_compile_flags_reach_the_engine(trained, clip, tmp_path, m
     assert predict.main([*argv, "--precision", "bf16", "--compile"]) == 0
     assert sorted(compiled) == ["ImageEncoder", "MemoryAttention"]
     model, tokenizer_path = predict.load_model_for_inference(ckpt)
-    transform = ClipTransform(model.sam.image_size, int(model.config.beit3["img_size"]), train=False)
+    transform = ClipTransform(**model.input_sizes, train=False)
     sam, beit, _, _ = transform(np.stack([f.rgb for f in open_frames(clip)]), None, "")
     expressions = encode_sentences(Beit3Tokenizer(tokenizer_path), SENTENCES, "cpu")
     expected = predict_video(model.eval(), sam, beit, expressions, (SIZE, SIZE), precision="bf16")

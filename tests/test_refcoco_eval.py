@@ -164,9 +164,7 @@ def test_eval_stages_one_png_per_expression_scored_as_in_memory(tmp_path, coco_a
     loaded = load_model(str(ckpt))
     run_config = eval_entry.stored_run_config(ckpt, loaded.run_config)
     model = loaded.model.eval()
-    dm = instantiate(
-        run_config.data, sam_size=model.sam.image_size, beit_size=int(model.config.beit3["img_size"])
-    )
+    dm = instantiate(run_config.data, **model.input_sizes)
     dm.setup("validate")
     in_memory = evaluate_images(model, dm.val_dataloader())
     assert set(metrics) == set(in_memory) and metrics["num_samples"] == 3

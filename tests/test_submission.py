@@ -613,7 +613,7 @@ def test_model_predictor_stages_a_video_in_one_call_with_the_per_expression_mask
         return out
 
     predictor.predict_unit = spy
-    transform = ClipTransform(model.sam.image_size, int(model.config.beit3["img_size"]), train=False)
+    transform = ClipTransform(**model.input_sizes, train=False)
 
     def tokenizer(texts):  # caption-dependent ids of caption-dependent lengths, right-padded with 3
         rows = [[0, *(4 + ord(c) % 40 for c in text[:8]), 2] for text in texts]

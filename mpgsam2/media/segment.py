@@ -168,7 +168,7 @@ def segment_to_folder(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     out_dir = Path(out_dir)
     model = model.to(device).eval()
-    transform = ClipTransform(model.sam.image_size, int(model.config.beit3["img_size"]), train=False)
+    transform = ClipTransform(**model.input_sizes, train=False)
     expressions = encode_sentences(tokenizer, sentences, device)
 
     def run(

@@ -239,6 +239,12 @@ class MPGSAM2(nn.Module):
             self.sam.image_encoder.requires_grad_(False)
 
     @property
+    def input_sizes(self) -> dict[str, int]:
+        """The side in pixels of each square input view, by the names the data side uses:
+        ``{"sam_size": S, "beit_size": Hb}`` (``ClipTransform(**model.input_sizes, train=False)``)."""
+        return {"sam_size": int(self.sam.image_size), "beit_size": int(self.config.beit3["img_size"])}
+
+    @property
     def grid(self) -> tuple[int, int]:
         side = self.beit3.grid_size
         return (side, side) if isinstance(side, int) else tuple(side)

@@ -216,27 +216,20 @@ def evaluate_model(
         raise ValueError(
             f"{targets[0].source.name} has no public ground truth: it cannot be scored here; use submission=true"
         )
-    check_tokenizer_fits(int(datamodule.collate.tokenizer.vocab_size), model, datamodule.tokenizer_path)
     max_frames = datamodule.val_max_frames
-    staging = StagingArea(out_dir / "staging")
-    if rank == 0:
-        check_manifest(
-            out_dir / "staging.json",
-            {
-                "checkpoint": str(Path(checkpoint).resolve()),
-                "weights": weights_digest(model),
-                "dataset": bench.name,
-                "sources": [t.source.name for t in targets],
-                "chunk_size": chunk_size,
-                "max_frames": max_frames,
-                "mask_format": bench.mask_format,
-                "tokenizer": str(datamodule.tokenizer_path),
-                "precision": precision,
-            },
-            restart=restart,
-            staging=staging,
-        )
-    barrier()
+    staging = _open_staging(
+        out_dir,
+        model,
+        datamodule,
+        bench,
+        checkpoint=checkpoint,
+        restart=restart,
+        rank=rank,
+        sources=[t.source.name for t in targets],
+        chunk_size=chunk_size,
+        max_frames=max_frames,
+        precision=precision,
+    )
     log.info(
         "predicting %s on %s (chunk %s, %d process(es)) into %s",
         [t.source.name for t in targets],
@@ -278,6 +271,35 @@ def evaluate_model(
         sources=[t.source.name for t in targets],
         chunk_size=chunk_size,
     )
+
+
+def _open_staging(
+    out_dir: Path,
+    model: MPGSAM2,
+    datamodule: EvalDataModule,
+    bench: Benchmark,
+    *,
+    checkpoint: str,
+    restart: bool,
+    rank: int,
+    **settings: Any,
+) -> StagingArea:
+    """``<out_dir>/staging``, once the tokenizer is checked to fit the model and the main process has recorded (or
+    checked, :func:`check_manifest`) what it holds: the weights, the benchmark, its tokenizer and ``settings``."""
+    check_tokenizer_fits(int(datamodule.collate.tokenizer.vocab_size), model, datamodule.tokenizer_path)
+    staging = StagingArea(out_dir / "staging")
+    if rank == 0:
+        manifest = {
+            "checkpoint": str(Path(checkpoint).resolve()),
+            "weights": weights_digest(model),
+            "dataset": bench.name,
+            "mask_format": bench.mask_format,
+            "tokenizer": str(datamodule.tokenizer_path),
+            **settings,
+        }
+        check_manifest(out_dir / "staging.json", manifest, restart=restart, staging=staging)
+    barrier()
+    return staging
 
 
 def _record(out_dir: Path, metrics: dict[str, Any], **context: Any) -> dict[str, Any]:
@@ -324,24 +346,17 @@ def _evaluate_images(
     each, then the main process scores the folder (mIoU, cIoU and the J&F of 1-frame videos)."""
     dataset = image_eval_dataset(datamodule, bench, split)
     source_name = _image_source_name(datamodule, dataset)
-    check_tokenizer_fits(int(datamodule.collate.tokenizer.vocab_size), model, datamodule.tokenizer_path)
-    staging = StagingArea(out_dir / "staging")
-    if rank == 0:
-        check_manifest(
-            out_dir / "staging.json",
-            {
-                "checkpoint": str(Path(checkpoint).resolve()),
-                "weights": weights_digest(model),
-                "dataset": bench.name,
-                "sources": [source_name],
-                "mask_format": bench.mask_format,
-                "tokenizer": str(datamodule.tokenizer_path),
-                "precision": precision,
-            },
-            restart=restart,
-            staging=staging,
-        )
-    barrier()
+    staging = _open_staging(
+        out_dir,
+        model,
+        datamodule,
+        bench,
+        checkpoint=checkpoint,
+        restart=restart,
+        rank=rank,
+        sources=[source_name],
+        precision=precision,
+    )
     log.info("predicting %s on %s (%d process(es)) into %s", source_name, device, world, staging.root)
     predict_images_to_staging(
         model,

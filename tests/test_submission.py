@@ -454,6 +454,7 @@ class _WithObjectIds:
     def __init__(self, source: RefYTVOSSource) -> None:
         self._source = source
         self.name, self.expressions, self.has_masks = source.name, source.expressions, source.has_masks
+        self.expressions_file = source.expressions_file
 
     def read_frames(self, video, indices):  # noqa: ANN001, ANN201
         return self._source.read_frames(video, indices)

@@ -193,6 +193,7 @@ class _TinyObjectSource:
 
     name = "tiny-object"
     has_masks = True
+    expressions_file = Path("tiny-object.json")
 
     def __init__(self) -> None:
         video = VideoRecord("v", ("0", "1", "2"), (Path("0.jpg"), Path("1.jpg"), Path("2.jpg")))

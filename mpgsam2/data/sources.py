@@ -49,11 +49,13 @@ class ReferringVideoSource(Protocol):
         name: short identifier, e.g. ``"ytvos/train"``.
         expressions: every expression of the split, in a fixed order.
         has_masks: whether :meth:`read_masks` works (False for splits without public ground truth).
+        expressions_file: the file its expressions were read from (what messages about them name).
     """
 
     name: str
     expressions: list[ExpressionRecord]
     has_masks: bool
+    expressions_file: Path
 
     def read_frames(self, video: VideoRecord, indices: Sequence[int]) -> np.ndarray:
         """Frames ``indices`` of ``video`` as uint8 (t, H, W, 3) RGB.
@@ -302,10 +304,12 @@ def parse_obj_id(value: object, where: str) -> int:
 
 class JsonVideoSource:
     """What the ``meta_expressions.json`` readers (Ref-YouTube-VOS, MeViS, Ref-DAVIS17) share: ``__repr__`` and
-    :meth:`read_frames`. Subclasses set ``root``, ``split``, ``videos``, ``expressions`` and ``has_masks``."""
+    :meth:`read_frames`. Subclasses set ``root``, ``split``, ``expressions_file``, ``videos``, ``expressions`` and
+    ``has_masks``."""
 
     root: Path
     split: str
+    expressions_file: Path
     videos: list[VideoRecord]
     expressions: list[ExpressionRecord]
     has_masks: bool
@@ -402,7 +406,7 @@ def holdout_video_ids(source: ReferringVideoSource, num_videos: int) -> list[str
     ids = sorted(v.video_id for v in source.videos)
     if not 0 < num_videos < len(ids):
         raise DatasetError(
-            f"{getattr(source, 'expressions_file', source.name)}: cannot hold out {num_videos} of its {len(ids)} "
+            f"{source.expressions_file}: cannot hold out {num_videos} of its {len(ids)} "
             "videos (at least one must be held out and one left to train on)"
         )
     random.Random(_HOLDOUT_SHUFFLE).shuffle(ids)

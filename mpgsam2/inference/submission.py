@@ -253,14 +253,9 @@ class StagingArea:
             shutil.rmtree(self.root)
 
 
-def _expressions_file(source: ReferringVideoSource) -> str:
-    """What to name in an error about an identifier of ``source`` (its expressions json when it has one)."""
-    return str(getattr(source, "expressions_file", None) or source.name)
-
-
 def _check_ids(source: ReferringVideoSource, expr: ExpressionRecord) -> None:
     # The readers and records validate already; a writer must not trust that (any source can be plugged in).
-    where = _expressions_file(source)
+    where = str(source.expressions_file)
     video = expr.video
     validate_video_id(video.video_id, where)
     validate_path_component(expr.exp_id, f"video {video.video_id!r}: expression id", where)
@@ -549,7 +544,7 @@ def _palette_label(source: ReferringVideoSource, expr: ExpressionRecord) -> int:
     # converter's ids 1..N; the unsupervised evaluation matches objects to the ground truth either way.
     if len(expr.obj_ids) != 1 or not 1 <= expr.obj_ids[0] <= 255:
         raise DatasetError(
-            f"{_expressions_file(source)}: video {expr.video.video_id!r}, expression {expr.exp_id!r}: a palette "
+            f"{source.expressions_file}: video {expr.video.video_id!r}, expression {expr.exp_id!r}: a palette "
             f"(Ref-DAVIS17) prediction needs exactly one object id in 1..255, found {list(expr.obj_ids)}"
         )
     return expr.obj_ids[0]

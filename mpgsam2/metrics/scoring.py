@@ -180,7 +180,7 @@ def _frame_size(source: ReferringVideoSource, video: VideoRecord) -> tuple[int, 
 def _require_masks(source: ReferringVideoSource) -> None:
     if not source.has_masks:
         raise DatasetError(
-            f"{getattr(source, 'expressions_file', source.name)}: split {source.name!r} has no public ground truth; "
+            f"{source.expressions_file}: split {source.name!r} has no public ground truth; "
             "it can only be scored by the benchmark's server (write a submission instead)"
         )
 
@@ -228,7 +228,7 @@ def score_expressions(
             )
             metric.update(preds, target)
     if not source.expressions:
-        raise DatasetError(f"{getattr(source, 'expressions_file', source.name)}: no expression to score")
+        raise DatasetError(f"{source.expressions_file}: no expression to score")
     return {**metric.compute(), "num_expressions": len(source.expressions)}
 
 
@@ -261,7 +261,7 @@ def score_images(
     bench = benchmark("refcoco")
     indices = list(range(len(source))) if samples is None else list(samples)
     if not indices:
-        raise DatasetError(f"{getattr(source, 'annotation_file', source.name)}: no sample to score")
+        raise DatasetError(f"{source.annotation_file}: no sample to score")
     samples_ = [source.sample(i) for i in indices]
     entries = [(s, PurePosixPath(bench.prediction_path(sample_id=s.sample_id))) for s in samples_]
     scores = ImageIoU(bound_th=bound_th)
@@ -392,7 +392,7 @@ def score_davis(
     for expr in source.expressions:
         by_video.setdefault(expr.video.video_id, []).append(expr)
     if not by_video:
-        raise DatasetError(f"{getattr(source, 'expressions_file', source.name)}: no video to score")
+        raise DatasetError(f"{source.expressions_file}: no video to score")
     per_annotator: dict[str, dict[str, float]] = {}
     num_objects = 0
     with PredictionFiles(pred) as files:
@@ -423,9 +423,7 @@ def score_davis(
                 j_all[k].append(j)
                 f_all[k].append(f)
     if num_objects == 0:
-        raise DatasetError(
-            f"{getattr(source, 'expressions_file', source.name)}: no ground-truth object to score"
-        )
+        raise DatasetError(f"{source.expressions_file}: no ground-truth object to score")
     for k in annotators:
         j_mean = float(np.concatenate(j_all[k]).mean())
         f_mean = float(np.concatenate(f_all[k]).mean())

@@ -73,8 +73,8 @@ def expressions_of(ids: torch.Tensor, lengths: list[int], own_padding: bool = Tr
     return out
 
 
-def check(model, sam, beit, expressions, chunk_size=None) -> list[ExpressionPrediction]:
-    out = predict_video(model, sam, beit, expressions, SIZE, chunk_size=chunk_size)
+def check(model, sam, beit, expressions, chunk_size=None, **options) -> list[ExpressionPrediction]:
+    out = predict_video(model, sam, beit, expressions, SIZE, chunk_size=chunk_size, **options)
     assert len(out) == len(expressions)
     sam_t = sam.frames if isinstance(sam, LazyFrames) else sam
     beit_t = beit.frames if isinstance(beit, LazyFrames) else beit
@@ -96,6 +96,25 @@ def test_expressions_of_different_lengths_each_get_their_own_masks(model):
     out = check(model, sam[0], beit[0], expressions)
     # the expressions really differ (else equality above would say little about per-expression batching)
     assert (out[0].probs - out[1].probs).abs().max() > 5e-4  # 5x the tolerance
+
+
+@pytest.mark.parametrize("beit_batch", [1, 2, 3, 64])
+def test_beit3_calls_of_any_size_give_the_same_masks(model, beit_batch, monkeypatch):
+    """BEiT-3 runs on groups of frames x groups of expressions of at most beit_batch sequences (here 4 expressions
+    of 5 frames: one sequence per call, 2 expressions per call, 3 expressions then 1, and all 20 in one)."""
+    calls = []
+    original = MPGSAM2.encode_tokens
+    monkeypatch.setattr(
+        MPGSAM2, "encode_tokens", lambda self, f, *a: calls.append(f.shape[:2]) or original(self, f, *a)
+    )
+    sam, beit, ids, _ = random_clip(model, frames=5, seed=4)
+    ids = torch.randint(4, 40, (1, 12), generator=torch.Generator().manual_seed(5))
+    check(model, sam[0], beit[0], expressions_of(ids, [12, 5, 9, 3]), beit_batch=beit_batch)
+    engine_calls = calls[: len(calls) - 4]  # then predict_expression's own call per expression (4 x 5 frames)
+    assert all(k * t <= beit_batch for k, t in engine_calls)
+    assert sum(k * t for k, t in engine_calls) == 4 * 5
+    with pytest.raises(ValueError, match="beit_batch"):
+        predict_video(model, sam[0], beit[0], expressions_of(ids, [3]), SIZE, beit_batch=0)
 
 
 def test_lengths_batched_without_the_decoder_word_mask_would_differ(model, monkeypatch):

@@ -203,7 +203,7 @@ def predict_video(
     *,
     precision: str = "fp32",
     compile: bool = False,
-    beit_frame_batch: int = 8,
+    beit_batch: int | None = None,
 ) -> list[ExpressionPrediction]:
     """Segment each of K expressions in one video; the unit of work of evaluation and ``mpgsam2.predict``.
 
@@ -211,7 +211,8 @@ def predict_video(
     (padding masked wherever words are read, so each gets the masks it gets alone), each frame's Hiera features
     are computed once and shared, and SAM 2 tracks the K targets together (each with its own memory bank and
     object pointers). Frames are read from the sequences as they are needed: BEiT-3 in groups of
-    ``beit_frame_batch``, SAM frames one at a time, so memory grows with T only by the BEiT-3 context.
+    ``beit_batch`` (expression, frame) pairs at a time, SAM frames one at a time, so memory grows with T only by
+    the BEiT-3 context.
 
     Args:
         model: the model (its current train/eval mode is used as is).
@@ -225,7 +226,10 @@ def predict_video(
         compile: run the Hiera image encoder and the memory attention through ``torch.compile`` (compiled on the
             first call, kept for the model; the memory attention recompiles while the memory bank fills up).
             The same computation, so the masks agree up to float rounding.
-        beit_frame_batch: frames per BEiT-3 call (bounds its activation memory; the result does not depend on it).
+        beit_batch: (expression, frame) sequences per BEiT-3 call: a group of frames for a group of expressions. It
+            bounds BEiT-3's activation memory and sets its speed, not its result. None: 8 on the CPU, where
+            larger calls run slower per sequence (29 ms at 8 sequences, 41 ms at 128 on the mid-size model,
+            ``benchmarks/README.md``), 64 elsewhere (not measured: no GPU was lent).
 
     Returns:
         K predictions, in the order of ``expressions``: each gives the masks of :func:`predict_expression`.
@@ -244,12 +248,27 @@ def predict_video(
     dtype = PRECISIONS[precision]
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     cfg = model.config
+    if beit_batch is None:
+        beit_batch = 8 if device.type == "cpu" else 64
+    if beit_batch < 1:
+        raise ValueError(f"beit_batch must be >= 1, got {beit_batch}")
+    # each BEiT-3 call: a group of frames for a group of expressions, at most beit_batch sequences
+    expressions_per_call = min(k, beit_batch)
+    frames_per_call = max(1, beit_batch // expressions_per_call)
     with autocast, _compiled(model, compile):
         for start, end in chunk_bounds(num_frames, chunk_size):
             tokens = []
-            for g0, g1 in chunk_bounds(end - start, beit_frame_batch):
+            for g0, g1 in chunk_bounds(end - start, frames_per_call):
                 group = _frames(beit_frames, start + g0, start + g1).to(device)
-                tokens.append(model.encode_tokens(group.unsqueeze(0).expand(k, *group.shape), ids, text_pad))
+                parts = [
+                    model.encode_tokens(
+                        group.unsqueeze(0).expand(e1 - e0, *group.shape),
+                        ids[e0:e1],
+                        None if text_pad is None else text_pad[e0:e1],
+                    )
+                    for e0, e1 in chunk_bounds(k, expressions_per_call)
+                ]
+                tokens.append(torch.cat(parts, dim=0))
             context = model.context_from_tokens(torch.cat(tokens, dim=1))
             del tokens
             # the decoder's projections of the clip context, once per chunk instead of once per frame

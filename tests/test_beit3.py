@@ -95,6 +95,22 @@ def test_beit3_padding_mask_is_honoured() -> None:
     torch.testing.assert_close(a[1], c[1], atol=0, rtol=0)
 
 
+def test_beit3_inference_attention_is_the_training_attention() -> None:
+    """Without autograd the attention runs the fused kernel; with autograd torchscale's explicit form (parity of
+    gradients). The two agree up to float rounding, padding included."""
+    model = _small_model().eval()
+    torch.manual_seed(3)
+    pixels = torch.randn(2, 3, 32, 32)
+    ids = torch.randint(4, 50, (2, 6))
+    pad = torch.zeros(2, 6, dtype=torch.bool)
+    pad[1, 3:] = True
+    explicit = model(pixels, ids, pad).detach()
+    with torch.no_grad():
+        fused = model(pixels, ids, pad)
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(fused, explicit)  # two kernels really ran
+
+
 def test_beit3_samples_are_independent() -> None:
     model = _small_model()
     torch.manual_seed(2)

@@ -52,6 +52,15 @@ def test_eval_profile_times_each_module(capsys: pytest.CaptureFixture) -> None:
         assert f"| {label} |" in out, out
 
 
+def test_eval_memory_phases_names_each_phase(capsys: pytest.CaptureFixture) -> None:
+    assert _load("eval_memory_phases").main(["--frames", "2", "--k", "2", "--sam-size", "64"]) == 0
+    out = capsys.readouterr().out
+    header = (
+        "| T | BEiT-3 calls | context (mask prior) | decoder context projections | tracking, to the end |"
+    )
+    assert header in out and "| 2 | " in out, out
+
+
 def test_gpu_check_smoke_runs_on_the_cpu(capsys: pytest.CaptureFixture) -> None:
     assert _load("gpu_check").main(["--smoke"]) in (0, None)
     assert "cpu (smoke)" in capsys.readouterr().out

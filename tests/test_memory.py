@@ -309,3 +309,33 @@ def test_builders_ignore_targets() -> None:
     assert enc.state_dict().keys() == enc_plain.state_dict().keys()
     # the config dicts are not consumed by the builders
     assert "layer" in cfg["memory_attention"] and "fuser" in cfg["memory_encoder"]
+
+
+def test_one_frame_for_several_targets_self_attends_once() -> None:
+    """Inference with curr / curr_pos one frame expanded over the batch (predict_video's K expressions): the first
+    layer's self-attention runs on one row, and the output equals the batch computed row by row."""
+    cfg = _fixture()["cfg"]
+    att = build_memory_attention(cfg["memory_attention"]).eval()
+    d = cfg["memory_attention"]["d_model"]
+    dm = cfg["memory_attention"]["layer"]["cross_attention"]["kv_in_dim"]
+    g = torch.Generator().manual_seed(4)
+    frame, frame_pos = torch.randn(64, 1, d, generator=g), torch.randn(64, 1, d, generator=g)
+    memory, memory_pos = torch.randn(72, 3, dm, generator=g), torch.randn(72, 3, dm, generator=g)
+    batches = []
+    att.layers[0].self_attn.register_forward_hook(lambda m, args, out: batches.append(out.shape[0]))
+    with torch.no_grad():
+        shared = att(
+            frame.expand(-1, 3, -1), memory, frame_pos.expand(-1, 3, -1), memory_pos, num_obj_ptr_tokens=8
+        )
+        assert batches == [1]
+        plain = att(
+            frame.expand(-1, 3, -1).contiguous(),
+            memory,
+            frame_pos.expand(-1, 3, -1).contiguous(),
+            memory_pos,
+            8,
+        )
+        assert batches == [1, 3]
+        rows = [att(frame, memory[:, i : i + 1], frame_pos, memory_pos[:, i : i + 1], 8) for i in range(3)]
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared, torch.cat(rows, dim=1), atol=1e-5, rtol=1e-5)

@@ -12,6 +12,7 @@ import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -114,6 +115,7 @@ class MemoryAttentionLayer(nn.Module):
         pos: Tensor | None = None,
         query_pos: Tensor | None = None,
         num_k_exclude_rope: int = 0,
+        self_attended: bool = False,
     ) -> Tensor:
         """Batch-first tensors.
 
@@ -123,11 +125,13 @@ class MemoryAttentionLayer(nn.Module):
             pos: memory position encoding [B, M, Cm].
             query_pos: current position encoding [B, HW, C].
             num_k_exclude_rope: number of trailing memory tokens (object pointers) without rotary encoding.
+            self_attended: ``tgt`` already went through this layer's self-attention block.
 
         Returns:
             [B, HW, C].
         """
-        tgt = self._self_attention(tgt, query_pos)
+        if not self_attended:
+            tgt = self._self_attention(tgt, query_pos)
         tgt = self._cross_attention(tgt, memory, query_pos, pos, num_k_exclude_rope)
         tgt2 = self.norm3(tgt)
         tgt2 = self.linear2(self.dropout(self.activation(self.linear1(tgt2))))
@@ -187,6 +191,20 @@ class MemoryAttention(nn.Module):
             curr, curr_pos = curr[0], curr_pos[0]
         if curr.shape[1] != memory.shape[1]:
             raise ValueError(f"batch sizes differ: curr {curr.shape[1]} vs memory {memory.shape[1]}")
+        batch = curr.shape[1]
+        # One frame for B targets (predict_video's K expressions): curr and curr_pos are the same frame expanded
+        # over the batch, so the first layer's self-attention, which reads nothing else, runs once (inference).
+        shared_frame = (
+            batch > 1
+            and self.batch_first
+            and len(self.layers) > 0
+            and not torch.is_grad_enabled()
+            and curr.stride(1) == 0
+            and (curr_pos is None or curr_pos.stride(1) == 0)
+        )
+        if shared_frame:
+            curr = curr[:, :1]
+            curr_pos = None if curr_pos is None else curr_pos[:, :1]
 
         output = curr
         if self.pos_enc_at_input and curr_pos is not None:
@@ -197,12 +215,22 @@ class MemoryAttention(nn.Module):
             curr_pos = curr_pos.transpose(0, 1) if curr_pos is not None else None
             memory = memory.transpose(0, 1)
             memory_pos = memory_pos.transpose(0, 1) if memory_pos is not None else None
+        if shared_frame:
+            output = self.layers[0]._self_attention(output, curr_pos).expand(batch, -1, -1)
+            curr_pos = None if curr_pos is None else curr_pos.expand(batch, -1, -1)
 
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             kwargs = {}
             if isinstance(layer.cross_attn_image, RoPEAttention):
                 kwargs["num_k_exclude_rope"] = num_obj_ptr_tokens
-            output = layer(tgt=output, memory=memory, pos=memory_pos, query_pos=curr_pos, **kwargs)
+            output = layer(
+                tgt=output,
+                memory=memory,
+                pos=memory_pos,
+                query_pos=curr_pos,
+                self_attended=shared_frame and i == 0,
+                **kwargs,
+            )
         output = self.norm(output)
 
         if self.batch_first:

@@ -337,5 +337,9 @@ def test_one_frame_for_several_targets_self_attends_once() -> None:
         )
         assert batches == [1, 3]
         rows = [att(frame, memory[:, i : i + 1], frame_pos, memory_pos[:, i : i + 1], 8) for i in range(3)]
+        batches.clear()
+        att.train()(frame.expand(-1, 3, -1), memory, frame_pos.expand(-1, 3, -1), memory_pos, 8)
+        assert batches == [3]  # train mode: dropout draws per row, so nothing is shared
+        att.eval()
     torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(shared, torch.cat(rows, dim=1), atol=1e-5, rtol=1e-5)

@@ -198,6 +198,7 @@ class MemoryAttention(nn.Module):
             batch > 1
             and self.batch_first
             and len(self.layers) > 0
+            and not self.training  # dropout would draw each row's own mask
             and not torch.is_grad_enabled()
             and curr.stride(1) == 0
             and (curr_pos is None or curr_pos.stride(1) == 0)

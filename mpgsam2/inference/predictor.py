@@ -209,7 +209,8 @@ def predict_video(
 
     The K expressions run as one batch: BEiT-3 and the mask-prior generator see them padded to a common length
     (padding masked wherever words are read, so each gets the masks it gets alone), each frame's Hiera features
-    are computed once and shared, and SAM 2 tracks the K targets together (each with its own memory bank and
+    are computed once and shared (and so is the memory attention's first self-attention over them, which reads
+    nothing else), and SAM 2 tracks the K targets together (each with its own memory bank and
     object pointers). Frames are read from the sequences as they are needed: BEiT-3 in groups of
     ``beit_batch`` (expression, frame) pairs at a time, SAM frames one at a time, so memory grows with T only by
     the BEiT-3 context.

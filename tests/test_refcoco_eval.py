@@ -316,3 +316,10 @@ def test_scoring_a_folder_of_image_predictions(tmp_path, coco_and_tokenizer):
         DatasetError, match=rf"pred/3\.png: prediction is {w + 1}x{h} \(WxH\) but its image is {w}x{h}"
     ):
         score()
+
+
+def test_compile_is_refused_on_images_before_anything_is_written(tmp_path, refcoco_ckpt):
+    """compile=true compiles the video tracking; RefCOCO runs images, so the flag is an error, not ignored."""
+    with pytest.raises(ValueError, match="compile applies to the video benchmarks"):
+        eval_entry.run(compose_config("eval", [f"ckpt={refcoco_ckpt}", "compile=true"], tmp_path))
+    assert not (tmp_path / "run" / "staging").exists() and not (tmp_path / "run" / "staging.json").exists()

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from framework_helpers import tiny_config
 
 from mpgsam2.modeling.beit3 import BEIT3_PRESETS, BEiT3
+from mpgsam2.modeling.mpgsam2 import MPGSAM2
 from mpgsam2.parity import DEFAULT_FIXTURE
 
 FIXTURE = DEFAULT_FIXTURE
@@ -120,6 +122,57 @@ def test_beit3_samples_are_independent() -> None:
         full = model(pixels, ids)
         single = model(pixels[1:2], ids[1:2])
     torch.testing.assert_close(full[1:2], single, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_beit3_shared_images_equal_repeated_images(grad: bool) -> None:
+    """``image_repeats``: 2 images read by 3 x 2 token sequences (sequence n reads image n mod 2) give the tokens
+    of the 6 images passed one per sequence, with and without autograd, and gradients reach the shared images."""
+    model = _small_model().eval()
+    torch.manual_seed(4)
+    pixels = torch.randn(2, 3, 32, 32, requires_grad=grad)
+    ids = torch.randint(4, 50, (6, 5))
+    pad = torch.zeros(6, 5, dtype=torch.bool)
+    pad[3, 2:] = True
+    with torch.set_grad_enabled(grad):
+        shared = model(pixels, ids, pad, image_repeats=3)
+        repeated = model(pixels.repeat(3, 1, 1, 1), ids, pad)
+    torch.testing.assert_close(shared, repeated, atol=1e-5, rtol=1e-5)
+    if grad:
+        (g_shared,) = torch.autograd.grad(shared.square().sum(), pixels)
+        (g_repeated,) = torch.autograd.grad(repeated.square().sum(), pixels)
+        torch.testing.assert_close(g_shared, g_repeated, atol=1e-4, rtol=1e-4)
+
+
+def test_beit3_image_repeats_must_match_the_sequences() -> None:
+    model = _small_model()
+    with pytest.raises(ValueError, match="2 images x 2 repeats vs 6 token sequences"):
+        model(torch.randn(2, 3, 32, 32), torch.randint(4, 50, (6, 5)), image_repeats=2)
+
+
+def test_clip_encoding_shares_frames_expanded_over_clips(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``MPGSAM2.encode_tokens`` on one video's frames expanded over B expressions (stride 0) passes the frames
+    once to BEiT-3, and gives the tokens of the frames copied per clip."""
+    torch.manual_seed(5)
+    model = MPGSAM2(tiny_config()).eval()
+    size = model.input_sizes["beit_size"]
+    frames = torch.randn(3, 3, size, size)
+    ids = torch.randint(4, 50, (2, 6))
+    pad = torch.zeros(2, 6, dtype=torch.bool)
+    pad[0, 4:] = True
+    images_seen: list[int] = []
+    forward = model.beit3.forward
+
+    def counting(pixel_values, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        images_seen.append(pixel_values.shape[0])
+        return forward(pixel_values, *args, **kwargs)
+
+    monkeypatch.setattr(model.beit3, "forward", counting)
+    with torch.no_grad():
+        shared = model.encode_tokens(frames.unsqueeze(0).expand(2, *frames.shape), ids, pad)
+        copied = model.encode_tokens(frames.unsqueeze(0).repeat(2, 1, 1, 1, 1), ids, pad)
+    assert images_seen == [3, 6]
+    torch.testing.assert_close(shared, copied, atol=1e-5, rtol=1e-5)
 
 
 def test_beit3_gradients_reach_all_parameters_but_mask_token() -> None:

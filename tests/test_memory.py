@@ -343,3 +343,22 @@ def test_one_frame_for_several_targets_self_attends_once() -> None:
         att.eval()
     torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(shared, torch.cat(rows, dim=1), atol=1e-5, rtol=1e-5)
+
+
+def test_one_frame_for_several_masks_projects_the_frame_once() -> None:
+    """The memory encoder on one frame's feature expanded over B masks (predict_video's K expressions) projects
+    the feature once and gives the memories of the feature copied per row."""
+    enc, _ = _modules()
+    cfg = _fixture()["cfg"]
+    size, c = cfg["image_size"], cfg["memory_encoder"]["in_dim"]
+    h = size // cfg["memory_encoder"]["mask_downsampler"].get("total_stride", 16)
+    g = torch.Generator().manual_seed(5)
+    pix = torch.randn(1, c, h, h, generator=g)
+    masks = torch.randn(3, 1, size, size, generator=g)
+    rows = []
+    enc.pix_feat_proj.register_forward_hook(lambda m, args, out: rows.append(out.shape[0]))
+    with torch.no_grad():
+        shared = enc(pix.expand(3, -1, -1, -1), masks)["vision_features"]
+        copied = enc(pix.repeat(3, 1, 1, 1), masks)["vision_features"]
+    assert rows == [1, 3]
+    torch.testing.assert_close(shared, copied, atol=1e-5, rtol=1e-5)

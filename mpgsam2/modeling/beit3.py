@@ -34,33 +34,42 @@ BEIT3_PRESETS: dict[str, dict[str, int]] = {
 _POSITION_OFFSET = 2
 
 
-def _split_apply(x: Tensor, split: int, fn_a: nn.Module, fn_b: nn.Module) -> Tensor:
-    """Applies ``fn_a`` to tokens ``[:split]`` and ``fn_b`` to the rest (dim 1), then concatenates.
+def _pair_rows(shared: Tensor, per_sequence: Tensor) -> tuple[Tensor, Tensor]:
+    """Views of ``shared`` (M, ...) and ``per_sequence`` (N, ...), N a multiple of M, as (N / M, M, ...): row n of
+    the N sequences pairs with row n mod M of the shared tensor (broadcast, never copied)."""
+    m = shared.size(0)
+    return shared.unsqueeze(0), per_sequence.view(per_sequence.size(0) // m, m, *per_sequence.shape[1:])
 
-    Args:
-        x: (N, S, C).
-        split: number of leading (vision) tokens; 0 < split < S is the joint case.
-    """
-    if split <= 0:
-        return fn_b(x)
-    if split >= x.size(1):
-        return fn_a(x)
-    # parity: same split -> per-expert op -> cat sequence as torchscale's MultiwayNetwork (views, not copies).
-    x_a, x_b = torch.split(x, [split, x.size(1) - split], dim=1)
-    return torch.cat([fn_a(x_a), fn_b(x_b)], dim=1)
+
+def _join(vision: Tensor, text: Tensor) -> Tensor:
+    """Vision tokens (M, Sv, C) and text tokens (N, St, C) -> the joint sequence (N, Sv + St, C), vision first; the
+    M vision rows are repeated in order over the N sequences (M = N in the plain case)."""
+    v, t = _pair_rows(vision, text)
+    return torch.cat([v.expand(t.size(0), *v.shape[1:]), t], dim=2).flatten(0, 1)
+
+
+def _add_shared(shared: Tensor, per_sequence: Tensor) -> Tensor:
+    """``shared`` (M, ...) + ``per_sequence`` (N, ...) -> (N, ...), row n adding row n mod M of ``shared``."""
+    s, p = _pair_rows(shared, per_sequence)
+    return (s + p).flatten(0, 1)
 
 
 class Multiway(nn.Module):
-    """Two modality experts of the same kind: ``A`` for vision tokens, ``B`` for text tokens."""
+    """Two modality experts of the same kind: ``A`` for vision tokens, ``B`` for text tokens.
+
+    The tokens are kept as two tensors (vision first in the joint sequence), so each expert runs on its own
+    contiguous tokens; torchscale splits and re-concatenates the joint sequence around every expert instead,
+    which gives the same values.
+    """
 
     def __init__(self, module_a: nn.Module, module_b: nn.Module) -> None:
         super().__init__()
         self.A = module_a
         self.B = module_b
 
-    def forward(self, x: Tensor, split: int) -> Tensor:
-        """Args: x (N, S, C), split = number of leading vision tokens. Returns (N, S, C')."""
-        return _split_apply(x, split, self.A, self.B)
+    def forward(self, vision: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
+        """Args: vision (M, Sv, C), text (N, St, C). Returns (A(vision), B(text))."""
+        return self.A(vision), self.B(text)
 
 
 def _multiway_linear(dim_in: int, dim_out: int) -> Multiway:
@@ -108,47 +117,53 @@ class MultiwaySelfAttention(nn.Module):
         self.out_proj = _multiway_linear(embed_dim, embed_dim)
         self.inner_attn_ln = _multiway_layernorm(embed_dim, layernorm_eps)
 
-    def forward(self, x: Tensor, split: int, key_padding_mask: Tensor | None = None) -> Tensor:
-        """Self-attention over all tokens.
+    def forward(
+        self, vision: Tensor, text: Tensor, key_padding_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Self-attention over all tokens of each joint sequence.
 
         Args:
-            x: (N, S, C) normalised tokens, ``split`` leading vision tokens then text tokens.
-            split: number of vision tokens.
-            key_padding_mask: (N, S) bool, True = key ignored; or None.
+            vision: (M, Sv, C) normalised vision tokens; text: (N, St, C) normalised text tokens, N a multiple of M
+                (sequence n is vision row n mod M, then text row n).
+            key_padding_mask: (N, Sv + St) bool, True = key ignored; or None.
 
         Returns:
-            (N, S, C).
+            The vision (N, Sv, C) and text (N, St, C) outputs.
         """
-        n, s, c = x.shape
+        n, split = text.size(0), vision.size(1)
+        s, c = split + text.size(1), self.embed_dim
         h, d = self.num_heads, self.head_dim
-        q = self.q_proj(x, split)
-        k = self.k_proj(x, split)
-        v = self.v_proj(x, split)
+        # a shared vision row is projected once for all the sequences that read it
+        q = _join(*self.q_proj(vision, text))
+        k = _join(*self.k_proj(vision, text))
+        v = _join(*self.v_proj(vision, text))
         if not torch.is_grad_enabled():
             # deviation: inference runs the fused kernel (2-3x faster attention on the CPU, less memory on
             # GPUs): the same softmax(q k^T / sqrt(d)) v up to float rounding. Training keeps torchscale's form.
             heads = [t.view(n, s, h, d).transpose(1, 2) for t in (q, k, v)]
             keep = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
             out = F.scaled_dot_product_attention(*heads, attn_mask=keep)  # (N, H, S, d)
-            out = out.transpose(1, 2).reshape(n, s, c)
-            return self.out_proj(self.inner_attn_ln(out, split), split)
-        # parity: scale q before QK^T and use explicit bmm + softmax (not SDPA), as torchscale does.
-        q = q * self.scaling
-        q = q.view(n, s, h, d).transpose(1, 2).reshape(n * h, s, d)
-        k = k.view(n, s, h, d).transpose(1, 2).reshape(n * h, s, d)
-        v = v.view(n, s, h, d).transpose(1, 2).reshape(n * h, s, d)
+            # each modality's tokens straight into their own contiguous (N, S', C) tensor
+            out_vision = out[:, :, :split].transpose(1, 2).reshape(n, split, c)
+            out_text = out[:, :, split:].transpose(1, 2).reshape(n, s - split, c)
+        else:
+            # parity: scale q before QK^T and use explicit bmm + softmax (not SDPA), as torchscale does.
+            q = q * self.scaling
+            q = q.view(n, s, h, d).transpose(1, 2).reshape(n * h, s, d)
+            k = k.view(n, s, h, d).transpose(1, 2).reshape(n * h, s, d)
+            v = v.view(n, s, h, d).transpose(1, 2).reshape(n * h, s, d)
 
-        attn = torch.bmm(q, k.transpose(1, 2))  # (N*H, S, S)
-        if key_padding_mask is not None:
-            attn = attn.view(n, h, s, s).masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-            attn = attn.view(n * h, s, s)
-        attn = F.softmax(attn, dim=-1, dtype=torch.float32).type_as(attn)
+            attn = torch.bmm(q, k.transpose(1, 2))  # (N*H, S, S)
+            if key_padding_mask is not None:
+                attn = attn.view(n, h, s, s).masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+                attn = attn.view(n * h, s, s)
+            attn = F.softmax(attn, dim=-1, dtype=torch.float32).type_as(attn)
 
-        out = torch.bmm(attn, v)  # (N*H, S, d)
-        # (N*H, S, d) -> (S, N*H, d) -> (S, N, C) -> (N, S, C): heads concatenated per token.
-        out = out.transpose(0, 1).reshape(s, n, c).transpose(0, 1)
-        out = self.inner_attn_ln(out, split)
-        return self.out_proj(out, split)
+            out = torch.bmm(attn, v)  # (N*H, S, d)
+            # (N*H, S, d) -> (S, N*H, d) -> (S, N, C) -> (N, S, C): heads concatenated per token.
+            out = out.transpose(0, 1).reshape(s, n, c).transpose(0, 1)
+            out_vision, out_text = out[:, :split], out[:, split:]
+        return self.out_proj(*self.inner_attn_ln(out_vision, out_text))
 
 
 class EncoderLayer(nn.Module):
@@ -163,15 +178,16 @@ class EncoderLayer(nn.Module):
         )
         self.final_layer_norm = _multiway_layernorm(embed_dim, layernorm_eps)
 
-    def forward(self, x: Tensor, split: int, key_padding_mask: Tensor | None = None) -> Tensor:
-        """Args: x (N, S, C); split = number of vision tokens; key_padding_mask (N, S) bool or None."""
-        residual = x
-        x = self.self_attn(self.self_attn_layer_norm(x, split), split, key_padding_mask)
+    def forward(
+        self, vision: Tensor, text: Tensor, key_padding_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Args: vision (M, Sv, C), text (N, St, C), N a multiple of M (see ``MultiwaySelfAttention``);
+        key_padding_mask (N, Sv + St) bool or None. Returns vision (N, Sv, C) and text (N, St, C)."""
+        attn_vision, attn_text = self.self_attn(*self.self_attn_layer_norm(vision, text), key_padding_mask)
         # parity: torchscale computes residual * alpha + x with alpha = 1 (no DeepNorm).
-        x = residual + x
-        residual = x
-        x = self.ffn(self.final_layer_norm(x, split), split)
-        return residual + x
+        vision, text = _add_shared(vision, attn_vision), text + attn_text
+        ffn_vision, ffn_text = self.ffn(*self.final_layer_norm(vision, text))
+        return vision + ffn_vision, text + ffn_text
 
 
 class VisionEmbedding(nn.Module):
@@ -231,32 +247,29 @@ class Encoder(nn.Module):
         idx = torch.arange(_POSITION_OFFSET, length + _POSITION_OFFSET, device=device).unsqueeze(0)
         return table(idx)  # (1, length, C)
 
-    def forward(self, x: Tensor, split: int, padding_mask: Tensor | None = None) -> Tensor:
+    def forward(self, vision: Tensor, text: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """Runs the encoder on embedded tokens.
 
         Args:
-            x: (N, S, C) token embeddings, ``split`` vision tokens first, then text tokens.
-            split: number of vision tokens (0 < split < S).
-            padding_mask: (N, S) bool, True = padded token (zeroed and ignored as key); or None.
+            vision: (M, Sv, C) vision token embeddings ([CLS] then patches).
+            text: (N, St, C) text token embeddings, N a multiple of M: sequence n is vision row n mod M followed by
+                text row n (M = N: one image per sequence).
+            padding_mask: (N, Sv + St) bool, True = padded token (zeroed and ignored as key); or None.
 
         Returns:
-            (N, S, C) after the final multiway layer norm.
+            (N, Sv + St, C) after the final multiway layer norm, vision tokens first.
         """
-        s = x.size(1)
-        pos = torch.cat(
-            [
-                self._positions(self.embed_positions.A, split, x.device),
-                self._positions(self.embed_positions.B, s - split, x.device),
-            ],
-            dim=1,
-        )
-        x = x + pos
+        vision = vision + self._positions(self.embed_positions.A, vision.size(1), vision.device)
+        text = text + self._positions(self.embed_positions.B, text.size(1), text.device)
         if padding_mask is not None:
-            # parity: padded tokens are zeroed by multiplication before the first layer, as torchscale does.
-            x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
+            # parity: padded tokens are zeroed by multiplication before the first layer, as torchscale does
+            # (vision tokens are never padded).
+            text = text * (1 - padding_mask[:, vision.size(1) :].unsqueeze(-1).type_as(text))
         for layer in self.layers:
-            x = layer(x, split, padding_mask)
-        return self.layer_norm(x, split)
+            vision, text = layer(vision, text, padding_mask)
+        if vision.size(0) != text.size(0):  # only without layers: the layers repeat shared rows themselves
+            vision = vision.repeat(text.size(0) // vision.size(0), 1, 1)
+        return torch.cat(self.layer_norm(vision, text), dim=1)
 
 
 class BEiT3(nn.Module):
@@ -349,14 +362,22 @@ class BEiT3(nn.Module):
         nn.init.zeros_(self.vision_embed.mask_token)
 
     def forward(
-        self, pixel_values: Tensor, text_ids: Tensor, text_padding_mask: Tensor | None = None
+        self,
+        pixel_values: Tensor,
+        text_ids: Tensor,
+        text_padding_mask: Tensor | None = None,
+        *,
+        image_repeats: int = 1,
     ) -> Tensor:
         """Encodes each image jointly with its token sequence.
 
         Args:
-            pixel_values: (N, 3, H, W) float, H = W = img_size, ImageNet-normalised.
-            text_ids: (N, L) long token ids.
+            pixel_values: (M, 3, H, W) float, H = W = img_size, ImageNet-normalised.
+            text_ids: (N, L) long token ids, N = M * ``image_repeats``.
             text_padding_mask: (N, L) bool, True = padded / ignored token; None = no padding.
+            image_repeats: how many token sequences read each image: sequence n reads image n mod M. The images'
+                embedding and the first layer's image projections, which do not depend on the text yet, are
+                then computed once per image (e.g. one video's frames for each of its expressions).
 
         Returns:
             (N, 1 + P + L, D): [CLS], P patch tokens (row-major grid), then L text tokens, after the final
@@ -368,12 +389,12 @@ class BEiT3(nn.Module):
                 f"text length {length} exceeds the text position table "
                 f"({self.max_text_positions} rows, {self.max_text_positions - _POSITION_OFFSET} usable)"
             )
-        if pixel_values.size(0) != n:
-            raise ValueError(f"batch mismatch: {pixel_values.size(0)} images vs {n} token sequences")
-        vision = self.vision_embed(pixel_values)  # (N, 1 + P, D)
+        if image_repeats < 1 or pixel_values.size(0) * image_repeats != n:
+            raise ValueError(
+                f"batch mismatch: {pixel_values.size(0)} images x {image_repeats} repeats vs {n} token sequences"
+            )
+        vision = self.vision_embed(pixel_values)  # (M, 1 + P, D)
         text = self.text_embed(text_ids)  # (N, L, D)
-        split = vision.size(1)
-        x = torch.cat([vision, text], dim=1)
 
         padding_mask = None
         if text_padding_mask is not None:
@@ -383,6 +404,6 @@ class BEiT3(nn.Module):
                     f"{tuple(text_ids.shape)}"
                 )
             # Vision tokens are never padded.
-            vision_pad = torch.zeros(vision.shape[:2], dtype=torch.bool, device=vision.device)
+            vision_pad = text_padding_mask.new_zeros(n, vision.size(1), dtype=torch.bool)
             padding_mask = torch.cat([vision_pad, text_padding_mask.bool()], dim=1)
-        return self.encoder(x, split, padding_mask)
+        return self.encoder(vision, text, padding_mask)

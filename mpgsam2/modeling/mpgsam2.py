@@ -268,12 +268,18 @@ class MPGSAM2(nn.Module):
     ) -> Tensor:
         """BEiT-3 over every frame of B clips: beit_frames [B, T, 3, H, W], text [B, L] -> [B, T, 1 + P + L, D].
 
-        Frames are independent here, so a caller may run groups of frames and concatenate along T.
+        Frames are independent here, so a caller may run groups of frames and concatenate along T. When the B
+        clips are the same frames expanded over B (stride 0: one video's frames for B expressions), BEiT-3 embeds
+        each frame once for all B.
         """
         b, t = beit_frames.shape[:2]
         ids = text_ids.repeat_interleave(t, dim=0)
         pad = None if text_padding_mask is None else text_padding_mask.repeat_interleave(t, dim=0)
-        return self.beit3(beit_frames.flatten(0, 1), ids, pad).unflatten(0, (b, t))
+        if b > 1 and beit_frames.stride(0) == 0:
+            tokens = self.beit3(beit_frames[0], ids, pad, image_repeats=b)
+        else:
+            tokens = self.beit3(beit_frames.flatten(0, 1), ids, pad)
+        return tokens.unflatten(0, (b, t))
 
     def context_from_tokens(self, tokens: Tensor) -> ClipContext:
         """The clip context from BEiT-3's tokens [B, T, 1 + P + L, D] (P = G*G patches)."""

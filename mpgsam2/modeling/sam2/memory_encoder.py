@@ -185,6 +185,9 @@ class MemoryEncoder(nn.Module):
             masks = torch.sigmoid(masks)
         masks = self.mask_downsampler(masks)
         pix_feat = pix_feat.to(masks.device)
+        if pix_feat.size(0) > 1 and pix_feat.stride(0) == 0:
+            # one frame's feature expanded over B targets (predict_video's K expressions): projected once
+            pix_feat = pix_feat[:1]
         x = self.pix_feat_proj(pix_feat) + masks
         x = self.fuser(x)
         x = self.out_proj(x)

@@ -172,10 +172,25 @@ def test_no_object(model):
             last.bias.copy_(saved)
 
 
-def test_prior_ffn_in_token_chunks_is_exact(model, monkeypatch):
+def test_prior_layer_in_query_chunks_equals_the_whole_layer(monkeypatch):
+    torch.manual_seed(0)
+    layer = PostNormEncoderLayer(32, 4, 64).eval()
+    src = torch.randn(37, 2, 32)  # [N, B, D]
+    with torch.enable_grad():  # the grad path: nn.MultiheadAttention over all tokens at once
+        whole = layer(src).detach()
+    monkeypatch.setattr(PostNormEncoderLayer, "inference_token_chunk", 8)  # 5 chunks, the last one short
+    calls = []
+    monkeypatch.setattr(layer.self_attn, "forward", lambda *a, **k: calls.append(1))
+    with torch.no_grad():
+        chunked = layer(src)
+    assert not calls  # the chunked path, not nn.MultiheadAttention
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_prior_layer_in_token_chunks_is_exact(model, monkeypatch):
     sam, beit, ids, pad = random_clip(model, frames=3, seed=8)
     whole = predict_video(model, sam[0], beit[0], [(ids[0], pad[0])], SIZE)[0]
-    monkeypatch.setattr(PostNormEncoderLayer, "inference_ffn_chunk", 5)  # 3 x 16 tokens -> 10 chunks
+    monkeypatch.setattr(PostNormEncoderLayer, "inference_token_chunk", 5)  # 3 x 16 tokens -> 10 chunks
     chunked = predict_video(model, sam[0], beit[0], [(ids[0], pad[0])], SIZE)[0]
     torch.testing.assert_close(chunked.logits, whole.logits, atol=1e-5, rtol=1e-5)
 

@@ -32,9 +32,10 @@ from mpgsam2.modeling.sam2.tracker import (
 class PostNormEncoderLayer(nn.Module):
     """Transformer encoder layer, post-norm, ReLU FFN (DETR style), over a [N, B, D] sequence."""
 
-    # Without autograd the FFN runs over at most this many tokens at a time: its [N, B, ffn_dim] hidden layer
-    # over a whole clip (T x G*G tokens) was the peak of inference memory. Row-wise, so the result is the same.
-    inference_ffn_chunk: int = 1024
+    # Without autograd the layer runs over at most this many query tokens at a time: its activations over a whole
+    # clip (T x G*G tokens: the FFN's [N, B, ffn_dim] hidden layer, the attention's packed projections) were the
+    # peak of inference memory. Row-wise after the keys / values, so the result is the same.
+    inference_token_chunk: int = 1024
 
     def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float = 0.1) -> None:
         super().__init__()
@@ -49,21 +50,48 @@ class PostNormEncoderLayer(nn.Module):
 
     def forward(self, src: Tensor) -> Tensor:
         """src: [N, B, D] -> [N, B, D]."""
+        chunked = not torch.is_grad_enabled() and src.shape[0] > self.inference_token_chunk
+        if chunked and not self.training:
+            return self._forward_in_query_chunks(src)
         # deviation: need_weights=False (no [heads, N, N] weight tensor is kept; the original materialised it,
         # 12 GB at 100 frames); the output is the same attention.
         attended = self.self_attn(src, src, src, need_weights=False)[0]
         src = self.norm1(src + self.dropout1(attended))
-        if torch.is_grad_enabled() or src.shape[0] <= self.inference_ffn_chunk:
+        if not chunked:
             return self.norm2(src + self.dropout2(self._ffn(src)))
         return torch.cat(
             [
                 self.norm2(part + self.dropout2(self._ffn(part)))
-                for part in src.split(self.inference_ffn_chunk, dim=0)
+                for part in src.split(self.inference_token_chunk, dim=0)
             ]
         )
 
     def _ffn(self, src: Tensor) -> Tensor:
         return self.linear2(self.dropout(F.relu(self.linear1(src))))
+
+    def _forward_in_query_chunks(self, src: Tensor) -> Tensor:
+        """The eval-mode layer without autograd, over chunks of queries: src [N, B, D] -> [N, B, D]."""
+        # deviation: keys / values are projected once for the clip, then each chunk of queries runs attention,
+        # out_proj, norms and FFN into one output, instead of nn.MultiheadAttention's packed [N, B, 3D]
+        # projection (and its head-major copies) plus full-clip intermediates; same values up to float rounding.
+        attn = self.self_attn
+        k, v = (_project_heads(src, attn, i) for i in (1, 2))  # [B, heads, N, d], projected once
+        out = torch.empty_like(src)
+        for start in range(0, src.shape[0], self.inference_token_chunk):
+            part = src[start : start + self.inference_token_chunk]
+            attended = F.scaled_dot_product_attention(_project_heads(part, attn, 0), k, v)
+            part = self.norm1(part + attn.out_proj(rearrange(attended, "b h n d -> n b (h d)")))
+            out[start : start + part.shape[0]] = self.norm2(part + self._ffn(part))
+        return out
+
+
+def _project_heads(x: Tensor, attn: nn.MultiheadAttention, index: int) -> Tensor:
+    """Query (0), key (1) or value (2) projection of ``x`` [N, B, D] by ``attn``, as a [B, heads, N, d] view."""
+    dim = attn.embed_dim
+    bias = None if attn.in_proj_bias is None else attn.in_proj_bias[index * dim : (index + 1) * dim]
+    projected = F.linear(x, attn.in_proj_weight[index * dim : (index + 1) * dim], bias)
+    # a strided view, not a copy: SDPA reads any strides
+    return rearrange(projected, "n b (h d) -> b h n d", h=attn.num_heads)
 
 
 class MultiplicativeCrossAttention(nn.Module):

@@ -103,7 +103,14 @@ class MultiplicativeCrossAttention(nn.Module):
 
     def forward(self, query: Tensor, memory: Tensor) -> Tensor:
         """query: [Nq, B, D]; memory: [Nk, B, D] -> [Nq, B, D]."""
-        return query * self.attn(query, memory, memory, need_weights=False)[0]
+        if torch.is_grad_enabled() or self.training:
+            return query * self.attn(query, memory, memory, need_weights=False)[0]
+        # deviation: at inference the memory's keys / values are projected straight into head views (a clip's
+        # T x G*G tokens), without nn.MultiheadAttention's packed [Nk, B, 2D] projection and its head-major
+        # copies; the same attention up to float rounding.
+        k, v = (_project_heads(memory, self.attn, i) for i in (1, 2))
+        attended = F.scaled_dot_product_attention(_project_heads(query, self.attn, 0), k, v)
+        return query * self.attn.out_proj(rearrange(attended, "b h n d -> n b (h d)"))
 
 
 @dataclass
@@ -160,12 +167,15 @@ class MaskPriorGenerator(nn.Module):
         token = self.token_proj(rearrange(token, "t b d -> b t d"))
         visual = rearrange(visual, "(t h w) b d -> b t h w d", t=t, h=h, w=w)
         mask_features = visual * token[:, :, None, None, :]
+        del visual  # clip-wide tensors are released as soon as they are read (inference memory)
         prior_logits = self.prior_head(mask_features).squeeze(-1)
         context = rearrange(self.context_proj(mask_features), "b t h w c -> b t (h w) c")
+        del mask_features
         frame_pos = get_1d_sine_pe(
             torch.arange(t, dtype=context.dtype, device=context.device), self.context_dim
-        )
-        context = context + frame_pos[None, :, None, :].to(context.dtype)
+        )[None, :, None, :].to(context.dtype)
+        # in place without autograd: no second clip-wide context tensor
+        context = context + frame_pos if torch.is_grad_enabled() else context.add_(frame_pos)
         return PriorOutput(prior_logits=prior_logits, global_context=context, refined_token=token)
 
 
@@ -315,13 +325,22 @@ class MPGSAM2(nn.Module):
             prior = self.mask_prior(cls_token, patches, self.grid)
         else:
             # one clip at a time without autograd (e.g. K expressions of one video): the clip-wide attention's
-            # activations (T x G*G tokens each) then exist for one clip at once; clips are independent
-            parts = [self.mask_prior(cls_token[i : i + 1], patches[i : i + 1], self.grid) for i in range(b)]
-            prior = PriorOutput(
-                prior_logits=torch.cat([p.prior_logits for p in parts]),
-                global_context=torch.cat([p.global_context for p in parts]),
-                refined_token=torch.cat([p.refined_token for p in parts]),
-            )
+            # activations (T x G*G tokens each) then exist for one clip at once; clips are independent. Each
+            # clip's results are written into preallocated outputs, so no clip's context is held twice.
+            prior = None
+            for i in range(b):
+                part = self.mask_prior(cls_token[i : i + 1], patches[i : i + 1], self.grid)
+                if prior is None:
+                    prior = PriorOutput(
+                        *(
+                            x.new_empty((b, *x.shape[1:]))
+                            for x in (part.prior_logits, part.global_context, part.refined_token)
+                        )
+                    )
+                prior.prior_logits[i] = part.prior_logits[0]
+                prior.global_context[i] = part.global_context[0]
+                prior.refined_token[i] = part.refined_token[0]
+                del part  # not alive during the next clip
         # the sparse prompt uses the raw class token (not the refined one), as the original
         sparse = self.sparse_prompt_mlp(tokens[:, :1]).unflatten(0, (b, t))
         text_feat = self.text_proj(words)

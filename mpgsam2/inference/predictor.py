@@ -279,6 +279,9 @@ def predict_video(
             cache = (
                 None if model.training else model.sam.sam_mask_decoder.context_cache(context.global_context)
             )
+            if cache is not None:
+                # the decoder reads only the cache from here on: the raw context is not held while tracking
+                context.global_context = context.prior.global_context = None
             state = model.sam.new_state(num_frames=end - start)
             for t in range(end - start):
                 frame = _frames(sam_frames, start + t, start + t + 1).to(device)

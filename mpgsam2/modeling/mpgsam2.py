@@ -117,12 +117,12 @@ class MultiplicativeCrossAttention(nn.Module):
 class PriorOutput:
     """The mask-prior generator's results for B clips of T frames (G x G BEiT-3 patch grid, C SAM width).
 
-    prior_logits: [B, T, G, G]; global_context: [B, T, G*G, C] (with temporal position);
-    refined_token: [B, T, D] (class token after the multiplicative fusion).
+    prior_logits: [B, T, G, G]; global_context: [B, T, G*G, C] (with temporal position; None once released, see
+    ``predict_video``); refined_token: [B, T, D] (class token after the multiplicative fusion).
     """
 
     prior_logits: Tensor
-    global_context: Tensor
+    global_context: Tensor | None
     refined_token: Tensor
 
 
@@ -184,14 +184,15 @@ class ClipContext:
     """Per-clip quantities computed before SAM 2 runs (B clips, T frames, L tokens, C SAM width, G grid).
 
     priors: [B, T, 1, G, G] (sigmoid of prior logits); sparse_tokens: [B, T, 1, C]; text_feat: [B, T, L, C];
-    global_context: [B, T, G*G, C]; sentence_scores: [B, T] (the original's sentence scalar per frame).
+    global_context: [B, T, G*G, C], or None once released (``predict_video`` keeps only the decoder's
+    projections of it while tracking); sentence_scores: [B, T] (the original's sentence scalar per frame).
     """
 
     prior: PriorOutput
     priors: Tensor
     sparse_tokens: Tensor
     text_feat: Tensor
-    global_context: Tensor
+    global_context: Tensor | None
     sentence_scores: Tensor
 
     def frame_prompts(self, t: int, use_dense_prior: bool, use_sparse_token: bool) -> FramePrompts:

@@ -10,8 +10,8 @@ MPG-SAM 2 fork. Three post-norm cross-attention blocks are added to SAM 2's deco
 - ``object_historical_fusion`` (original: ``objfusion_module``): the mask tokens cross-attend to the object
   pointers of earlier frames (temporal sine position on the keys).
 
-Each block runs when it exists (its ``use_*`` switch) and its inputs are given; without ``global_context`` /
-``obj_memory`` the decoder is the stock SAM 2 decoder.
+Each block runs when it exists (its ``use_*`` switch) and its inputs are given (the global context, or its
+projections in a ``ContextCache``); without a global context / ``obj_memory`` the decoder is the stock SAM 2 decoder.
 """
 
 from __future__ import annotations
@@ -120,7 +120,8 @@ class ContextCache:
     """What the decoder reads from the clip's global context on every frame, computed once per clip.
 
     Inference only (exact up to float rounding): the context is the same for every frame of a clip, so its
-    projections need not be recomputed per frame (they grow with T: T x G*G tokens per frame).
+    projections need not be recomputed per frame (they grow with T: T x G*G tokens per frame). The blocks whose
+    projections it holds run from it alone, so the raw context need not be kept once it is built.
 
     pixel_kv: pixel fusion's key / value projections of the patchified context, [T*G*G/p^2, B, C] each, or None.
     object_kv: object global fusion's key / value projections of the flat context, [T*G*G, B, C] each, or None.
@@ -279,15 +280,17 @@ class MaskDecoder(nn.Module):
                 conv_s0 / conv_s1; required when ``use_high_res_features``.
             text_feat: [B, L, C] word features appended to the pixel-fusion memory (original: ``text_feat``).
             global_context: [B, T, G*G, C] global visual context of all frames (original: ``visual_feat``).
-                None skips the pixel fusion.
+                None skips the pixel fusion, unless ``context_cache`` holds its projections.
             global_context_flat: [B, T*G*G, C], the same values flattened (original: ``mask_pred``), memory of the
-                object global fusion; None takes ``global_context`` flattened, and skips the block if that is None.
+                object global fusion; None takes ``global_context`` flattened, and skips the block if that is None
+                too, unless ``context_cache`` holds its projections.
             obj_memory: [K, B, C] object pointers of earlier frames; None (first frame) skips the historical fusion.
             obj_memory_pos: [K, B, C] their temporal positional encoding.
             text_key_padding_mask: [B, L] bool, True = word not attended by the pixel fusion; None attends every
                 word (the original). Lets expressions padded to a common length run as one batch.
-            context_cache: the projections of ``global_context`` (:meth:`context_cache`), computed once per clip;
-                ``global_context`` must still be given (it says which blocks run).
+            context_cache: the projections of the global context (:meth:`context_cache`), computed once per clip
+                (inference). A block whose projections it holds runs from them alone: ``global_context`` /
+                ``global_context_flat`` may then be None (and are not read by that block).
 
         Returns:
             masks: [B, M', 4E, 4E] mask logits (M' = M with ``multimask_output``, else 1).
@@ -298,7 +301,8 @@ class MaskDecoder(nn.Module):
         """
         if global_context_flat is None and global_context is not None:
             global_context_flat = global_context.flatten(1, 2)
-        if self.use_pixel_global_fusion and global_context is not None:
+        pixel_kv = None if context_cache is None else context_cache.pixel_kv
+        if self.use_pixel_global_fusion and (global_context is not None or pixel_kv is not None):
             image_embeddings = self._pixel_global_fusion(
                 image_embeddings, image_pe, global_context, text_feat, text_key_padding_mask, context_cache
             )
@@ -336,16 +340,25 @@ class MaskDecoder(nn.Module):
         self,
         image_embeddings: Tensor,
         image_pe: Tensor,
-        global_context: Tensor,
+        global_context: Tensor | None,
         text_feat: Tensor | None,
         text_key_padding_mask: Tensor | None = None,
         context_cache: ContextCache | None = None,
     ) -> Tensor:
-        """Image embedding [B, C, E, E] cross-attends to [patchified global context ; words] -> [B, C, E, E]."""
+        """Image embedding [B, C, E, E] cross-attends to [patchified global context ; words] -> [B, C, E, E].
+
+        The context's key / value projections are read from ``context_cache`` when it holds them (then
+        ``global_context`` is not read and may be None), else ``global_context`` is patchified and projected."""
         b, _, h, w = image_embeddings.shape
         dtype = image_embeddings.dtype
         words = None if text_feat is None else rearrange(text_feat.to(dtype), "b l c -> l b c")
-        num_context = global_context.shape[1] * global_context.shape[2] // self.context_patch_size**2
+        context_kv = None if context_cache is None else context_cache.pixel_kv
+        if context_kv is not None:
+            num_context = context_kv[0].shape[0]
+        else:
+            assert global_context is not None, "the pixel fusion needs the global context or its projections"
+            memory = self._patchified_context(global_context.to(dtype))
+            num_context = memory.shape[0]
         key_padding_mask = None
         if words is not None and text_key_padding_mask is not None:
             # deviation: words past an expression's length are not attended, so expressions padded to a common
@@ -354,8 +367,8 @@ class MaskDecoder(nn.Module):
             key_padding_mask = torch.cat([context_keys, text_key_padding_mask.bool()], dim=1)
         tgt = rearrange(image_embeddings, "b c h w -> (h w) b c")
         query_pos = rearrange(image_pe, "b c h w -> (h w) b c")
-        if context_cache is not None and context_cache.pixel_kv is not None:
-            keys, values = context_cache.pixel_kv
+        if context_kv is not None:
+            keys, values = context_kv
             if words is not None:
                 word_keys, word_values = self.pixel_global_fusion.project_memory(words)
                 keys, values = torch.cat([keys, word_keys]), torch.cat([values, word_values])
@@ -367,7 +380,6 @@ class MaskDecoder(nn.Module):
                 memory_kv=(keys, values),
             )
             return rearrange(fused, "(h w) b c -> b c h w", h=h, w=w)
-        memory = self._patchified_context(global_context.to(dtype))
         if words is not None:
             memory = torch.cat([memory, words], dim=0)
         fused = self.pixel_global_fusion(
@@ -426,7 +438,9 @@ class MaskDecoder(nn.Module):
 
         # Object-level aggregation: the mask tokens (not the score / IoU tokens) attend to the global context,
         # then to the object pointers of earlier frames.
-        run_global = self.use_object_global_fusion and global_context_flat is not None
+        run_global = self.use_object_global_fusion and (
+            global_context_flat is not None or object_kv is not None
+        )
         run_historical = self.use_object_historical_fusion and obj_memory is not None
         if run_global or run_historical:
             mask_tokens = rearrange(mask_tokens, "b m c -> m b c")

@@ -275,7 +275,7 @@ def predict_video(
                     del part
             context = model.context_from_tokens(tokens)
             del tokens
-            # the decoder's projections of the clip context, once per chunk instead of once per frame
+            # what the decoder reads from the clip context, once per chunk instead of once per frame
             cache = (
                 None if model.training else model.sam.sam_mask_decoder.context_cache(context.global_context)
             )

@@ -185,7 +185,7 @@ class ClipContext:
 
     priors: [B, T, 1, G, G] (sigmoid of prior logits); sparse_tokens: [B, T, 1, C]; text_feat: [B, T, L, C];
     global_context: [B, T, G*G, C], or None once released (``predict_video`` keeps only the decoder's
-    projections of it while tracking); sentence_scores: [B, T] (the original's sentence scalar per frame).
+    ``ContextCache`` while tracking); sentence_scores: [B, T] (the original's sentence scalar per frame).
     """
 
     prior: PriorOutput

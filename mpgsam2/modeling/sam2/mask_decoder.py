@@ -119,16 +119,18 @@ class CrossAttentionFusionBlock(nn.Module):
 class ContextCache:
     """What the decoder reads from the clip's global context on every frame, computed once per clip.
 
-    Inference only (exact up to float rounding): the context is the same for every frame of a clip, so its
-    projections need not be recomputed per frame (they grow with T: T x G*G tokens per frame). The blocks whose
-    projections it holds run from it alone, so the raw context need not be kept once it is built.
+    Inference only (exact up to float rounding): the context is the same for every frame of a clip, so what the
+    fusion blocks compute from it alone need not be recomputed per frame (it grows with T: T x G*G tokens per
+    frame). The blocks it covers run from it alone, so the raw context need not be kept once it is built.
 
     pixel_kv: pixel fusion's key / value projections of the patchified context, [T*G*G/p^2, B, C] each, or None.
-    object_kv: object global fusion's key / value projections of the flat context, [T*G*G, B, C] each, or None.
+    object_tokens: the mask tokens after the object global fusion, [M+1, B, C], or None. That block's queries are
+        the learned mask tokens alone and its memory is the clip context, so (eval mode) its output is the same on
+        every frame: it is computed once, and its [T*G*G, B, C] key / value projections are not kept.
     """
 
     pixel_kv: tuple[Tensor, Tensor] | None
-    object_kv: tuple[Tensor, Tensor] | None
+    object_tokens: Tensor | None
 
 
 class MaskDecoder(nn.Module):
@@ -280,17 +282,18 @@ class MaskDecoder(nn.Module):
                 conv_s0 / conv_s1; required when ``use_high_res_features``.
             text_feat: [B, L, C] word features appended to the pixel-fusion memory (original: ``text_feat``).
             global_context: [B, T, G*G, C] global visual context of all frames (original: ``visual_feat``).
-                None skips the pixel fusion, unless ``context_cache`` holds its projections.
+                None skips the pixel fusion, unless ``context_cache`` covers it.
             global_context_flat: [B, T*G*G, C], the same values flattened (original: ``mask_pred``), memory of the
                 object global fusion; None takes ``global_context`` flattened, and skips the block if that is None
-                too, unless ``context_cache`` holds its projections.
+                too, unless ``context_cache`` covers it.
             obj_memory: [K, B, C] object pointers of earlier frames; None (first frame) skips the historical fusion.
             obj_memory_pos: [K, B, C] their temporal positional encoding.
             text_key_padding_mask: [B, L] bool, True = word not attended by the pixel fusion; None attends every
                 word (the original). Lets expressions padded to a common length run as one batch.
-            context_cache: the projections of the global context (:meth:`context_cache`), computed once per clip
-                (inference). A block whose projections it holds runs from them alone: ``global_context`` /
-                ``global_context_flat`` may then be None (and are not read by that block).
+            context_cache: what the global fusion blocks read from the global context (:meth:`context_cache`:
+                the pixel fusion's key / value projections, the object global fusion's output), computed once per
+                clip (inference). A block it covers runs from it alone: ``global_context`` / ``global_context_flat``
+                may then be None (and are not read by that block).
 
         Returns:
             masks: [B, M', 4E, 4E] mask logits (M' = M with ``multimask_output``, else 1).
@@ -317,7 +320,7 @@ class MaskDecoder(nn.Module):
             global_context_flat=global_context_flat,
             obj_memory=obj_memory,
             obj_memory_pos=obj_memory_pos,
-            object_kv=None if context_cache is None else context_cache.object_kv,
+            object_tokens=None if context_cache is None else context_cache.object_tokens,
         )
 
         if multimask_output:
@@ -402,15 +405,38 @@ class MaskDecoder(nn.Module):
         return self.context_patch_proj(patches)
 
     def context_cache(self, global_context: Tensor) -> ContextCache:
-        """The projections every frame of a clip reads from its global context [B, T, G*G, C] (inference)."""
-        pixel_kv = object_kv = None
+        """What every frame of a clip reads from its global context [B, T, G*G, C] (inference, eval mode)."""
+        if self.training:
+            raise RuntimeError("the context cache is for inference (eval mode: no dropout)")
+        pixel_kv = object_tokens = None
+        # one clip (batch row) at a time: the clip-wide intermediates (patchified context, the object fusion's
+        # keys / values) then exist for one clip at once; rows are independent
+        clips = global_context.split(1)
         if self.use_pixel_global_fusion:
-            pixel_kv = self.pixel_global_fusion.project_memory(self._patchified_context(global_context))
+            for i, clip in enumerate(clips):
+                keys, values = self.pixel_global_fusion.project_memory(self._patchified_context(clip))
+                if pixel_kv is None:
+                    pixel_kv = tuple(
+                        x.new_empty((x.shape[0], len(clips), x.shape[2])) for x in (keys, values)
+                    )
+                pixel_kv[0][:, i], pixel_kv[1][:, i] = keys[:, 0], values[:, 0]
+                del keys, values
         if self.use_object_global_fusion:
-            object_kv = self.object_global_fusion.project_memory(
-                rearrange(global_context, "b t n c -> (t n) b c")
+            tokens = self.mask_tokens.weight[:, None]  # [M+1, 1, C], as the decoder's queries
+            object_tokens = torch.cat(
+                [
+                    self.object_global_fusion(
+                        tgt=tokens,
+                        memory=None,
+                        memory_kv=self.object_global_fusion.project_memory(
+                            rearrange(clip, "b t n c -> (t n) b c")
+                        ),
+                    )
+                    for clip in clips
+                ],
+                dim=1,
             )
-        return ContextCache(pixel_kv=pixel_kv, object_kv=object_kv)
+        return ContextCache(pixel_kv=pixel_kv, object_tokens=object_tokens)
 
     def _predict_masks(
         self,
@@ -423,7 +449,7 @@ class MaskDecoder(nn.Module):
         global_context_flat: Tensor | None,
         obj_memory: Tensor | None,
         obj_memory_pos: Tensor | None,
-        object_kv: tuple[Tensor, Tensor] | None = None,
+        object_tokens: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """All mask-token outputs: masks [B, M+1, 4E, 4E], iou [B, M+1], tokens [B, M+1, C], score [B, 1]."""
         s = 1 if self.pred_obj_scores else 0
@@ -439,13 +465,15 @@ class MaskDecoder(nn.Module):
         # Object-level aggregation: the mask tokens (not the score / IoU tokens) attend to the global context,
         # then to the object pointers of earlier frames.
         run_global = self.use_object_global_fusion and (
-            global_context_flat is not None or object_kv is not None
+            global_context_flat is not None or object_tokens is not None
         )
         run_historical = self.use_object_historical_fusion and obj_memory is not None
         if run_global or run_historical:
             mask_tokens = rearrange(mask_tokens, "b m c -> m b c")
-            if run_global and object_kv is not None:
-                mask_tokens = self.object_global_fusion(tgt=mask_tokens, memory=None, memory_kv=object_kv)
+            if run_global and object_tokens is not None:
+                mask_tokens = object_tokens.to(
+                    mask_tokens.dtype
+                )  # the block's output, computed once per clip
             elif run_global:
                 memory = rearrange(global_context_flat.to(mask_tokens.dtype), "b n c -> n b c")
                 mask_tokens = self.object_global_fusion(tgt=mask_tokens, memory=memory)

@@ -63,10 +63,10 @@ class FramePrompts:
     sparse_token: [B, 1, C] multimodal class token (sparse prompt), or None.
     text_feat: [B, L, C] word features of the expression for this frame.
     global_context: [B, T, G*G, C] mask features of every frame of the clip (with temporal position), or None:
-        no global fusion, except the blocks whose projections ``context_cache`` holds.
+        no global fusion, except the blocks ``context_cache`` covers.
     text_key_padding_mask: [B, L] bool, True = word the decoder does not attend (expressions batched at a common
         length), or None (every word attended, the original).
-    context_cache: the decoder's projections of the global context, computed once per clip (inference), or None.
+    context_cache: what the decoder reads from the global context, computed once per clip (inference), or None.
         The global fusion blocks then run from it alone (``global_context`` may be None).
     """
 

@@ -81,7 +81,9 @@ class PostNormEncoderLayer(nn.Module):
             part = src[start : start + self.inference_token_chunk]
             attended = F.scaled_dot_product_attention(_project_heads(part, attn, 0), k, v)
             part = self.norm1(part + attn.out_proj(rearrange(attended, "b h n d -> n b (h d)")))
-            out[start : start + part.shape[0]] = self.norm2(part + self._ffn(part))
+            # eval mode: dropout is the identity; ReLU in place, so one [chunk, B, ffn_dim] hidden layer at a time
+            ffn = self.linear2(F.relu_(self.linear1(part)))
+            out[start : start + part.shape[0]] = self.norm2(part + ffn)
         return out
 
 

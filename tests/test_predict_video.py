@@ -172,12 +172,73 @@ def test_no_object(model):
             last.bias.copy_(saved)
 
 
-def test_prior_ffn_in_token_chunks_is_exact(model, monkeypatch):
+def test_prior_layer_in_query_chunks_equals_the_whole_layer(monkeypatch):
+    torch.manual_seed(0)
+    layer = PostNormEncoderLayer(32, 4, 64).eval()
+    src = torch.randn(37, 2, 32)  # [N, B, D]
+    with torch.enable_grad():  # the grad path: nn.MultiheadAttention over all tokens at once
+        whole = layer(src).detach()
+    monkeypatch.setattr(PostNormEncoderLayer, "inference_token_chunk", 8)  # 5 chunks, the last one short
+    calls = []
+    monkeypatch.setattr(layer.self_attn, "forward", lambda *a, **k: calls.append(1))
+    with torch.no_grad():
+        chunked = layer(src)
+    assert not calls  # the chunked path, not nn.MultiheadAttention
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_prior_layer_in_token_chunks_is_exact(model, monkeypatch):
     sam, beit, ids, pad = random_clip(model, frames=3, seed=8)
     whole = predict_video(model, sam[0], beit[0], [(ids[0], pad[0])], SIZE)[0]
-    monkeypatch.setattr(PostNormEncoderLayer, "inference_ffn_chunk", 5)  # 3 x 16 tokens -> 10 chunks
+    monkeypatch.setattr(PostNormEncoderLayer, "inference_token_chunk", 5)  # 3 x 16 tokens -> 10 chunks
     chunked = predict_video(model, sam[0], beit[0], [(ids[0], pad[0])], SIZE)[0]
     torch.testing.assert_close(chunked.logits, whole.logits, atol=1e-5, rtol=1e-5)
+
+
+def test_decoder_runs_the_global_fusion_from_the_context_cache_alone(model):
+    decoder = model.sam.sam_mask_decoder
+    assert decoder.use_pixel_global_fusion and decoder.use_object_global_fusion
+    torch.manual_seed(10)
+    image_pe = model.sam.sam_prompt_encoder.get_dense_pe()
+    c, e = image_pe.shape[1], image_pe.shape[-1]
+    b, t, words = 2, 3, 5
+    context = torch.randn(b, t, 16, c)  # 4 x 4 grid
+    inputs = dict(
+        image_embeddings=torch.randn(b, c, e, e),
+        image_pe=image_pe,
+        sparse_prompt_embeddings=torch.randn(b, 2, c),
+        dense_prompt_embeddings=torch.randn(b, c, e, e),
+        multimask_output=False,
+        repeat_image=False,
+        high_res_features=[torch.randn(b, c // 8, 4 * e, 4 * e), torch.randn(b, c // 4, 2 * e, 2 * e)]
+        if decoder.use_high_res_features
+        else None,
+        text_feat=torch.randn(b, words, c),
+        text_key_padding_mask=torch.tensor([[False] * words, [False] * 3 + [True] * 2]),
+        obj_memory=torch.randn(2, b, c),
+        obj_memory_pos=torch.randn(2, b, c),
+    )
+    with torch.no_grad():
+        from_context = decoder(**inputs, global_context=context)
+        from_cache = decoder(**inputs, global_context=None, context_cache=decoder.context_cache(context))
+        without = decoder(**inputs, global_context=None)
+    for cached, direct in zip(from_cache, from_context):
+        torch.testing.assert_close(cached, direct, atol=1e-5, rtol=1e-5)
+    assert (without[0] - from_context[0]).abs().max() > 1e-3  # the context mattered
+
+
+def test_predict_video_releases_the_global_context_while_tracking(model, monkeypatch):
+    seen = []
+    track_step = model.sam.track_step
+
+    def spy(state, t, feats, prompts):  # noqa: ANN001, ANN202
+        seen.append((prompts.global_context, prompts.context_cache))
+        return track_step(state, t, feats, prompts)
+
+    monkeypatch.setattr(model.sam, "track_step", spy)
+    sam, beit, ids, pad = random_clip(model, frames=3, seed=11)
+    predict_video(model, sam[0], beit[0], [(ids[0], pad[0])], SIZE)
+    assert len(seen) == 3 and all(context is None and cache is not None for context, cache in seen)
 
 
 def test_bad_inputs_are_refused(model):

@@ -258,24 +258,30 @@ def predict_video(
     frames_per_call = max(1, beit_batch // expressions_per_call)
     with autocast, _compiled(model, compile):
         for start, end in chunk_bounds(num_frames, chunk_size):
-            tokens = []
+            # each call's tokens are written into one preallocated [K, T, 1 + P + L, D] tensor: concatenating the
+            # calls' tokens would hold them twice
+            tokens: Tensor | None = None
             for g0, g1 in chunk_bounds(end - start, frames_per_call):
                 group = _frames(beit_frames, start + g0, start + g1).to(device)
-                parts = [
-                    model.encode_tokens(
+                for e0, e1 in chunk_bounds(k, expressions_per_call):
+                    part = model.encode_tokens(
                         group.unsqueeze(0).expand(e1 - e0, *group.shape),
                         ids[e0:e1],
                         None if text_pad is None else text_pad[e0:e1],
                     )
-                    for e0, e1 in chunk_bounds(k, expressions_per_call)
-                ]
-                tokens.append(torch.cat(parts, dim=0))
-            context = model.context_from_tokens(torch.cat(tokens, dim=1))
+                    if tokens is None:
+                        tokens = part.new_empty((k, end - start, *part.shape[2:]))
+                    tokens[e0:e1, g0:g1] = part
+                    del part
+            context = model.context_from_tokens(tokens)
             del tokens
-            # the decoder's projections of the clip context, once per chunk instead of once per frame
+            # what the decoder reads from the clip context, once per chunk instead of once per frame
             cache = (
                 None if model.training else model.sam.sam_mask_decoder.context_cache(context.global_context)
             )
+            if cache is not None:
+                # the decoder reads only the cache from here on: the raw context is not held while tracking
+                context.global_context = context.prior.global_context = None
             state = model.sam.new_state(num_frames=end - start)
             for t in range(end - start):
                 frame = _frames(sam_frames, start + t, start + t + 1).to(device)

@@ -32,9 +32,10 @@ from mpgsam2.modeling.sam2.tracker import (
 class PostNormEncoderLayer(nn.Module):
     """Transformer encoder layer, post-norm, ReLU FFN (DETR style), over a [N, B, D] sequence."""
 
-    # Without autograd the FFN runs over at most this many tokens at a time: its [N, B, ffn_dim] hidden layer
-    # over a whole clip (T x G*G tokens) was the peak of inference memory. Row-wise, so the result is the same.
-    inference_ffn_chunk: int = 1024
+    # Without autograd the layer runs over at most this many query tokens at a time: its activations over a whole
+    # clip (T x G*G tokens: the FFN's [N, B, ffn_dim] hidden layer, the attention's packed projections) were the
+    # peak of inference memory. Row-wise after the keys / values, so the result is the same.
+    inference_token_chunk: int = 1024
 
     def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float = 0.1) -> None:
         super().__init__()
@@ -49,21 +50,50 @@ class PostNormEncoderLayer(nn.Module):
 
     def forward(self, src: Tensor) -> Tensor:
         """src: [N, B, D] -> [N, B, D]."""
+        chunked = not torch.is_grad_enabled() and src.shape[0] > self.inference_token_chunk
+        if chunked and not self.training:
+            return self._forward_in_query_chunks(src)
         # deviation: need_weights=False (no [heads, N, N] weight tensor is kept; the original materialised it,
         # 12 GB at 100 frames); the output is the same attention.
         attended = self.self_attn(src, src, src, need_weights=False)[0]
         src = self.norm1(src + self.dropout1(attended))
-        if torch.is_grad_enabled() or src.shape[0] <= self.inference_ffn_chunk:
+        if not chunked:
             return self.norm2(src + self.dropout2(self._ffn(src)))
         return torch.cat(
             [
                 self.norm2(part + self.dropout2(self._ffn(part)))
-                for part in src.split(self.inference_ffn_chunk, dim=0)
+                for part in src.split(self.inference_token_chunk, dim=0)
             ]
         )
 
     def _ffn(self, src: Tensor) -> Tensor:
         return self.linear2(self.dropout(F.relu(self.linear1(src))))
+
+    def _forward_in_query_chunks(self, src: Tensor) -> Tensor:
+        """The eval-mode layer without autograd, over chunks of queries: src [N, B, D] -> [N, B, D]."""
+        # deviation: keys / values are projected once for the clip, then each chunk of queries runs attention,
+        # out_proj, norms and FFN into one output, instead of nn.MultiheadAttention's packed [N, B, 3D]
+        # projection (and its head-major copies) plus full-clip intermediates; same values up to float rounding.
+        attn = self.self_attn
+        k, v = (_project_heads(src, attn, i) for i in (1, 2))  # [B, heads, N, d], projected once
+        out = torch.empty_like(src)
+        for start in range(0, src.shape[0], self.inference_token_chunk):
+            part = src[start : start + self.inference_token_chunk]
+            attended = F.scaled_dot_product_attention(_project_heads(part, attn, 0), k, v)
+            part = self.norm1(part + attn.out_proj(rearrange(attended, "b h n d -> n b (h d)")))
+            # eval mode: dropout is the identity; ReLU in place, so one [chunk, B, ffn_dim] hidden layer at a time
+            ffn = self.linear2(F.relu_(self.linear1(part)))
+            out[start : start + part.shape[0]] = self.norm2(part + ffn)
+        return out
+
+
+def _project_heads(x: Tensor, attn: nn.MultiheadAttention, index: int) -> Tensor:
+    """Query (0), key (1) or value (2) projection of ``x`` [N, B, D] by ``attn``, as a [B, heads, N, d] view."""
+    dim = attn.embed_dim
+    bias = None if attn.in_proj_bias is None else attn.in_proj_bias[index * dim : (index + 1) * dim]
+    projected = F.linear(x, attn.in_proj_weight[index * dim : (index + 1) * dim], bias)
+    # a strided view, not a copy: SDPA reads any strides
+    return rearrange(projected, "n b (h d) -> b h n d", h=attn.num_heads)
 
 
 class MultiplicativeCrossAttention(nn.Module):
@@ -75,19 +105,26 @@ class MultiplicativeCrossAttention(nn.Module):
 
     def forward(self, query: Tensor, memory: Tensor) -> Tensor:
         """query: [Nq, B, D]; memory: [Nk, B, D] -> [Nq, B, D]."""
-        return query * self.attn(query, memory, memory, need_weights=False)[0]
+        if torch.is_grad_enabled() or self.training:
+            return query * self.attn(query, memory, memory, need_weights=False)[0]
+        # deviation: at inference the memory's keys / values are projected straight into head views (a clip's
+        # T x G*G tokens), without nn.MultiheadAttention's packed [Nk, B, 2D] projection and its head-major
+        # copies; the same attention up to float rounding.
+        k, v = (_project_heads(memory, self.attn, i) for i in (1, 2))
+        attended = F.scaled_dot_product_attention(_project_heads(query, self.attn, 0), k, v)
+        return query * self.attn.out_proj(rearrange(attended, "b h n d -> n b (h d)"))
 
 
 @dataclass
 class PriorOutput:
     """The mask-prior generator's results for B clips of T frames (G x G BEiT-3 patch grid, C SAM width).
 
-    prior_logits: [B, T, G, G]; global_context: [B, T, G*G, C] (with temporal position);
-    refined_token: [B, T, D] (class token after the multiplicative fusion).
+    prior_logits: [B, T, G, G]; global_context: [B, T, G*G, C] (with temporal position; None once released, see
+    ``predict_video``); refined_token: [B, T, D] (class token after the multiplicative fusion).
     """
 
     prior_logits: Tensor
-    global_context: Tensor
+    global_context: Tensor | None
     refined_token: Tensor
 
 
@@ -132,12 +169,15 @@ class MaskPriorGenerator(nn.Module):
         token = self.token_proj(rearrange(token, "t b d -> b t d"))
         visual = rearrange(visual, "(t h w) b d -> b t h w d", t=t, h=h, w=w)
         mask_features = visual * token[:, :, None, None, :]
+        del visual  # clip-wide tensors are released as soon as they are read (inference memory)
         prior_logits = self.prior_head(mask_features).squeeze(-1)
         context = rearrange(self.context_proj(mask_features), "b t h w c -> b t (h w) c")
+        del mask_features
         frame_pos = get_1d_sine_pe(
             torch.arange(t, dtype=context.dtype, device=context.device), self.context_dim
-        )
-        context = context + frame_pos[None, :, None, :].to(context.dtype)
+        )[None, :, None, :].to(context.dtype)
+        # in place without autograd: no second clip-wide context tensor
+        context = context + frame_pos if torch.is_grad_enabled() else context.add_(frame_pos)
         return PriorOutput(prior_logits=prior_logits, global_context=context, refined_token=token)
 
 
@@ -146,14 +186,15 @@ class ClipContext:
     """Per-clip quantities computed before SAM 2 runs (B clips, T frames, L tokens, C SAM width, G grid).
 
     priors: [B, T, 1, G, G] (sigmoid of prior logits); sparse_tokens: [B, T, 1, C]; text_feat: [B, T, L, C];
-    global_context: [B, T, G*G, C]; sentence_scores: [B, T] (the original's sentence scalar per frame).
+    global_context: [B, T, G*G, C], or None once released (``predict_video`` keeps only the decoder's
+    ``ContextCache`` while tracking); sentence_scores: [B, T] (the original's sentence scalar per frame).
     """
 
     prior: PriorOutput
     priors: Tensor
     sparse_tokens: Tensor
     text_feat: Tensor
-    global_context: Tensor
+    global_context: Tensor | None
     sentence_scores: Tensor
 
     def frame_prompts(self, t: int, use_dense_prior: bool, use_sparse_token: bool) -> FramePrompts:
@@ -293,13 +334,22 @@ class MPGSAM2(nn.Module):
             prior = self.mask_prior(cls_token, patches, self.grid)
         else:
             # one clip at a time without autograd (e.g. K expressions of one video): the clip-wide attention's
-            # activations (T x G*G tokens each) then exist for one clip at once; clips are independent
-            parts = [self.mask_prior(cls_token[i : i + 1], patches[i : i + 1], self.grid) for i in range(b)]
-            prior = PriorOutput(
-                prior_logits=torch.cat([p.prior_logits for p in parts]),
-                global_context=torch.cat([p.global_context for p in parts]),
-                refined_token=torch.cat([p.refined_token for p in parts]),
-            )
+            # activations (T x G*G tokens each) then exist for one clip at once; clips are independent. Each
+            # clip's results are written into preallocated outputs, so no clip's context is held twice.
+            prior = None
+            for i in range(b):
+                part = self.mask_prior(cls_token[i : i + 1], patches[i : i + 1], self.grid)
+                if prior is None:
+                    prior = PriorOutput(
+                        *(
+                            x.new_empty((b, *x.shape[1:]))
+                            for x in (part.prior_logits, part.global_context, part.refined_token)
+                        )
+                    )
+                prior.prior_logits[i] = part.prior_logits[0]
+                prior.global_context[i] = part.global_context[0]
+                prior.refined_token[i] = part.refined_token[0]
+                del part  # not alive during the next clip
         # the sparse prompt uses the raw class token (not the refined one), as the original
         sparse = self.sparse_prompt_mlp(tokens[:, :1]).unflatten(0, (b, t))
         text_feat = self.text_proj(words)

@@ -10,8 +10,8 @@ MPG-SAM 2 fork. Three post-norm cross-attention blocks are added to SAM 2's deco
 - ``object_historical_fusion`` (original: ``objfusion_module``): the mask tokens cross-attend to the object
   pointers of earlier frames (temporal sine position on the keys).
 
-Each block runs when it exists (its ``use_*`` switch) and its inputs are given; without ``global_context`` /
-``obj_memory`` the decoder is the stock SAM 2 decoder.
+Each block runs when it exists (its ``use_*`` switch) and its inputs are given (the global context, or its
+projections in a ``ContextCache``); without a global context / ``obj_memory`` the decoder is the stock SAM 2 decoder.
 """
 
 from __future__ import annotations
@@ -119,15 +119,18 @@ class CrossAttentionFusionBlock(nn.Module):
 class ContextCache:
     """What the decoder reads from the clip's global context on every frame, computed once per clip.
 
-    Inference only (exact up to float rounding): the context is the same for every frame of a clip, so its
-    projections need not be recomputed per frame (they grow with T: T x G*G tokens per frame).
+    Inference only (exact up to float rounding): the context is the same for every frame of a clip, so what the
+    fusion blocks compute from it alone need not be recomputed per frame (it grows with T: T x G*G tokens per
+    frame). The blocks it covers run from it alone, so the raw context need not be kept once it is built.
 
     pixel_kv: pixel fusion's key / value projections of the patchified context, [T*G*G/p^2, B, C] each, or None.
-    object_kv: object global fusion's key / value projections of the flat context, [T*G*G, B, C] each, or None.
+    object_tokens: the mask tokens after the object global fusion, [M+1, B, C], or None. That block's queries are
+        the learned mask tokens alone and its memory is the clip context, so (eval mode) its output is the same on
+        every frame: it is computed once, and its [T*G*G, B, C] key / value projections are not kept.
     """
 
     pixel_kv: tuple[Tensor, Tensor] | None
-    object_kv: tuple[Tensor, Tensor] | None
+    object_tokens: Tensor | None
 
 
 class MaskDecoder(nn.Module):
@@ -279,15 +282,18 @@ class MaskDecoder(nn.Module):
                 conv_s0 / conv_s1; required when ``use_high_res_features``.
             text_feat: [B, L, C] word features appended to the pixel-fusion memory (original: ``text_feat``).
             global_context: [B, T, G*G, C] global visual context of all frames (original: ``visual_feat``).
-                None skips the pixel fusion.
+                None skips the pixel fusion, unless ``context_cache`` covers it.
             global_context_flat: [B, T*G*G, C], the same values flattened (original: ``mask_pred``), memory of the
-                object global fusion; None takes ``global_context`` flattened, and skips the block if that is None.
+                object global fusion; None takes ``global_context`` flattened, and skips the block if that is None
+                too, unless ``context_cache`` covers it.
             obj_memory: [K, B, C] object pointers of earlier frames; None (first frame) skips the historical fusion.
             obj_memory_pos: [K, B, C] their temporal positional encoding.
             text_key_padding_mask: [B, L] bool, True = word not attended by the pixel fusion; None attends every
                 word (the original). Lets expressions padded to a common length run as one batch.
-            context_cache: the projections of ``global_context`` (:meth:`context_cache`), computed once per clip;
-                ``global_context`` must still be given (it says which blocks run).
+            context_cache: what the global fusion blocks read from the global context (:meth:`context_cache`:
+                the pixel fusion's key / value projections, the object global fusion's output), computed once per
+                clip (inference). A block it covers runs from it alone: ``global_context`` / ``global_context_flat``
+                may then be None (and are not read by that block).
 
         Returns:
             masks: [B, M', 4E, 4E] mask logits (M' = M with ``multimask_output``, else 1).
@@ -298,7 +304,8 @@ class MaskDecoder(nn.Module):
         """
         if global_context_flat is None and global_context is not None:
             global_context_flat = global_context.flatten(1, 2)
-        if self.use_pixel_global_fusion and global_context is not None:
+        pixel_kv = None if context_cache is None else context_cache.pixel_kv
+        if self.use_pixel_global_fusion and (global_context is not None or pixel_kv is not None):
             image_embeddings = self._pixel_global_fusion(
                 image_embeddings, image_pe, global_context, text_feat, text_key_padding_mask, context_cache
             )
@@ -313,7 +320,7 @@ class MaskDecoder(nn.Module):
             global_context_flat=global_context_flat,
             obj_memory=obj_memory,
             obj_memory_pos=obj_memory_pos,
-            object_kv=None if context_cache is None else context_cache.object_kv,
+            object_tokens=None if context_cache is None else context_cache.object_tokens,
         )
 
         if multimask_output:
@@ -336,16 +343,25 @@ class MaskDecoder(nn.Module):
         self,
         image_embeddings: Tensor,
         image_pe: Tensor,
-        global_context: Tensor,
+        global_context: Tensor | None,
         text_feat: Tensor | None,
         text_key_padding_mask: Tensor | None = None,
         context_cache: ContextCache | None = None,
     ) -> Tensor:
-        """Image embedding [B, C, E, E] cross-attends to [patchified global context ; words] -> [B, C, E, E]."""
+        """Image embedding [B, C, E, E] cross-attends to [patchified global context ; words] -> [B, C, E, E].
+
+        The context's key / value projections are read from ``context_cache`` when it holds them (then
+        ``global_context`` is not read and may be None), else ``global_context`` is patchified and projected."""
         b, _, h, w = image_embeddings.shape
         dtype = image_embeddings.dtype
         words = None if text_feat is None else rearrange(text_feat.to(dtype), "b l c -> l b c")
-        num_context = global_context.shape[1] * global_context.shape[2] // self.context_patch_size**2
+        context_kv = None if context_cache is None else context_cache.pixel_kv
+        if context_kv is not None:
+            num_context = context_kv[0].shape[0]
+        else:
+            assert global_context is not None, "the pixel fusion needs the global context or its projections"
+            memory = self._patchified_context(global_context.to(dtype))
+            num_context = memory.shape[0]
         key_padding_mask = None
         if words is not None and text_key_padding_mask is not None:
             # deviation: words past an expression's length are not attended, so expressions padded to a common
@@ -354,8 +370,8 @@ class MaskDecoder(nn.Module):
             key_padding_mask = torch.cat([context_keys, text_key_padding_mask.bool()], dim=1)
         tgt = rearrange(image_embeddings, "b c h w -> (h w) b c")
         query_pos = rearrange(image_pe, "b c h w -> (h w) b c")
-        if context_cache is not None and context_cache.pixel_kv is not None:
-            keys, values = context_cache.pixel_kv
+        if context_kv is not None:
+            keys, values = context_kv
             if words is not None:
                 word_keys, word_values = self.pixel_global_fusion.project_memory(words)
                 keys, values = torch.cat([keys, word_keys]), torch.cat([values, word_values])
@@ -367,7 +383,6 @@ class MaskDecoder(nn.Module):
                 memory_kv=(keys, values),
             )
             return rearrange(fused, "(h w) b c -> b c h w", h=h, w=w)
-        memory = self._patchified_context(global_context.to(dtype))
         if words is not None:
             memory = torch.cat([memory, words], dim=0)
         fused = self.pixel_global_fusion(
@@ -390,15 +405,38 @@ class MaskDecoder(nn.Module):
         return self.context_patch_proj(patches)
 
     def context_cache(self, global_context: Tensor) -> ContextCache:
-        """The projections every frame of a clip reads from its global context [B, T, G*G, C] (inference)."""
-        pixel_kv = object_kv = None
+        """What every frame of a clip reads from its global context [B, T, G*G, C] (inference, eval mode)."""
+        if self.training:
+            raise RuntimeError("the context cache is for inference (eval mode: no dropout)")
+        pixel_kv = object_tokens = None
+        # one clip (batch row) at a time: the clip-wide intermediates (patchified context, the object fusion's
+        # keys / values) then exist for one clip at once; rows are independent
+        clips = global_context.split(1)
         if self.use_pixel_global_fusion:
-            pixel_kv = self.pixel_global_fusion.project_memory(self._patchified_context(global_context))
+            for i, clip in enumerate(clips):
+                keys, values = self.pixel_global_fusion.project_memory(self._patchified_context(clip))
+                if pixel_kv is None:
+                    pixel_kv = tuple(
+                        x.new_empty((x.shape[0], len(clips), x.shape[2])) for x in (keys, values)
+                    )
+                pixel_kv[0][:, i], pixel_kv[1][:, i] = keys[:, 0], values[:, 0]
+                del keys, values
         if self.use_object_global_fusion:
-            object_kv = self.object_global_fusion.project_memory(
-                rearrange(global_context, "b t n c -> (t n) b c")
+            tokens = self.mask_tokens.weight[:, None]  # [M+1, 1, C], as the decoder's queries
+            object_tokens = torch.cat(
+                [
+                    self.object_global_fusion(
+                        tgt=tokens,
+                        memory=None,
+                        memory_kv=self.object_global_fusion.project_memory(
+                            rearrange(clip, "b t n c -> (t n) b c")
+                        ),
+                    )
+                    for clip in clips
+                ],
+                dim=1,
             )
-        return ContextCache(pixel_kv=pixel_kv, object_kv=object_kv)
+        return ContextCache(pixel_kv=pixel_kv, object_tokens=object_tokens)
 
     def _predict_masks(
         self,
@@ -411,7 +449,7 @@ class MaskDecoder(nn.Module):
         global_context_flat: Tensor | None,
         obj_memory: Tensor | None,
         obj_memory_pos: Tensor | None,
-        object_kv: tuple[Tensor, Tensor] | None = None,
+        object_tokens: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """All mask-token outputs: masks [B, M+1, 4E, 4E], iou [B, M+1], tokens [B, M+1, C], score [B, 1]."""
         s = 1 if self.pred_obj_scores else 0
@@ -426,12 +464,16 @@ class MaskDecoder(nn.Module):
 
         # Object-level aggregation: the mask tokens (not the score / IoU tokens) attend to the global context,
         # then to the object pointers of earlier frames.
-        run_global = self.use_object_global_fusion and global_context_flat is not None
+        run_global = self.use_object_global_fusion and (
+            global_context_flat is not None or object_tokens is not None
+        )
         run_historical = self.use_object_historical_fusion and obj_memory is not None
         if run_global or run_historical:
             mask_tokens = rearrange(mask_tokens, "b m c -> m b c")
-            if run_global and object_kv is not None:
-                mask_tokens = self.object_global_fusion(tgt=mask_tokens, memory=None, memory_kv=object_kv)
+            if run_global and object_tokens is not None:
+                mask_tokens = object_tokens.to(
+                    mask_tokens.dtype
+                )  # the block's output, computed once per clip
             elif run_global:
                 memory = rearrange(global_context_flat.to(mask_tokens.dtype), "b n c -> n b c")
                 mask_tokens = self.object_global_fusion(tgt=mask_tokens, memory=memory)

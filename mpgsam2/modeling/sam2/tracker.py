@@ -62,10 +62,12 @@ class FramePrompts:
     mask_prior: [B, 1, G, G] prior probabilities (dense prompt), or None.
     sparse_token: [B, 1, C] multimodal class token (sparse prompt), or None.
     text_feat: [B, L, C] word features of the expression for this frame.
-    global_context: [B, T, G*G, C] mask features of every frame of the clip (with temporal position).
+    global_context: [B, T, G*G, C] mask features of every frame of the clip (with temporal position), or None:
+        no global fusion, except the blocks ``context_cache`` covers.
     text_key_padding_mask: [B, L] bool, True = word the decoder does not attend (expressions batched at a common
         length), or None (every word attended, the original).
-    context_cache: the decoder's projections of ``global_context``, computed once per clip (inference), or None.
+    context_cache: what the decoder reads from the global context, computed once per clip (inference), or None.
+        The global fusion blocks then run from it alone (``global_context`` may be None).
     """
 
     mask_prior: Tensor | None

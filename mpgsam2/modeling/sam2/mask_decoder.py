@@ -359,7 +359,10 @@ class MaskDecoder(nn.Module):
         if context_kv is not None:
             num_context = context_kv[0].shape[0]
         else:
-            assert global_context is not None, "the pixel fusion needs the global context or its projections"
+            if global_context is None:
+                raise ValueError(
+                    "the pixel fusion needs the global context or its projections (ContextCache)"
+                )
             memory = self._patchified_context(global_context.to(dtype))
             num_context = memory.shape[0]
         key_padding_mask = None
@@ -471,9 +474,8 @@ class MaskDecoder(nn.Module):
         if run_global or run_historical:
             mask_tokens = rearrange(mask_tokens, "b m c -> m b c")
             if run_global and object_tokens is not None:
-                mask_tokens = object_tokens.to(
-                    mask_tokens.dtype
-                )  # the block's output, computed once per clip
+                # the block's output, computed once per clip
+                mask_tokens = object_tokens.to(mask_tokens.dtype)
             elif run_global:
                 memory = rearrange(global_context_flat.to(mask_tokens.dtype), "b n c -> n b c")
                 mask_tokens = self.object_global_fusion(tgt=mask_tokens, memory=memory)

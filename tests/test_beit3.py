@@ -144,6 +144,20 @@ def test_beit3_shared_images_equal_repeated_images(grad: bool) -> None:
         torch.testing.assert_close(g_shared, g_repeated, atol=1e-4, rtol=1e-4)
 
 
+def test_beit3_without_layers_repeats_shared_images() -> None:
+    """With no layer to expand them, shared image rows are repeated before the final norm."""
+    torch.manual_seed(6)
+    model = BEiT3(
+        embed_dim=32, num_heads=4, ffn_dim=64, num_layers=0, vocab_size=50, img_size=32, patch_size=8
+    )
+    pixels = torch.randn(2, 3, 32, 32)
+    ids = torch.randint(4, 50, (4, 5))
+    with torch.no_grad():
+        shared = model(pixels, ids, image_repeats=2)
+        repeated = model(pixels.repeat(2, 1, 1, 1), ids)
+    torch.testing.assert_close(shared, repeated, atol=1e-6, rtol=1e-6)
+
+
 def test_beit3_image_repeats_must_match_the_sequences() -> None:
     model = _small_model()
     with pytest.raises(ValueError, match="2 images x 2 repeats vs 6 token sequences"):

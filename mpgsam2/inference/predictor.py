@@ -208,12 +208,14 @@ def predict_video(
     """Segment each of K expressions in one video; the unit of work of evaluation and ``mpgsam2.predict``.
 
     The K expressions run as one batch: BEiT-3 and the mask-prior generator see them padded to a common length
-    (padding masked wherever words are read, so each gets the masks it gets alone), each frame's Hiera features
-    are computed once and shared (and so is the memory attention's first self-attention over them, which reads
-    nothing else), and SAM 2 tracks the K targets together (each with its own memory bank and
-    object pointers). Frames are read from the sequences as they are needed: BEiT-3 in groups of
-    ``beit_batch`` (expression, frame) pairs at a time, SAM frames one at a time, so memory grows with T only by
-    the BEiT-3 context.
+    (padding masked wherever words are read, so each gets the masks it gets alone), and SAM 2 tracks the K
+    targets together (each with its own memory bank and object pointers). What reads only the frame is computed
+    once per frame and shared by the K: the Hiera features, BEiT-3's patch embedding and first-layer image
+    projections, the memory attention's first self-attention, the memory encoder's projection of the frame. What
+    reads only the clip context is computed once per chunk (the decoder's ``ContextCache``; the raw context is
+    then released). Frames are read from the sequences as they are needed: BEiT-3 in groups of ``beit_batch``
+    (expression, frame) pairs at a time, SAM frames one at a time, so memory grows with T only by the clip
+    context and the returned logits.
 
     Args:
         model: the model (its current train/eval mode is used as is).

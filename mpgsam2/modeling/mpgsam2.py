@@ -32,9 +32,9 @@ from mpgsam2.modeling.sam2.tracker import (
 class PostNormEncoderLayer(nn.Module):
     """Transformer encoder layer, post-norm, ReLU FFN (DETR style), over a [N, B, D] sequence."""
 
-    # Without autograd the layer runs over at most this many query tokens at a time: its activations over a whole
-    # clip (T x G*G tokens: the FFN's [N, B, ffn_dim] hidden layer, the attention's packed projections) were the
-    # peak of inference memory. Row-wise after the keys / values, so the result is the same.
+    # At inference (eval mode, no autograd) the layer runs over at most this many query tokens at a time: its
+    # activations over a whole clip (T x G*G tokens: the FFN's [N, B, ffn_dim] hidden layer, the attention's packed
+    # projections) were the peak of inference memory. Row-wise after the keys / values, so the result is the same.
     inference_token_chunk: int = 1024
 
     def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float = 0.1) -> None:
@@ -50,21 +50,13 @@ class PostNormEncoderLayer(nn.Module):
 
     def forward(self, src: Tensor) -> Tensor:
         """src: [N, B, D] -> [N, B, D]."""
-        chunked = not torch.is_grad_enabled() and src.shape[0] > self.inference_token_chunk
-        if chunked and not self.training:
+        if not (torch.is_grad_enabled() or self.training) and src.shape[0] > self.inference_token_chunk:
             return self._forward_in_query_chunks(src)
         # deviation: need_weights=False (no [heads, N, N] weight tensor is kept; the original materialised it,
         # 12 GB at 100 frames); the output is the same attention.
         attended = self.self_attn(src, src, src, need_weights=False)[0]
         src = self.norm1(src + self.dropout1(attended))
-        if not chunked:
-            return self.norm2(src + self.dropout2(self._ffn(src)))
-        return torch.cat(
-            [
-                self.norm2(part + self.dropout2(self._ffn(part)))
-                for part in src.split(self.inference_token_chunk, dim=0)
-            ]
-        )
+        return self.norm2(src + self.dropout2(self._ffn(src)))
 
     def _ffn(self, src: Tensor) -> Tensor:
         return self.linear2(self.dropout(F.relu(self.linear1(src))))

@@ -176,6 +176,18 @@ def test_a_released_config_json_builds_at_real_size(scale: str, tmp_path: Path) 
     _views_go_through(model, ClipTransform(**model.input_sizes, train=False))  # predict / eval.py's transform
 
 
+def test_an_export_of_a_preset_model_builds_at_real_size(tmp_path: Path) -> None:
+    """Our export (``save_mpgsam2``) of a ``from_presets`` model stores its config as built: no image size."""
+    config = MPGSAM2Config.from_presets("large", "sam2.1_hiera_b+.yaml")
+    assert "img_size" not in config.beit3  # the records stay as they were: nothing added to stored configs
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"mpgsam2_config": config.to_dict()}))
+    with torch.device("meta"):
+        model = MPGSAM2(load_config_file(path))
+    assert model.input_sizes == REAL_SIZES
+    assert _counts(model) == original_counts("large", "sam2.1_hiera_b+.yaml")
+
+
 PAIRS = [(b, s, v) for b in ("base", "large") for s in SAM2_SIZES for v in ("2.0", "2.1")]
 
 

@@ -2,9 +2,13 @@
 
 Rows: ``predict_video`` in fp32 and bf16 autocast at K = 1 and 4 expressions on a 1024 x 1024, 32-frame video
 (seconds, video frames/s, expression-frames/s, peak GPU memory, and the largest probability difference of bf16
-from fp32 at the same K; ``--compile`` adds bf16 with ``compile=True``, its compile time not counted), then a few bf16-mixed training steps (AdamW, the training criterion) on a 5-frame clip
-with their median step time and peak memory. Sized to finish within 8 minutes on an H100 (``gpu_check.sh``
-enforces it). ``--smoke`` runs the same code on a tiny model on the CPU (checks the script, measures nothing).
+from fp32 at the same K; ``--compile`` adds bf16 with ``compile=True``, its compile time not counted), then a few
+bf16-mixed training steps (AdamW, the training criterion) on a 5-frame clip with their median step time and peak
+memory: once as configured by default and once with activation checkpointing of the blocks of
+``--checkpoint-blocks`` (a fresh model built with ``MPGSAM2Config.activation_checkpointing``; the row reads "n/a"
+where this version's config has no such field). Sized to finish within 8 minutes on an H100 (``gpu_check.sh``
+enforces it; a section that would start after ``--budget-s`` prints a "skipped" row instead, so the table always
+comes out). ``--smoke`` runs the same code on a tiny model on the CPU (checks the script, measures nothing).
 
     bash benchmarks/gpu_check.sh            # on the GPU machine
     python benchmarks/gpu_check.py --smoke  # anywhere
@@ -13,7 +17,9 @@ enforces it). ``--smoke`` runs the same code on a tiny model on the CPU (checks 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
+import gc
 import statistics
 import sys
 import time
@@ -31,14 +37,35 @@ from mpgsam2.losses import MPGSAM2Criterion  # noqa: E402
 from mpgsam2.modeling.config import MPGSAM2Config  # noqa: E402
 from mpgsam2.modeling.mpgsam2 import MPGSAM2  # noqa: E402
 
+# the model's blocks that activation checkpointing can recompute (MPGSAM2Config.activation_checkpointing)
+CHECKPOINT_BLOCKS = ("beit3", "mask_prior", "memory_attention", "decoder_fusion")
+HEADER = ["what", "setting", "seconds", "frames/s", "expr-frames/s", "peak GiB", "max dp vs fp32"]
+NOT_AVAILABLE = "n/a: activation checkpointing not available"
 
-def build(smoke: bool) -> MPGSAM2:
+
+def activation_checkpointing_available() -> bool:
+    """Whether this version's model config has the ``activation_checkpointing`` field (block names; empty: off)."""
+    return "activation_checkpointing" in {f.name for f in dataclasses.fields(MPGSAM2Config)}
+
+
+def build(smoke: bool, device: torch.device, activation_checkpointing: tuple[str, ...] = ()) -> MPGSAM2:
+    """The model on ``device``, built there (initialising 0.9 B parameters on the CPU would take minutes)."""
     torch.manual_seed(0)
-    if smoke:
-        from framework_helpers import tiny_config
+    options = {"activation_checkpointing": list(activation_checkpointing)} if activation_checkpointing else {}
+    with torch.device(device):
+        if smoke:
+            from framework_helpers import tiny_config
 
-        return MPGSAM2(tiny_config())
-    return MPGSAM2(MPGSAM2Config.from_presets("large", "sam2_hiera_l.yaml"))
+            model = MPGSAM2(tiny_config(**options))
+        else:
+            model = MPGSAM2(MPGSAM2Config.from_presets("large", "sam2_hiera_l.yaml", **options))
+    return model.to(device)
+
+
+def free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def sync(device: torch.device) -> None:
@@ -102,6 +129,10 @@ def inference_rows(model: MPGSAM2, args: argparse.Namespace, device: torch.devic
         fp32_probs = None
         variants = [("fp32", False), ("bf16", False)] + ([("bf16", True)] if args.compile else [])
         for precision, compiled in variants:
+            what = f"predict_video {precision}{' compiled' if compiled else ''}"
+            if time.perf_counter() > args.deadline:
+                rows.append(skipped(what, f"K={k}, T={args.frames}, {s}px", args.over_budget))
+                continue
             warm_sam, warm_beit = DeviceFrames(2, s, device, 5), DeviceFrames(2, hb, device, 6)
             options = {"precision": precision, "compile": compiled}
             predict_video(model, warm_sam, warm_beit, exprs, (s, s), **options)
@@ -114,7 +145,7 @@ def inference_rows(model: MPGSAM2, args: argparse.Namespace, device: torch.devic
                 fp32_probs = probs
             rows.append(
                 [
-                    f"predict_video {precision}{' compiled' if compiled else ''}",
+                    what,
                     f"K={k}, T={args.frames}, {s}px",
                     f"{seconds:.2f}",
                     f"{args.frames / seconds:.2f}",
@@ -128,7 +159,9 @@ def inference_rows(model: MPGSAM2, args: argparse.Namespace, device: torch.devic
     return rows
 
 
-def training_rows(model: MPGSAM2, args: argparse.Namespace, device: torch.device) -> list[list[str]]:
+def training_row(
+    model: MPGSAM2, args: argparse.Namespace, device: torch.device, what: str = "train step bf16-mixed"
+) -> list[str]:
     model.train()
     s, hb = model.input_sizes["sam_size"], model.input_sizes["beit_size"]
     vocab = int(model.config.beit3["vocab_size"])
@@ -157,7 +190,7 @@ def training_rows(model: MPGSAM2, args: argparse.Namespace, device: torch.device
     reset_peak(device)
     times = [timed(step, device)[0] for _ in range(args.train_steps)]
     row = [
-        "train step bf16-mixed",
+        what,
         f"B={b}, T={t}, {s}px, AdamW",
         f"{statistics.median(times):.2f}",
         "-",
@@ -165,11 +198,19 @@ def training_rows(model: MPGSAM2, args: argparse.Namespace, device: torch.device
         f"{peak_gib(device):.2f}",
         "-",
     ]
+    model.zero_grad(set_to_none=True)  # the gradients and the optimizer state go with this function
     print(" | ".join(row), flush=True)
-    return [row]
+    return row
+
+
+def skipped(what: str, setting: str, reason: str) -> list[str]:
+    row = [what, setting, reason, "-", "-", "-", "-"]
+    print(" | ".join(row), flush=True)
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
+    start = time.perf_counter()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -179,6 +220,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-frames", type=int, default=5)
     parser.add_argument("--train-steps", type=int, default=4)
     parser.add_argument("--compile", action="store_true", help="add bf16 rows with compile=True (slow start)")
+    parser.add_argument(
+        "--checkpoint-blocks",
+        nargs="+",
+        choices=CHECKPOINT_BLOCKS,
+        default=list(CHECKPOINT_BLOCKS),
+        help="blocks recomputed in the activation-checkpointing training row",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=450.0,
+        help="a section that would start later than this (seconds from the start) is skipped",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.frames, args.train_steps = min(args.frames, 4), min(args.train_steps, 2)
@@ -186,16 +240,37 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu" if args.smoke else "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device (use --smoke to check the script on the CPU)")
-    model = build(args.smoke).to(device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke)"
     print(f"# {name}, torch {torch.__version__}, {'tiny' if args.smoke else 'large'} model, random weights")
-    header = ["what", "setting", "seconds", "frames/s", "expr-frames/s", "peak GiB", "max dp vs fp32"]
-    start = time.perf_counter()
+
+    args.deadline = start + args.budget_s
+    args.over_budget = over = f"skipped: past --budget-s {args.budget_s:.0f}"
+
+    def over_budget() -> bool:
+        return time.perf_counter() > args.deadline
+
+    blocks = tuple(args.checkpoint_blocks)
+    checkpointed = f"train step bf16-mixed, activation checkpointing {'+'.join(blocks)}"
+    train_setting = f"B=1, T={args.train_frames}, AdamW"
+    model = build(args.smoke, device)
     rows = inference_rows(model, args, device)
-    rows += training_rows(model, args, device)
+    rows.append(
+        skipped("train step bf16-mixed", train_setting, over)
+        if over_budget()
+        else training_row(model, args, device)
+    )
+    del model
+    free(device)
+    if not activation_checkpointing_available():
+        rows.append(skipped(checkpointed, train_setting, NOT_AVAILABLE))
+    elif over_budget():
+        rows.append(skipped(checkpointed, train_setting, over))
+    else:
+        rows.append(training_row(build(args.smoke, device, blocks), args, device, checkpointed))
+        free(device)
     print()
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+    print("| " + " | ".join(HEADER) + " |")
+    print("|" + "---|" * len(HEADER))
     for row in rows:
         print("| " + " | ".join(row) + " |")
     print(f"\ntotal {time.perf_counter() - start:.0f} s")

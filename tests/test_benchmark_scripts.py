@@ -61,6 +61,33 @@ def test_eval_memory_phases_names_each_phase(capsys: pytest.CaptureFixture) -> N
     assert header in out and "| 2 | " in out, out
 
 
+def _table(out: str) -> dict[str, list[str]]:
+    """The final table of gpu_check.py: ``what (setting)`` -> the other cells."""
+    lines = out[out.index("| what |") :].splitlines()[2:]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| ")]
+    return {f"{row[0]} ({row[1]})": row[2:] for row in cells}
+
+
 def test_gpu_check_smoke_runs_on_the_cpu(capsys: pytest.CaptureFixture) -> None:
-    assert _load("gpu_check").main(["--smoke"]) in (0, None)
-    assert "cpu (smoke)" in capsys.readouterr().out
+    gpu_check = _load("gpu_check")
+    assert gpu_check.main(["--smoke"]) in (0, None)
+    out = capsys.readouterr().out
+    assert "cpu (smoke)" in out
+    table = _table(out)
+    timed = [key for key, cells in table.items() if cells[0].replace(".", "", 1).isdigit()]
+    assert len(timed) >= 5, out  # predict_video fp32 / bf16 at K = 1 and 4, the training step
+    assert any(key.startswith("train step bf16-mixed (") for key in timed), out
+    checkpointed = [cells for key, cells in table.items() if "activation checkpointing" in key]
+    assert len(checkpointed) == 1, out
+    if gpu_check.activation_checkpointing_available():
+        assert checkpointed[0][0].replace(".", "", 1).isdigit(), out  # measured on a checkpointed model
+    else:
+        assert checkpointed[0][0] == "n/a: activation checkpointing not available", out
+
+
+def test_gpu_check_prints_the_table_with_the_rows_past_its_budget_skipped(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    assert _load("gpu_check").main(["--smoke", "--budget-s", "0"]) in (0, None)
+    table = _table(capsys.readouterr().out)
+    assert len(table) == 6 and all(cells[0].startswith(("skipped", "n/a")) for cells in table.values()), table

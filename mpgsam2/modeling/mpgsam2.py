@@ -274,8 +274,11 @@ class MPGSAM2(nn.Module):
     @property
     def input_sizes(self) -> dict[str, int]:
         """The side in pixels of each square input view, by the names the data side uses:
-        ``{"sam_size": S, "beit_size": Hb}`` (``ClipTransform(**model.input_sizes, train=False)``)."""
-        return {"sam_size": int(self.sam.image_size), "beit_size": int(self.config.beit3["img_size"])}
+        ``{"sam_size": S, "beit_size": Hb}`` (``ClipTransform(**model.input_sizes, train=False)``).
+
+        Read from the built modules, not the config: the BEiT-3 presets and a released ``config.json`` leave the
+        image size to ``BEiT3``'s default (224), so ``config.beit3`` need not name it."""
+        return {"sam_size": int(self.sam.image_size), "beit_size": int(self.beit3.vision_embed.img_size)}
 
     @property
     def grid(self) -> tuple[int, int]:

@@ -104,8 +104,11 @@ def serve(trained, tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def chromium():
-    """A headless Chromium driven by Selenium."""
+def chromium(request):
+    """A headless Chromium driven by Selenium (for tests marked ``browser``: the README's command without the
+    browser deselects exactly those)."""
+    if request.node.get_closest_marker("browser") is None:
+        pytest.fail(f"{request.node.name} drives Chromium: mark it @pytest.mark.browser")
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -480,3 +483,16 @@ def test_the_command_line_sets_the_page_limits(trained, monkeypatch):
     assert served["app"]._queue.max_size == 2
     with pytest.raises(SystemExit):
         app_module.main([str(trained[0]), "--max-frames", "0"])
+
+
+def test_ci_runs_the_readme_test_command():
+    """The README's command for all the tests is the one .ci/run runs, word for word, and it installs the browser
+    the browser tests need; the command without the browser deselects them."""
+    root = Path(__file__).resolve().parents[1]
+    commands = [line for line in (root / "README.md").read_text().splitlines() if "python -m pytest" in line]
+    assert commands == [
+        'python -m pytest -q -m "not browser"',
+        "apt-get update && apt-get install -y chromium chromium-driver && python -m pytest -q",
+    ]
+    assert f"README_TEST_COMMAND='{commands[1]}'" in (root / ".ci" / "run").read_text().splitlines()
+    assert "browser:" in (root / "pyproject.toml").read_text()

@@ -292,7 +292,7 @@ def run_request(
     def on_frames(stage: str, n: int) -> None:
         counts[stage] += n
         if progress is not None:
-            progress(counts["segmented"], expected, f"decoded {counts['decoded']} frames; segmented")
+            progress(counts["segmented"], expected, f"segmenting, {counts['decoded']} frames decoded")
 
     if progress is not None:
         progress(0, expected, "reading the upload")
@@ -368,9 +368,10 @@ def make_segment_handler(
         status = f"Segmented {result.num_frames} frame{'s' * (result.num_frames != 1)}."
         if result.capped:
             status = (
-                f"The video has more frames than the frame cap: only the first {result.num_frames} were "
-                f"segmented (every {stride}. frame). Raise the frame cap (at most {limits.max_frames} here) or "
-                "the stride, or cut the video."
+                f"The video has more frames than the frame cap: only the first {result.num_frames}"
+                + (f" (at stride {stride})" if stride > 1 else "")
+                + f" were segmented. Raise the frame cap (at most {limits.max_frames} here) or the stride, or "
+                "cut the video."
             )
             gr.Warning(status, duration=None)
         return str(result.overlay), str(result.archive), status

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import av
 import pytest
+from PIL import Image
 
 from mpgsam2 import predict
 from mpgsam2.media import render_demo_video
@@ -261,6 +262,13 @@ def test_an_upload_over_the_limit_is_refused_in_the_page(serve, chromium, tmp_pa
     )
     assert "big.mp4" in text
     assert not list((tmp_path / "gradio").rglob("big.mp4"))  # not stored
+
+    # a file under the limit that is no video: the server's refusal, naming the file as uploaded
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(b"not a video" * 100)
+    _submit(chromium, damaged, SENTENCES[:1])
+    _wait_for(lambda: "damaged.mp4: cannot read the video" in _page_text(chromium), 60, "the refusal")
+    assert str(tmp_path / "gradio") not in _page_text(chromium)
     assert not list(store.root.iterdir())
 
 
@@ -324,7 +332,7 @@ def test_progress_counts_the_frames_and_the_cap_is_exact(trained, tmp_path):
     ]
     assert [done for done, _, _ in calls] == [0] + sum(per_chunk, [])
     assert {total for _, total, _ in calls} == {CAP}
-    assert calls[-1][2] == f"decoded {CAP} frames; segmented"
+    assert calls[-1][2] == f"segmenting, {CAP} frames decoded"
     assert len(json.loads((folder / "result" / "masks.json").read_text())["frames"]) == CAP
     assert sorted(p.name for p in folder.iterdir()) == ["masks.zip", "result"]
 
@@ -375,6 +383,9 @@ def test_refusals_are_messages_for_the_page(trained, tmp_path):
     overlay, archive, status = segment(str(clip), "the red square", *options, progress=progress)
     assert status == "Segmented 3 frames."
     assert Path(overlay).parent.parent.parent == store.root and Path(archive).name == "masks.zip"
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(image)
+    assert segment(str(image), "the red square", *options, progress=progress)[2] == "Segmented 1 frame."
 
 
 def test_the_result_store_keeps_a_bounded_number_for_a_bounded_time(tmp_path):

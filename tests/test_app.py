@@ -274,7 +274,7 @@ def test_an_upload_over_the_limit_is_refused_in_the_page(serve, chromium, tmp_pa
 
 @pytest.mark.browser
 def test_results_are_removed_after_the_time_limit(serve, chromium, tmp_path):
-    address, store = serve(_limits(keep_seconds=4))
+    address, store = serve(_limits(keep_seconds=8))
     clip = tmp_path / "clip.mp4"
     render_demo_video(clip, num_frames=3, fps=12, size=40)
     chromium.get(address)

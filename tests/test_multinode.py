@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -13,7 +14,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
+from framework_helpers import hydra_config_dir
+from hydra import compose
+from omegaconf import DictConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +60,11 @@ def _wait_all(procs: list[subprocess.Popen], deadline: float) -> list[tuple[int,
     results = []
     try:
         for proc in procs:
-            out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            try:
+                out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                results.append((None, "", f"{shlex.join(proc.args)}: no exit within {TIMEOUT_S} s"))
+                break
             results.append((proc.returncode, out, err))
             if proc.returncode != 0:
                 break
@@ -77,12 +86,14 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return ckpt["state_dict"]
 
 
-def test_two_torchrun_nodes_on_localhost_train_as_one_node_of_two_processes(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    deadline = time.monotonic() + TIMEOUT_S
-    # one machine, two processes (Lightning starts the second); it also generates the shared dataset
-    one_node = subprocess.Popen(
-        [sys.executable, *_train_args(tmp_path / "one_node", data_dir, "trainer=ddp_cpu")],
+@pytest.fixture(scope="module")
+def one_node(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One machine, two processes (`trainer=ddp_cpu`, Lightning starts the second): the reference run. It also
+    generates the shared dataset. Returns (data dir, run dir)."""
+    tmp = tmp_path_factory.mktemp("one_node")
+    data_dir, run_dir = tmp / "data", tmp / "run"
+    proc = subprocess.Popen(
+        [sys.executable, *_train_args(run_dir, data_dir, "trainer=ddp_cpu")],
         cwd=REPO,
         env=_env(),
         stdout=subprocess.PIPE,
@@ -90,10 +101,27 @@ def test_two_torchrun_nodes_on_localhost_train_as_one_node_of_two_processes(tmp_
         text=True,
         start_new_session=True,
     )
-    [(code, _, err)] = _wait_all([one_node], deadline)
+    [(code, _, err)] = _wait_all([proc], time.monotonic() + TIMEOUT_S)
     assert code == 0, err[-3000:]
+    assert sorted(_losses(run_dir)) == [0, 1, 2]
+    return data_dir, run_dir
 
-    # two machines of one process each: one torchrun per node, as the README's command (node rank 0 and 1)
+
+def _assert_same_training(reference: Path, run_dir: Path) -> None:
+    assert _losses(run_dir) == _losses(reference)  # exactly: the same processes, data shards and all-reduce
+    a, b = _weights(reference), _weights(run_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# two machines of one process each
+TWO_NODES = ["trainer=ddp_cpu", "trainer.devices=1", "trainer.num_nodes=2"]
+
+
+def test_two_torchrun_nodes_on_localhost_train_as_one_node_of_two_processes(
+    tmp_path: Path, one_node: tuple[Path, Path]
+) -> None:
+    data_dir, reference = one_node
+    # one torchrun per node, as the README's command (node rank 0 and 1)
     port = _free_port()
     nodes = [
         subprocess.Popen(
@@ -106,13 +134,7 @@ def test_two_torchrun_nodes_on_localhost_train_as_one_node_of_two_processes(tmp_
                 f"--node-rank={rank}",
                 "--master-addr=127.0.0.1",
                 f"--master-port={port}",
-                *_train_args(
-                    tmp_path / "two_nodes",
-                    data_dir,
-                    "trainer=ddp_cpu",
-                    "trainer.devices=1",
-                    "trainer.num_nodes=2",
-                ),
+                *_train_args(tmp_path / "two_nodes", data_dir, *TWO_NODES),
             ],
             cwd=REPO,
             env=_env(),
@@ -123,14 +145,102 @@ def test_two_torchrun_nodes_on_localhost_train_as_one_node_of_two_processes(tmp_
         )
         for rank in (0, 1)
     ]
-    results = _wait_all(nodes, deadline)
+    results = _wait_all(nodes, time.monotonic() + TIMEOUT_S)
     assert [code for code, _, _ in results] == [0, 0], "\n".join(err[-3000:] for _, _, err in results)
     # one world of two processes across the two launchers (not two single-process runs)
     for rank, (_, out, err) in enumerate(results):
         assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in out + err
+    _assert_same_training(reference, tmp_path / "two_nodes")
 
-    reference, two_nodes = _losses(tmp_path / "one_node"), _losses(tmp_path / "two_nodes")
-    assert sorted(reference) == [0, 1, 2]
-    assert two_nodes == reference  # exactly: the same processes, data shards and all-reduce
-    a, b = _weights(tmp_path / "one_node"), _weights(tmp_path / "two_nodes")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+# ------------------------------------------------------------------------- SLURM (Hydra's submitit launcher)
+
+
+def _launcher_config(*overrides: str) -> DictConfig:
+    with hydra_config_dir():
+        cfg = compose("train", overrides=["hydra/launcher=slurm", *overrides], return_hydra_config=True)
+    return cfg.hydra.launcher
+
+
+@pytest.mark.parametrize(
+    ("overrides", "nodes", "gpus"),
+    [
+        (["experiment=ytvos_large", "trainer.num_nodes=2"], 2, 8),  # the README's command: 2 nodes x 8 GPUs
+        (["experiment=mevis_base", "trainer.num_nodes=4", "trainer.devices=4"], 4, 4),
+        (["experiment=ytvos_tiny", "trainer=gpu"], 1, 1),
+    ],
+)
+def test_the_slurm_launcher_asks_for_one_task_per_gpu_on_the_trainers_nodes(
+    overrides: list[str], nodes: int, gpus: int
+) -> None:
+    launcher = _launcher_config(*overrides)
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (nodes, gpus, gpus)
+    assert launcher.partition is None and launcher.setup == []
+    assert launcher.max_num_timeout == 0  # no resubmission: resume is by ckpt_path (README)
+    assert _launcher_config(*overrides, "hydra.launcher.partition=gpu").partition == "gpu"
+
+
+def test_a_fake_slurm_job_of_two_nodes_trains_as_one_node_of_two_processes(
+    tmp_path: Path, one_node: tuple[Path, Path]
+) -> None:
+    """`python train.py -m hydra/launcher=slurm ...` end to end: submitit writes the batch script and calls
+    `sbatch`, here tests/fake_sbatch.py, which starts the srun command's tasks on this machine with the SLURM_*
+    variables; Lightning's SLURMEnvironment makes them one world of two processes."""
+    data_dir, reference = one_node
+    bin_dir, pids = tmp_path / "bin", tmp_path / "pids"
+    bin_dir.mkdir()
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text(f'#!/bin/sh\nexec {sys.executable} {REPO / "tests" / "fake_sbatch.py"} "$@"\n')
+    # submitit checks that srun exists; fake_sbatch runs the script's srun line itself
+    srun = bin_dir / "srun"
+    srun.write_text("#!/bin/sh\necho 'srun is not run in this test' >&2\nexit 1\n")
+    for tool in (sbatch, srun):
+        tool.chmod(0o755)
+    env = {
+        **_env(),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "FAKE_SBATCH_PIDS": str(pids),
+        "MASTER_PORT": str(_free_port()),  # else Lightning's port from the job id
+    }
+    sweep = tmp_path / "sweep"
+    cmd = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "hydra/launcher=slurm",
+        *TINY_TRAINING,
+        *TWO_NODES,
+        f"paths.data_dir={data_dir}",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.launcher.setup=['export MPGSAM2_TEST_SETUP=ran']",
+    ]
+    launcher = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        [(code, _, err)] = _wait_all([launcher], time.monotonic() + TIMEOUT_S)
+    finally:  # the tasks fake_sbatch started are not the launcher's children
+        for pid in map(int, pids.read_text().split()) if pids.exists() else []:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    logs = sorted((sweep / ".submitit").glob("*/*_log.*"))
+    task_output = "\n".join(f"== {p.name}\n{p.read_text()[-2000:]}" for p in logs)
+    assert code == 0, err[-3000:] + task_output
+
+    script = next((sweep / ".submitit").glob("*/*_submission.sh")).read_text()
+    for flag in ("--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=1", "--job-name=train"):
+        assert f"#SBATCH {flag}\n" in script
+    assert "export MPGSAM2_TEST_SETUP=ran" in script
+    for rank in (0, 1):
+        [err_log] = [p for p in logs if p.name.endswith(f"_{rank}_log.err")]
+        assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in err_log.read_text()
+    _assert_same_training(reference, sweep / "0")

@@ -178,7 +178,10 @@ def test_the_slurm_launcher_asks_for_one_task_per_gpu_on_the_trainers_nodes(
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (nodes, gpus, gpus)
     assert launcher.partition is None and launcher.setup == []
     assert launcher.max_num_timeout == 0  # no resubmission: resume is by ckpt_path (README)
-    assert _launcher_config(*overrides, "hydra.launcher.partition=gpu").partition == "gpu"
+    # the README's overrides of the launcher's own keys
+    setup = 'hydra.launcher.setup=["source /venv/bin/activate"]'
+    changed = _launcher_config(*overrides, "hydra.launcher.partition=gpu", setup)
+    assert changed.partition == "gpu" and list(changed.setup) == ["source /venv/bin/activate"]
 
 
 def test_a_fake_slurm_job_of_two_nodes_trains_as_one_node_of_two_processes(

@@ -1,11 +1,12 @@
-"""A stand-in for SLURM's `sbatch` on one machine, for tests (tests/test_multinode.py puts it on PATH as `sbatch`).
+"""A stand-in for SLURM's `sbatch` on one machine, for tests (tests/test_multinode.py puts it on PATH as
+`sbatch`).
 
-It reads the batch script that submitit wrote, and does what SLURM would do with its `srun` line: starts
+It reads the batch script that submitit wrote and does what SLURM would do with its `srun` line: starts
 `--nodes` x `--ntasks-per-node` processes of the srun command for each array element, each with the SLURM_*
-variables srun sets (job and array ids, rank, local rank, node id, task counts, node list: this machine), writes
-their output where `srun --output/--error` says, and prints `Submitted batch job <id>` as sbatch does. The process
-ids go to the file named by FAKE_SBATCH_PIDS so that the test can end them. Only localhost: MASTER_PORT comes
-from the caller's environment."""
+variables srun sets (job and array ids, rank, local rank, node id, task counts, node list: this machine),
+writes their output where `srun --output/--error` says, and prints `Submitted batch job <id>` as sbatch does.
+The process ids go to the file named by FAKE_SBATCH_PIDS so that the test can end them. Only localhost:
+MASTER_PORT comes from the caller's environment."""
 
 from __future__ import annotations
 

@@ -1,6 +1,10 @@
-"""Several machines: two `torchrun` launchers on localhost (`trainer.num_nodes=2`, one process each) train exactly
-as one machine with two processes; the SLURM launcher config (`hydra/launcher=slurm`) asks SLURM for one task
-per GPU on `trainer.num_nodes` nodes, which is what Lightning's SLURM environment checks."""
+"""Several machines: two `torchrun` launchers on localhost (`trainer.num_nodes=2`, one process each) train
+exactly as one machine with two processes; the SLURM launcher config (`hydra/launcher=slurm`) asks SLURM for
+one task per GPU on `trainer.num_nodes` nodes, which is what Lightning's SLURM environment checks, and a job
+submitted through it to a stand-in `sbatch` trains as the same two processes.
+
+The three runs of train.py (about 20-40 s each on the 2-core CPU machine: process start-up and a rendezvous
+dominate) are what is tested: the launchers as a user starts them."""
 
 from __future__ import annotations
 
@@ -55,8 +59,8 @@ def _train_args(run_dir: Path, data_dir: Path, *extra: str) -> list[str]:
 
 
 def _wait_all(procs: list[subprocess.Popen], deadline: float) -> list[tuple[int, str, str]]:
-    """Wait for every process; on a timeout or a failed process, kill each one's process group (the launcher and
-    the workers it started) so that no straggler holds the port or the CPU."""
+    """Wait for every process; on a timeout or a failed process, kill each one's process group (the launcher
+    and the workers it started) so that no straggler holds the port or the CPU."""
     results = []
     try:
         for proc in procs:
@@ -188,8 +192,8 @@ def test_a_fake_slurm_job_of_two_nodes_trains_as_one_node_of_two_processes(
     tmp_path: Path, one_node: tuple[Path, Path]
 ) -> None:
     """`python train.py -m hydra/launcher=slurm ...` end to end: submitit writes the batch script and calls
-    `sbatch`, here tests/fake_sbatch.py, which starts the srun command's tasks on this machine with the SLURM_*
-    variables; Lightning's SLURMEnvironment makes them one world of two processes."""
+    `sbatch`, here tests/fake_sbatch.py, which starts the srun command's tasks on this machine with the
+    SLURM_* variables; Lightning's SLURMEnvironment makes them one world of two processes."""
     data_dir, reference = one_node
     bin_dir, pids = tmp_path / "bin", tmp_path / "pids"
     bin_dir.mkdir()

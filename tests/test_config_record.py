@@ -34,6 +34,11 @@ EXPLAINED = {
         None,
         "from conf/data/shared.yaml: the data module's own default (every frame)",
     ),
+    ("*", "trainer.num_nodes"): (
+        "<absent>",
+        1,
+        "stated in conf/trainer/default.yaml: Lightning's own default (one machine)",
+    ),
     ("demo", "data.tokenizer_path"): (
         "<absent>",
         "/data/synthetic_ytvos/tokenizer.model",

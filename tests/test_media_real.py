@@ -155,7 +155,7 @@ def test_exif_orientation_of_photos(tmp_path, code):
 # --- counts and times -----------------------------------------------------------------------------------------
 
 
-def test_edit_list_cut_is_read_to_its_end(tmp_path):
+def test_edit_list_cut_is_read_to_its_end(tmp_path, caplog):
     """An MP4 cut without re-encoding (`ffmpeg -ss 0.48 -c copy`): the packets from the key frame up to the cut
     stay in the file behind an edit list; the container counts them, a player does not show them."""
     full = tmp_path / "full.mp4"
@@ -178,6 +178,7 @@ def test_edit_list_cut_is_read_to_its_end(tmp_path):
     assert len(frames) == 30 - cut_frame
     assert levels(frames) == pytest.approx([t * 8 for t in range(cut_frame, 30)], abs=4)
     assert [f.time for f in frames] == pytest.approx([t / 25 for t in range(30 - cut_frame)], abs=1e-6)
+    assert not caplog.records  # nothing is missing: the hidden packets are the 12 not shown
 
 
 def _chunk_starts(data: bytes) -> list[int]:
@@ -187,9 +188,9 @@ def _chunk_starts(data: bytes) -> list[int]:
     return [i for i in chunks if data[i : i + 4] == b"00dc" and data[i + 8 : i + 10] == b"\xff\xd8"]
 
 
-def test_avi_declaring_more_frames_than_it_holds(tmp_path):
+def test_avi_declaring_more_frames_than_it_holds(tmp_path, caplog):
     """An AVI whose header counts 10 frames but whose data holds 7 (an archive copy that lost its tail): the 7
-    are read, with a progress hint of 10, and no error."""
+    are read, with a progress hint of 10, no error and one warning naming the file."""
     full = tmp_path / "full.avi"
     write_video(full, [grey(t * 20) for t in range(10)], codec="mjpeg")
     data = full.read_bytes()
@@ -202,6 +203,10 @@ def test_avi_declaring_more_frames_than_it_holds(tmp_path):
     frames = list(reader)
     assert levels(frames) == pytest.approx([t * 20 for t in range(7)], abs=3)
     assert [f.time for f in frames] == pytest.approx([t / 12 for t in range(7)], abs=1e-6)
+    list(reader)  # a second pass (the command decodes more than once) says nothing new
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{short}: the file declares 10 frames, its stream ended after 7 (all of them are used; a truncated copy?)"
+    ]
 
 
 def test_b_frames_in_avi_are_timed_in_presentation_order(tmp_path):
@@ -368,6 +373,14 @@ def test_each_kind_through_predict(trained, tmp_path):
     png16 = inputs / "deep.png"
     Image.fromarray(np.full((H, W), 40000, np.uint16)).save(png16)
     cases[png16] = [0.0]
+    photos = inputs / "photos"  # a phone's photo (turned by EXIF) beside an upright one
+    photos.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(np.rot90(scene(), 1))).save(photos / "a.jpg", exif=exif)
+    Image.fromarray(scene()).save(photos / "b.jpg")
+    cases[photos] = [0.0, 1 / 24]
+    docs = {}
     for k, (path, times) in enumerate(cases.items()):
         out = tmp_path / f"out{k}"
         argv = [str(ckpt), str(path), "x", "--out", str(out), "--no-progress", "--format", "json", "overlay"]
@@ -376,3 +389,10 @@ def test_each_kind_through_predict(trained, tmp_path):
         assert [f["time"] for f in doc["frames"]] == pytest.approx(times, abs=1e-6), path.name
         with av.open(str(out / "overlay.mp4")) as container:
             assert len(list(container.decode(video=0))) == len(times), path.name
+        docs[path] = doc
+    # the first frame's turn in the header, a frame turned otherwise says so
+    assert (docs[photos]["rotation"], docs[photos]["width"], docs[photos]["height"]) == (90, W, H)
+    assert [{k: f.get(k) for k in ("rotation", "mirrored")} for f in docs[photos]["frames"]] == [
+        {"rotation": None, "mirrored": None},
+        {"rotation": 0, "mirrored": False},
+    ]

@@ -16,6 +16,7 @@ bits; a multi-page TIFF gives one frame per page.
 from __future__ import annotations
 
 import heapq
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -29,6 +30,8 @@ from PIL import Image, ImageOps, ImageSequence
 
 from mpgsam2.media.display import EXIF_ORIENTATION_TAG, IDENTITY, Orientation, image_rgb
 from mpgsam2.utils import PIL_ERRORS
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -191,6 +194,7 @@ class VideoFileReader(FrameReader):
         super().__init__(path, selection, Fraction(rate) if rate else None)
         self.count = count  # what the container declares: a hint, the stream may hold fewer or more
         self.stored_sample_aspect_ratio = Fraction(sar) if sar else Fraction(1)
+        self._told_short = False
 
     @staticmethod
     def _open(path: Path) -> av.container.InputContainer:
@@ -219,6 +223,7 @@ class VideoFileReader(FrameReader):
         previous: float | None = None
         # presentation stamps of the packets sent and not yet matched to a frame (a heap)
         stamps: list[int] = []
+        hidden = 0  # packets an edit list hides: counted by the container, never shown
         with self._open(self.path) as container:
             stream = self._stream(self.path, container)
             stream.thread_type = "AUTO"  # frame threads: decoding keeps pace with the tiny model
@@ -228,7 +233,9 @@ class VideoFileReader(FrameReader):
                 try:
                     packet = next(packets)
                     stamp = packet.pts if packet.pts is not None else packet.dts
-                    if stamp is not None and not packet.is_discard:
+                    if packet.is_discard:
+                        hidden += 1
+                    elif stamp is not None:
                         heapq.heappush(stamps, stamp)
                     decoded = packet.decode()
                 except StopIteration:
@@ -261,7 +268,16 @@ class VideoFileReader(FrameReader):
                     )
                     index += 1
         # the stream ended (a selection that stops early closes this generator first): however many frames the
-        # container declared, these are all it shows
+        # container declared, these are all it shows; a shortfall is worth a word (a copy that lost its tail?)
+        if self.count is not None and index + hidden < self.count and not self._told_short:
+            self._told_short = True
+            logger.warning(
+                "%s: the file declares %d frames, its stream ended after %d (all of them are used; a truncated "
+                "copy?)",
+                self.path,
+                self.count,
+                index,
+            )
 
 
 def _display_orientation(frame: av.VideoFrame) -> Orientation:

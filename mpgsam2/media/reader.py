@@ -224,6 +224,9 @@ class VideoFileReader(FrameReader):
         # presentation stamps of the packets sent and not yet matched to a frame (a heap)
         stamps: list[int] = []
         hidden = 0  # packets an edit list hides: counted by the container, never shown
+        # the display matrix is read again only when the frames' rotation changes (reading side data on every
+        # frame slows decoding down by half; frame.rotation is cheap but does not tell a mirror)
+        turn: tuple[int, Orientation] | None = None
         with self._open(self.path) as container:
             stream = self._stream(self.path, container)
             stream.thread_type = "AUTO"  # frame threads: decoding keeps pace with the tiny model
@@ -256,7 +259,9 @@ class VideoFileReader(FrameReader):
                     if previous is not None and time <= previous:
                         time = previous + _TIME_STEP
                     previous = time
-                    orientation = _display_orientation(frame)
+                    if turn is None or frame.rotation != turn[0]:
+                        turn = (frame.rotation, _display_orientation(frame))
+                    orientation = turn[1]
                     sar = self.stored_sample_aspect_ratio
                     yield Frame(
                         index,

@@ -7,10 +7,11 @@
     python -m mpgsam2.predict --demo-video clip.mp4 --out demo_output     # after python train.py experiment=demo
 
 CKPT is a ``train.py`` checkpoint (``final.ckpt``), our export folder or a released MPG-SAM 2 folder. INPUT is a
-video file (.mp4 .mov .webm .mkv .avi, decoded as a stream with PyAV), a folder of frames (.jpg .jpeg .png .bmp
-.webp, name order) or one image. OUT_DIR gets, per sentence, a folder of 0/255 mask PNGs named after the frames,
-``masks.json`` (COCO RLE, frame index / time and score per sentence and frame) and ``overlay.mp4``; it appears
-complete or not at all. The whole video is one run from its first frame (spec §3.1) unless ``--chunk-size`` cuts
+video file (.mp4 .mov .webm .mkv .avi .gif, decoded as a stream with PyAV), a folder of frames (.jpg .jpeg .png
+.bmp .webp .tif .tiff, name order), one image or a multi-page TIFF; frames are read as a player shows them
+(display-matrix and EXIF rotation applied, presentation times). OUT_DIR gets, per sentence, a folder of 0/255
+mask PNGs named after the frames, ``masks.json`` (COCO RLE, frame index / time and score per sentence and frame)
+and ``overlay.mp4``; it appears complete or not at all. The whole video is one run from its first frame (spec §3.1) unless ``--chunk-size`` cuts
 it into independent chunks (spec §3.2), which keeps memory flat however long the video is.
 """
 

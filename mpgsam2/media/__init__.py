@@ -3,6 +3,7 @@ PNGs, ``masks.json``, an overlay video), the prediction loop shared by ``mpgsam2
 and the synthetic demo clip."""
 
 from mpgsam2.media.demo import render_demo_video
+from mpgsam2.media.display import Orientation
 from mpgsam2.media.outputs import FORMATS, PredictionWriter, draw_overlay, staged_folder
 from mpgsam2.media.reader import (
     IMAGE_SUFFIXES,
@@ -25,6 +26,7 @@ __all__ = [
     "FrameReader",
     "FrameSelection",
     "MediaError",
+    "Orientation",
     "PredictionWriter",
     "VideoWriter",
     "draw_overlay",

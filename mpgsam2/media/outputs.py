@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from mpgsam2.media.display import Orientation
 from mpgsam2.media.reader import Frame
 from mpgsam2.media.video import VideoWriter
 
@@ -141,9 +142,15 @@ class PredictionWriter:
     """Writes the chosen outputs of one run into ``folder`` as the frames come; use as a context manager.
 
     Layout: ``<folder>/<NN_sentence>/<frame name>.png`` (0 / 255, mode L, the frame's size), ``masks.json``
-    (``{"input", "fps", "width", "height", "sentences": [{"id", "text", "folder"}], "frames": [{"index",
-    "time", "name", "masks": [{"sentence", "score", "rle": {"size", "counts"}}]}]}``, COCO RLE of pycocotools,
-    one mask per sentence in sentence order) and ``overlay.mp4`` (at ``fps``).
+    (``{"input", "fps", "width", "height", "rotation", "mirrored", "sample_aspect_ratio", "sentences": [{"id",
+    "text", "folder"}], "frames": [{"index", "time", "name", "masks": [{"sentence", "score", "rle": {"size",
+    "counts"}}]}]}``, COCO RLE of pycocotools, one mask per sentence in sentence order) and ``overlay.mp4``.
+
+    Frames come as displayed (:class:`~mpgsam2.media.reader.Frame`): width, height and masks are those of the
+    displayed frame; ``rotation`` / ``mirrored`` say how the stored frames were turned to get it (the first
+    frame's; a frame turned otherwise, as photos of a folder may be, carries its own two keys) and
+    ``sample_aspect_ratio`` ([num, den]) how wide a player shows a pixel. ``overlay.mp4`` shows each frame at its
+    time (a variable frame rate stays variable; ``fps`` is the nominal rate) with that pixel aspect ratio.
     """
 
     def __init__(
@@ -164,8 +171,9 @@ class PredictionWriter:
         self.source = source
         self.folders = [sentence_folder(k, s) for k, s in enumerate(self.sentences)]
         self._json: IO[str] | None = None
-        self._video: VideoWriter | None = None
+        self._video: VideoWriter | None = None  # opened at the first frame, whose pixel aspect ratio it takes
         self._size: tuple[int, int] | None = None
+        self._orientation: Orientation | None = None
         self.frames = 0
 
     def __enter__(self) -> PredictionWriter:
@@ -174,8 +182,6 @@ class PredictionWriter:
                 (self.folder / name).mkdir()
         if "json" in self.formats:
             self._json = open(self.folder / "masks.json", "w", encoding="utf-8")  # noqa: SIM115 (closed in __exit__)
-        if "overlay" in self.formats:
-            self._video = VideoWriter(self.folder / "overlay.mp4", self.fps).__enter__()
         return self
 
     def add(self, frame: Frame, masks: Sequence[np.ndarray], scores: Sequence[float]) -> None:
@@ -183,8 +189,15 @@ class PredictionWriter:
         h, w = frame.rgb.shape[:2]
         if self._size is None:
             self._size = (h, w)
+            self._orientation = frame.orientation
+            sar = frame.sample_aspect_ratio
+            if "overlay" in self.formats:
+                self._video = VideoWriter(self.folder / "overlay.mp4", self.fps, sample_aspect_ratio=sar)
+                self._video.__enter__()
             if self._json is not None:
                 header = {"input": self.source, "fps": float(self.fps), "width": w, "height": h}
+                header |= frame.orientation.as_json()
+                header["sample_aspect_ratio"] = [sar.numerator, sar.denominator]
                 header["sentences"] = [
                     {"id": k, "text": s, "folder": f}
                     for k, (s, f) in enumerate(zip(self.sentences, self.folders))
@@ -201,10 +214,13 @@ class PredictionWriter:
                 rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
                 rle = {"size": [int(x) for x in rle["size"]], "counts": rle["counts"].decode("ascii")}
                 entries.append({"sentence": k, "score": round(float(score), 6), "rle": rle})
-            entry = {"index": frame.index, "time": round(frame.time, 6), "name": frame.name, "masks": entries}
+            entry = {"index": frame.index, "time": round(frame.time, 6), "name": frame.name}
+            if frame.orientation != self._orientation:
+                entry |= frame.orientation.as_json()
+            entry["masks"] = entries
             self._json.write(("" if self.frames == 0 else ",\n") + json.dumps(entry))
         if self._video is not None:
-            self._video.write(draw_overlay(frame.rgb, masks, self.sentences))
+            self._video.write(draw_overlay(frame.rgb, masks, self.sentences), frame.time)
         self.frames += 1
 
     def __exit__(

@@ -1,24 +1,37 @@
-"""Frames of a video file, a folder of frames or a single image, decoded one at a time.
+"""Frames of a video file, a folder of frames or a single image, decoded one at a time, as a player shows them.
 
 A :class:`FrameReader` yields :class:`Frame` objects in order and can be iterated several times (each pass
-decodes again, so nothing grows with the video's length). Video files are decoded as a stream with PyAV; a
-selection (:class:`FrameSelection`) keeps every n-th frame of a time or frame range, up to a cap, and can shrink
-the long side. Every failure is a :class:`MediaError` whose message starts with the file (and the frame index).
+decodes again, so nothing grows with the video's length). Video files (and animated GIFs) are decoded as a stream
+with PyAV; a selection (:class:`FrameSelection`) keeps every n-th frame of a time or frame range, up to a cap, and
+can shrink the long side. Every failure is a :class:`MediaError` whose message starts with the file (and the frame
+index).
+
+What a player does is done here too: frames are turned as a video's display matrix or a photo's EXIF orientation
+asks (:class:`~mpgsam2.media.display.Orientation`); a video is decoded until its stream ends (the frame count a
+container declares is a hint for progress bars: an edit list hides packets it counts, an index may promise more
+than the file holds); frame times are presentation times, strictly increasing; 16-bit images are scaled to 8
+bits; a multi-page TIFF gives one frame per page.
 """
 
 from __future__ import annotations
 
+import heapq
+import logging
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image
+from av.sidedata.sidedata import Type as SideDataType
+from PIL import Image, ImageOps, ImageSequence
 
+from mpgsam2.media.display import EXIF_ORIENTATION_TAG, IDENTITY, Orientation, image_rgb
 from mpgsam2.utils import PIL_ERRORS
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -32,9 +45,12 @@ __all__ = [
     "parse_position",
 ]
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_FPS = Fraction(24)  # frame rate of folders and images (timestamps, overlay video)
+# a frame whose timestamp does not come after the previous one's (a damaged or odd container) is put this many
+# seconds after it: times stay strictly increasing without shifting the frames that follow
+_TIME_STEP = 1e-3
 
 
 class MediaError(ValueError):
@@ -85,13 +101,17 @@ class FrameSelection:
 
 @dataclass(frozen=True)
 class Frame:
-    """One selected frame: ``index`` in the input (before the selection), ``time`` in seconds, ``name`` (the
-    file stem of a folder's frame, else the zero-padded index), ``rgb`` uint8 (H, W, 3)."""
+    """One selected frame: ``index`` in the input (before the selection), ``time`` in seconds (its presentation
+    time from the first frame), ``name`` (the file stem of a folder's frame or an image, else the zero-padded
+    index), ``rgb`` uint8 (H, W, 3) as displayed: ``orientation`` was applied to the stored pixels, and a player
+    shows each pixel ``sample_aspect_ratio`` times as wide as high (1 but for anamorphic video)."""
 
     index: int
     time: float
     name: str
     rgb: np.ndarray
+    orientation: Orientation = IDENTITY
+    sample_aspect_ratio: Fraction = Fraction(1)
 
 
 class FrameReader:
@@ -108,23 +128,23 @@ class FrameReader:
         self.fps = fps or DEFAULT_FPS
         self.count: int | None = None
 
-    def _raw(self) -> Iterator[tuple[int, float, str, np.ndarray]]:
-        """(index, time, name, rgb) of every input frame, in order."""
+    def _raw(self) -> Iterator[Frame]:
+        """Every input frame, in order, at its full size."""
         raise NotImplementedError
 
     def _stop_index(self) -> float:
-        """The first input frame index past the selection (``inf`` when open-ended), to stop decoding early."""
+        """The first input frame index past the selection (``inf`` when open-ended or given in seconds: with a
+        variable frame rate no index says where a time is), to stop decoding early."""
         end = self.selection.end
-        if end is None:
-            return float("inf")
-        return end.value * float(self.fps) if end.seconds else end.value
+        return float("inf") if end is None or end.seconds else end.value
 
     def __iter__(self) -> Iterator[Frame]:
         sel = self.selection
         kept = 0
         in_range = 0
         stop = self._stop_index()
-        for index, time, name, rgb in self._raw():
+        for frame in self._raw():
+            index, time = frame.index, frame.time
             if sel.start is not None and (time if sel.start.seconds else index) < sel.start.value:
                 continue
             if sel.end is not None and (time if sel.end.seconds else index) >= sel.end.value:
@@ -132,7 +152,9 @@ class FrameReader:
             in_range += 1
             if (in_range - 1) % sel.stride:
                 continue
-            yield Frame(index, time, name, _shrink(rgb, sel.long_side))
+            if sel.long_side is not None:
+                frame = replace(frame, rgb=_shrink(frame.rgb, sel.long_side))
+            yield frame
             kept += 1
             if (sel.max_frames is not None and kept >= sel.max_frames) or index + 1 >= stop:
                 break
@@ -155,15 +177,24 @@ def _shrink(rgb: np.ndarray, long_side: int | None) -> np.ndarray:
 
 
 class VideoFileReader(FrameReader):
-    """A video file decoded as a stream with PyAV (first video stream)."""
+    """A video file (or an animated GIF) decoded as a stream with PyAV (first video stream).
+
+    Frames are turned by their display matrix; their times are the presentation times the container gives its
+    packets, matched to the decoded frames in presentation order (the decoder returns frames in that order, but
+    AVI and some other containers store no presentation time and let the decoder pass decode-order stamps on).
+    Packets an edit list hides (the pre-roll of a clip cut without re-encoding) count for neither.
+    """
 
     def __init__(self, path: Path, selection: FrameSelection) -> None:
         with self._open(path) as container:
             stream = self._stream(path, container)
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             count = int(stream.frames) or None
+            sar = stream.sample_aspect_ratio
         super().__init__(path, selection, Fraction(rate) if rate else None)
-        self.count = count
+        self.count = count  # what the container declares: a hint, the stream may hold fewer or more
+        self.stored_sample_aspect_ratio = Fraction(sar) if sar else Fraction(1)
+        self._told_short = False
 
     @staticmethod
     def _open(path: Path) -> av.container.InputContainer:
@@ -186,34 +217,81 @@ class VideoFileReader(FrameReader):
             raise MediaError(f"{path}: the file has no video stream")
         return container.streams.video[0]
 
-    def _raw(self) -> Iterator[tuple[int, float, str, np.ndarray]]:
+    def _raw(self) -> Iterator[Frame]:
         index = 0
-        origin: float | None = None
+        origin: Fraction | None = None
+        previous: float | None = None
+        # presentation stamps of the packets sent and not yet matched to a frame (a heap)
+        stamps: list[int] = []
+        hidden = 0  # packets an edit list hides: counted by the container, never shown
+        # the display matrix is read again only when the frames' rotation changes (reading side data on every
+        # frame slows decoding down by half; frame.rotation is cheap but does not tell a mirror)
+        turn: tuple[int, Orientation] | None = None
         with self._open(self.path) as container:
             stream = self._stream(self.path, container)
             stream.thread_type = "AUTO"  # frame threads: decoding keeps pace with the tiny model
-            frames = container.decode(stream)
+            time_base = stream.time_base
+            packets = container.demux(stream)  # ends with an empty packet that drains the decoder
             while True:
                 try:
-                    frame = next(frames)
-                    rgb = frame.to_ndarray(format="rgb24")
+                    packet = next(packets)
+                    stamp = packet.pts if packet.pts is not None else packet.dts
+                    if packet.is_discard:
+                        hidden += 1
+                    elif stamp is not None:
+                        heapq.heappush(stamps, stamp)
+                    decoded = packet.decode()
                 except StopIteration:
                     break
                 except (av.error.FFmpegError, ValueError) as err:
                     raise MediaError(f"{self.path}: frame {index} cannot be decoded: {err}") from err
-                if frame.time is None:
-                    time = index / float(self.fps)
-                else:  # seconds from the first frame (some containers start their clock later than 0)
-                    origin = float(frame.time) if origin is None else origin
-                    time = float(frame.time) - origin
-                yield index, time, f"{index:06d}", rgb
-                index += 1
-        # only reached when the stream ran out (a selection that stops early closes this generator first)
-        if self.count is not None and index < self.count:
-            raise MediaError(
-                f"{self.path}: frame {index} cannot be decoded: the file declares {self.count} frames but its "
-                f"data ends after {index} (truncated or damaged?)"
+                for frame in decoded:
+                    try:
+                        rgb = frame.to_ndarray(format="rgb24")
+                    except (av.error.FFmpegError, ValueError) as err:
+                        raise MediaError(f"{self.path}: frame {index} cannot be decoded: {err}") from err
+                    if stamps:
+                        seconds = heapq.heappop(stamps) * time_base
+                        origin = seconds if origin is None else origin
+                        time = float(seconds - origin)  # from the first frame (some clocks start later)
+                    else:  # no stamp at all: the nominal frame rate
+                        time = 0.0 if previous is None else previous + 1 / float(self.fps)
+                    if previous is not None and time <= previous:
+                        time = previous + _TIME_STEP
+                    previous = time
+                    if turn is None or frame.rotation != turn[0]:
+                        turn = (frame.rotation, _display_orientation(frame))
+                    orientation = turn[1]
+                    sar = self.stored_sample_aspect_ratio
+                    yield Frame(
+                        index,
+                        time,
+                        f"{index:06d}",
+                        orientation.apply(rgb),
+                        orientation,
+                        1 / sar if orientation.swaps_sides else sar,
+                    )
+                    index += 1
+        # the stream ended (a selection that stops early closes this generator first): however many frames the
+        # container declared, these are all it shows; a shortfall is worth a word (a copy that lost its tail?)
+        if self.count is not None and index + hidden < self.count and not self._told_short:
+            self._told_short = True
+            logger.warning(
+                "%s: the file declares %d frames, its stream ended after %d (all of them are used; a truncated "
+                "copy?)",
+                self.path,
+                self.count,
+                index,
             )
+
+
+def _display_orientation(frame: av.VideoFrame) -> Orientation:
+    """The turn a player gives ``frame``: its display matrix (side data a decoder copies from the container's
+    ``tkhd`` matrix / rotation tag), if any."""
+    matrix = frame.side_data.get(SideDataType.DISPLAYMATRIX)
+    if matrix is None:
+        return IDENTITY
+    return Orientation.from_display_matrix(np.frombuffer(bytes(matrix), dtype=np.int32))
 
 
 class FolderReader(FrameReader):
@@ -234,38 +312,83 @@ class FolderReader(FrameReader):
             seen[p.stem] = p
         self.count = len(self.files)
 
-    def _raw(self) -> Iterator[tuple[int, float, str, np.ndarray]]:
+    def _raw(self) -> Iterator[Frame]:
         first: tuple[Path, tuple[int, ...]] | None = None
         for index, p in enumerate(self.files):
-            rgb = _read_image(p, index)
-            if first is None:
-                first = (p, rgb.shape)
-            elif rgb.shape != first[1]:
-                raise MediaError(
-                    f"{p}: frame {index} is {rgb.shape[1]}x{rgb.shape[0]} (WxH) but {first[0]} is "
-                    f"{first[1][1]}x{first[1][0]}; all frames of a video must have one size"
-                )
-            yield index, index / float(self.fps), p.stem, rgb
+            rgb, orientation = _read_image(p, index)
+            _check_size(p, index, rgb, first)
+            first = first or (p, rgb.shape)
+            yield Frame(index, index / float(self.fps), p.stem, rgb, orientation)
 
 
 class ImageReader(FrameReader):
-    """A single image: a one-frame video."""
+    """A single image (a one-frame video named after the file), or a multi-page TIFF (one frame per page, named
+    by page index like a video's frames)."""
 
     def __init__(self, path: Path, selection: FrameSelection, fps: Fraction | None = None) -> None:
         super().__init__(path, selection, fps)
         self.count = 1
+        if path.suffix.lower() in (".tif", ".tiff"):
+            try:
+                with Image.open(path) as img:
+                    self.count = getattr(img, "n_frames", 1)
+            except FileNotFoundError:
+                raise MediaError(f"{path}: not found") from None
+            except PIL_ERRORS as err:
+                raise MediaError(f"{path}: cannot read the image: {err}") from err
 
-    def _raw(self) -> Iterator[tuple[int, float, str, np.ndarray]]:
-        yield 0, 0.0, self.path.stem, _read_image(self.path, 0)
+    def _raw(self) -> Iterator[Frame]:
+        if self.count == 1:
+            rgb, orientation = _read_image(self.path, 0)
+            yield Frame(0, 0.0, self.path.stem, rgb, orientation)
+            return
+        first: tuple[Path, tuple[int, ...]] | None = None
+        index = 0
+        try:
+            with Image.open(self.path) as img:
+                for index, page in enumerate(ImageSequence.Iterator(img)):
+                    rgb, orientation = _displayed(page)
+                    _check_size(self.path, index, rgb, first, what=f"page {index}")
+                    first = first or (self.path, rgb.shape)
+                    yield Frame(index, index / float(self.fps), f"{index:06d}", rgb, orientation)
+        except MediaError:
+            raise
+        except PIL_ERRORS as err:
+            raise MediaError(f"{self.path}: frame {index} cannot be decoded: {err}") from err
 
 
-def _read_image(path: Path, index: int) -> np.ndarray:
+def _check_size(
+    path: Path, index: int, rgb: np.ndarray, first: tuple[Path, tuple[int, ...]] | None, what: str = ""
+) -> None:
+    if first is not None and rgb.shape != first[1]:
+        raise MediaError(
+            f"{path}: frame {index}{f' ({what})' if what else ''} is {rgb.shape[1]}x{rgb.shape[0]} (WxH) but "
+            f"{first[0]}{' page 0' if what else ''} is {first[1][1]}x{first[1][0]}; all frames of a video must "
+            "have one size"
+        )
+
+
+def _displayed(img: Image.Image) -> tuple[np.ndarray, Orientation]:
+    """The decoded image as a viewer shows it (its EXIF / TIFF orientation applied) and that orientation."""
+    orientation = Orientation.from_exif(img.getexif().get(EXIF_ORIENTATION_TAG, 1))  # read before load():
+    img.load()  # decode now: a truncated file fails here, with its name (TIFF turns itself here and drops the tag)
+    return image_rgb(ImageOps.exif_transpose(img)), orientation
+
+
+def _read_image(path: Path, index: int) -> tuple[np.ndarray, Orientation]:
     try:
         with Image.open(path) as img:
-            img.load()  # decode now: a truncated file fails here, with its name
-            return np.asarray(img.convert("RGB"))
+            pages = getattr(img, "n_frames", 1)
+            if pages > 1 and img.format == "TIFF":
+                raise MediaError(
+                    f"{path}: frame {index} is a TIFF of {pages} pages; give a multi-page TIFF on its own, not in "
+                    "a folder of frames"
+                )
+            return _displayed(img)
     except FileNotFoundError:
         raise MediaError(f"{path}: frame {index} not found") from None
+    except MediaError:
+        raise
     except PIL_ERRORS as err:
         raise MediaError(f"{path}: frame {index} cannot be decoded: {err}") from err
 
@@ -273,10 +396,11 @@ def _read_image(path: Path, index: int) -> np.ndarray:
 def open_frames(
     path: str | Path, selection: FrameSelection | None = None, fps: Fraction | None = None
 ) -> FrameReader:
-    """The reader for ``path``: a video file (by suffix), a folder of frames or an image.
+    """The reader for ``path``: a video file or animated GIF (by suffix), a folder of frames or an image (a
+    multi-page TIFF: its pages).
 
     Args:
-        fps: frame rate of a folder or image (ignored for video files, which carry their own).
+        fps: frame rate of a folder, image or TIFF (ignored for video files, which carry their own).
 
     Raises:
         MediaError: the path is missing, of an unknown kind, or not readable.

@@ -1,8 +1,8 @@
 """The memory bank's index arithmetic without a model: which earlier frames a frame reads, what pruning keeps.
 
-The expected frames are worked out by hand from SAM 2's ``_prepare_memory_conditioned_features`` (frame t reads
-t - 1 in the newest slot, then the multiple of ``stride`` at or before t - 2 and every ``stride``-th frame before
-it; pointers of t - 1 .. t - (min(T, max_obj_ptrs) - 1)).
+The expected frames are worked out by hand from SAM 2's ``_prepare_memory_conditioned_features`` (frame t
+reads t - 1 in the newest slot, then the multiple of ``stride`` at or before t - 2 and every ``stride``-th
+frame before it; pointers of t - 1 .. t - (min(T, max_obj_ptrs) - 1)).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def test_pointer_window_is_capped_by_the_clip_length() -> None:
 
 
 def _tracked_state(window: MemoryWindow, num_frames: int, last_frame: int, keep_all: bool = False):
-    """A state after tracking frames 0 (conditioning) .. last_frame, pruning after each as the tracker does."""
+    """The state after tracking frames 0 (conditioning) .. last_frame, pruned after each frame."""
     state = TrackingState(num_frames=num_frames, keep_all=keep_all)
     state.cond_frame_idx, state.cond_memory, state.cond_obj_ptr = 0, torch.zeros(1), torch.zeros(1)
     for t in range(1, last_frame + 1):

@@ -4,8 +4,9 @@ SAM 2 conditions frame t on the conditioning frame's memory, on the memories of 
 frames (t - 1, then every ``stride``-th frame before it) and on the object pointers of the frames
 t - 1 .. t - (W - 1), W = min(T, max_obj_ptrs_in_encoder) (SAM 2's ``_prepare_memory_conditioned_features``).
 :class:`MemoryWindow` is that index arithmetic, on frame numbers only; :class:`TrackingState` holds one run's
-memories and pointers, and :meth:`MemoryWindow.prune` drops those no later frame can read, so memory stays flat
-over long videos. Neither needs a model: the tracker looks its tensors up with the frame numbers given here.
+memories and pointers, and :meth:`MemoryWindow.prune` drops those no later frame can read, so memory stays
+flat over long videos. Neither needs a model: the tracker looks its tensors up with the frame numbers given
+here.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ class TrackingState:
 
     num_frames: the clip length T; it sets the pointer window min(T, max_obj_ptrs_in_encoder) as in the
     original. ``cond_*`` hold the conditioning frame; ``memories`` / ``obj_ptrs`` hold later frames (frame
-    number -> [B, Cm, E, E] stored memory / [B, C] pointer) and are pruned to what future frames can still read.
+    number -> [B, Cm, E, E] stored memory / [B, C] pointer) and are pruned to what future frames can still
+    read.
     maskmem_pos_enc: [B, Cm, E, E] the memory position encoding (the same for every frame, kept once).
     keep_all: never prune; every frame's memory and pointer stays, as in the original video predictor. The
         outputs are the same; the memory grows with the video (set it to measure that, as
@@ -66,8 +68,8 @@ class MemoryWindow:
 
         t_pos is the memory's temporal slot (``maskmem_tpos_enc[num_maskmem - t_pos - 1]``; 0 is the
         conditioning frame's, not listed): t_pos num_maskmem - 1 is frame t - 1, and each smaller t_pos is
-        ``stride`` frames older, counted from the multiple of ``stride`` at or before t - 2. Frames the bank does
-        not hold (the conditioning frame, frames before the clip) may be named; reading skips them.
+        ``stride`` frames older, counted from the multiple of ``stride`` at or before t - 2. Frames the bank
+        does not hold (the conditioning frame, frames before the clip) may be named; reading skips them.
         """
         out = []
         for t_pos in range(1, self.num_maskmem):
@@ -93,7 +95,8 @@ class MemoryWindow:
     def oldest_read(self, next_frame: int, num_frames: int) -> tuple[int, int]:
         """The oldest frame whose memory, and whose pointer, frame ``next_frame`` or any later frame reads.
 
-        Both windows only move forward with the frame, so ``next_frame``'s oldest frames bound every later one's.
+        Both windows only move forward with the frame, so ``next_frame``'s oldest frames bound every later
+        one's.
         """
         oldest_memory = min(
             next_frame - 1,
@@ -103,7 +106,8 @@ class MemoryWindow:
         return oldest_memory, oldest_pointer
 
     def prune(self, state: TrackingState, last_frame: int) -> None:
-        """Drop the memories and pointers that no frame after ``last_frame`` can read (none if ``keep_all``)."""
+        """Drop the memories and pointers older than any frame after ``last_frame`` reads (none if
+        ``keep_all``)."""
         if state.keep_all:
             return
         oldest_memory, oldest_pointer = self.oldest_read(last_frame + 1, state.num_frames)

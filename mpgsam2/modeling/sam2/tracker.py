@@ -235,7 +235,7 @@ class SAM2Tracker(nn.Module):
 
     # ------------------------------------------------------------------ memory
     def new_state(self, num_frames: int, keep_all: bool = False) -> TrackingState:
-        """An empty memory bank for a clip of ``num_frames`` frames (``keep_all``: see :class:`TrackingState`)."""
+        """An empty memory bank for a clip of ``num_frames`` frames (``keep_all``: see TrackingState)."""
         if num_frames < 1:
             raise ValueError(f"num_frames must be positive, got {num_frames}")
         return TrackingState(num_frames=num_frames, keep_all=keep_all)

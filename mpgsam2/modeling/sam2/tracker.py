@@ -234,11 +234,11 @@ class SAM2Tracker(nn.Module):
         return FrameFeatures(top=fpn[-1], top_pos=pos[-1], high_res=high_res)
 
     # ------------------------------------------------------------------ memory
-    def new_state(self, num_frames: int, keep_all: bool = False) -> TrackingState:
-        """An empty memory bank for a clip of ``num_frames`` frames (``keep_all``: see TrackingState)."""
+    def new_state(self, num_frames: int) -> TrackingState:
+        """An empty memory bank for a clip of ``num_frames`` frames."""
         if num_frames < 1:
             raise ValueError(f"num_frames must be positive, got {num_frames}")
-        return TrackingState(num_frames=num_frames, keep_all=keep_all)
+        return TrackingState(num_frames=num_frames)
 
     @property
     def memory_window(self) -> MemoryWindow:

@@ -3,7 +3,8 @@
 Runs a small random MPG-SAM 2 over videos of increasing length with ``MPGSAM2.start_video`` / ``track`` and
 reports, per length, the bytes of tensors held in the tracking state after the last frame, the process's peak
 RSS growth, and (on CUDA) the peak allocated memory. For contrast it also runs the same videos with pruning
-disabled, which is what the original video predictor does (it keeps every frame's memory and output).
+disabled (``TrackingState.keep_all``), which is what the original video predictor does (it keeps every frame's
+memory and output).
 
     python benchmarks/streaming_memory.py [--frames 8 16 32 64] [--device cpu|cuda]
 """
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from framework_helpers import random_clip, tiny_config  # noqa: E402
 
 from mpgsam2.modeling.mpgsam2 import MPGSAM2  # noqa: E402
-from mpgsam2.modeling.sam2.tracker import SAM2Tracker, TrackingState  # noqa: E402
+from mpgsam2.modeling.sam2.memory_bank import TrackingState  # noqa: E402
 
 
 def state_bytes(state: TrackingState) -> int:
@@ -34,20 +35,15 @@ def state_bytes(state: TrackingState) -> int:
 def run(model: MPGSAM2, frames: int, device: str, prune: bool) -> dict[str, float]:
     sam, beit, ids, pad = random_clip(model, frames)
     sam, beit, ids, pad = (x.to(device) for x in (sam, beit, ids, pad))
-    original_prune = SAM2Tracker._prune
-    if not prune:
-        SAM2Tracker._prune = lambda self, state, last: None
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    try:
-        with torch.no_grad():
-            session = model.start_video(beit[0], ids[0], pad[0])
-            for t in range(frames):
-                session.track(t, sam[0, t])
-    finally:
-        SAM2Tracker._prune = original_prune
+    with torch.no_grad():
+        session = model.start_video(beit[0], ids[0], pad[0])
+        session.state.keep_all = not prune
+        for t in range(frames):
+            session.track(t, sam[0, t])
     elapsed = time.perf_counter() - start
     out = {
         "state_kib": state_bytes(session.state) / 1024,
@@ -60,11 +56,11 @@ def run(model: MPGSAM2, frames: int, device: str, prune: bool) -> dict[str, floa
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.manual_seed(0)
     model = MPGSAM2(tiny_config()).eval().to(args.device)
     print(

@@ -91,3 +91,15 @@ def test_gpu_check_prints_the_table_with_the_rows_past_its_budget_skipped(
     assert _load("gpu_check").main(["--smoke", "--budget-s", "0"]) in (0, None)
     table = _table(capsys.readouterr().out)
     assert len(table) == 6 and all(cells[0].startswith(("skipped", "n/a")) for cells in table.values()), table
+
+
+def test_streaming_memory_holds_a_window_and_keep_all_every_frame(capsys: pytest.CaptureFixture) -> None:
+    _load("streaming_memory").main(["--frames", "4", "20", "--device", "cpu"])
+    out = capsys.readouterr().out
+    rows = {(r[0], r[1]): r[2:] for r in (line.split() for line in out.splitlines()[2:]) if len(r) >= 5}
+    assert set(rows) == {("4", "streaming"), ("4", "keep-all"), ("20", "streaming"), ("20", "keep-all")}, out
+    # the tiny model reads 6 earlier memories and 15 earlier pointers: after 20 frames the stream holds the
+    # conditioning frame and frames 5..19; kept all, the 20 frames
+    assert rows[("20", "streaming")][1] == "16" and rows[("20", "keep-all")][1] == "20", out
+    assert float(rows[("20", "streaming")][0]) < float(rows[("20", "keep-all")][0]), out
+    assert rows[("4", "streaming")][:2] == rows[("4", "keep-all")][:2], out  # nothing to drop yet

@@ -439,3 +439,16 @@ def test_one_training_step_through_the_image_path(coco_root: Path, tokenizer_pat
     assert any(g.abs().sum() > 0 for g in grads)
     tokens = Beit3Tokenizer(tokenizer_path)
     assert tokens.pad_id == dm.collate.tokenizer.pad_id
+
+
+def test_the_old_import_paths_give_the_moved_objects() -> None:
+    # the datasets moved to image_dataset and the COCO decoding to coco_masks; code importing them from their
+    # old modules gets the same objects
+    from mpgsam2.data import coco_masks, image_dataset, mevis, refcoco
+
+    for name in ("ReferringImageDataset", "ReferringImageEvalDataset", "ReferringImageCollate"):
+        assert getattr(refcoco, name) is getattr(image_dataset, name)
+    assert refcoco.decode_segmentation is coco_masks.decode_segmentation
+    assert mevis.rle_counts is coco_masks.rle_counts
+    with pytest.raises(AttributeError, match="ReferringImageDatset"):
+        refcoco.ReferringImageDatset  # noqa: B018

@@ -6,9 +6,11 @@ See the data contract in the docstrings of :mod:`mpgsam2.data.records` (records)
 """
 
 from mpgsam2.data.batch import FrameView, ImageRef, ItemMeta, ReferringBatch, ReferringItem
+from mpgsam2.data.coco_masks import decode_segmentation
 from mpgsam2.data.collate import ReferringCollate
 from mpgsam2.data.davis import DAVIS_ANNOTATORS, NUM_DAVIS_ANNOTATORS, RefDAVISSource, davis_annotator
 from mpgsam2.data.errors import DatasetError
+from mpgsam2.data.image_dataset import ReferringImageCollate, ReferringImageDataset, ReferringImageEvalDataset
 from mpgsam2.data.mevis import MEVIS_SPLITS, MeViSSource
 from mpgsam2.data.records import (
     ExpressionRecord,
@@ -17,16 +19,7 @@ from mpgsam2.data.records import (
     validate_path_component,
     validate_video_id,
 )
-from mpgsam2.data.refcoco import (
-    REFCOCO_SPLITS,
-    RefCOCOSample,
-    RefCOCOSource,
-    ReferringImageCollate,
-    ReferringImageDataset,
-    ReferringImageEvalDataset,
-    decode_segmentation,
-    swap_captions_within_image,
-)
+from mpgsam2.data.refcoco import REFCOCO_SPLITS, RefCOCOSample, RefCOCOSource, swap_captions_within_image
 from mpgsam2.data.sampling import sample_clip_indices
 from mpgsam2.data.sources import (
     ReferringVideoSource,

@@ -1,7 +1,7 @@
 """The data contract's types: what a dataset's ``__getitem__`` returns and what the collate makes of a list of them.
 
 - :class:`ReferringItem`: one (expression, clip) or (image, sentence) of the torch datasets
-  (:class:`~mpgsam2.data.video_dataset.ReferringClipDataset`, :class:`~mpgsam2.data.refcoco.ReferringImageDataset`
+  (:class:`~mpgsam2.data.video_dataset.ReferringClipDataset`, :class:`~mpgsam2.data.image_dataset.ReferringImageDataset`
   and their evaluation counterparts).
 - :class:`ReferringBatch`: the items stacked along a new batch dimension B with their captions tokenised
   (:class:`~mpgsam2.data.collate.ReferringCollate`); read by the Lightning module, the losses, validation and the

@@ -50,7 +50,7 @@ class ReferringCollate:
 
     The batch's shapes are documented on :class:`~mpgsam2.data.batch.ReferringBatch`; ``text_padding_mask`` is
     ``ids == pad_id`` (parity: derived from the ids, so with ``unk_as_pad`` unknown pieces count as padding too).
-    ``is_image`` is the class attribute :attr:`is_image` (True for :class:`~mpgsam2.data.refcoco.ReferringImageCollate`).
+    ``is_image`` is the class attribute :attr:`is_image` (True for :class:`~mpgsam2.data.image_dataset.ReferringImageCollate`).
     """
 
     is_image = False

@@ -1,7 +1,7 @@
 """What the training datasets share: items over concatenated groups, per-item seeding and resampling.
 
 :class:`ResamplingDataset` is the base of :class:`~mpgsam2.data.video_dataset.ReferringClipDataset` (groups =
-expressions, units = clips) and :class:`~mpgsam2.data.refcoco.ReferringImageDataset` (groups = sources, units =
+expressions, units = clips) and :class:`~mpgsam2.data.image_dataset.ReferringImageDataset` (groups = sources, units =
 samples). Subclasses say how to draw a candidate and build an item from it; the base holds the epoch, maps an item
 index to (group, offset), seeds the draws and retries empty targets.
 """

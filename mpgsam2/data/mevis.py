@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as coco_mask
 
+from mpgsam2.data.coco_masks import rle_counts
 from mpgsam2.data.errors import DatasetError
 from mpgsam2.data.records import ExpressionRecord, VideoRecord
 from mpgsam2.data.sources import (
@@ -284,53 +285,6 @@ def _compact(entries: object, path: Path, key: str) -> _AnnoRLE:
             parts.append(packed)
         offsets[k + 1] = offsets[k] + (len(parts[-1]) if rle is not None else 0)
     return _AnnoRLE(sizes=sizes, offsets=offsets, counts=b"".join(parts))
-
-
-def rle_counts(counts: bytes | str) -> np.ndarray:
-    """Decodes COCO's compressed RLE string into its run lengths (pycocotools' ``rleFrString``, vectorised).
-
-    pycocotools trusts the string: runs longer than the image write past its buffer. Readers check
-    ``rle_counts(s).sum() == H * W`` before using a string.
-
-    Args:
-        counts: the ``"counts"`` string of a compressed RLE.
-
-    Returns:
-        int64 (m,) run lengths, alternating background / foreground, starting with background.
-
-    Raises:
-        ValueError: a character outside the alphabet, a string that ends inside a number, an over-long number,
-            or a negative run.
-    """
-    data = counts.encode("utf-8") if isinstance(counts, str) else bytes(counts)
-    c = np.frombuffer(data, dtype=np.uint8).astype(np.int64) - 48
-    if c.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    bad = np.flatnonzero((c < 0) | (c >= 64))
-    if bad.size:
-        p = int(bad[0])
-        raise ValueError(f"character {chr(data[p])!r} at {p} is not an RLE digit")
-    # Each number is a little-endian run of 5-bit groups; bit 0x20 says "more groups follow".
-    last = (c & 0x20) == 0
-    if not last[-1]:
-        raise ValueError("the string ends inside a run length")
-    ends = np.flatnonzero(last)
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    lengths = ends - starts + 1
-    if lengths.max() > 12:  # 60 bits; real runs need at most 7 groups
-        raise ValueError(f"a run length spans {int(lengths.max())} characters")
-    k = np.arange(c.size) - np.repeat(starts, lengths)  # group position within its number
-    x = np.add.reduceat((c & 0x1F) << (5 * k), starts)
-    negative = (c[ends] & 0x10) != 0  # sign bit of the last group
-    x[negative] -= np.left_shift(1, 5 * lengths[negative])
-    # Runs after the second are stored as differences to the run two before: a running sum per parity.
-    out = x.copy()
-    out[2::2] = np.cumsum(x[2::2])
-    out[3::2] = x[1] + np.cumsum(x[3::2]) if x.size > 3 else x[3::2]
-    if (out < 0).any():
-        m = int(np.flatnonzero(out < 0)[0])
-        raise ValueError(f"negative run length {int(out[m])} (run {m})")
-    return out
 
 
 def _decode_rle(counts: bytes, height: int, width: int) -> np.ndarray:

@@ -18,12 +18,13 @@ COCO-style with ONE ``images`` entry per (referred object, sentence) and one ann
                   "category_id", "original_id": <COCO annotation id>}
 
 The target of a sample is the union of its annotations' masks (the conversion writes exactly one). Masks are
-decoded with pycocotools: polygon lists, compressed RLE (``counts`` a string) and uncompressed RLE (``counts`` a
-list of run lengths, column-major).
+decoded with pycocotools (:func:`~mpgsam2.data.coco_masks.decode_segmentation`): polygon lists, compressed RLE
+(``counts`` a string) and uncompressed RLE (``counts`` a list of run lengths, column-major).
 
 deviation: the original drops ``iscrowd`` annotations (the sample is then redrawn for lack of a target); here
 every annotation of the sample is its target, whatever its crowd flag. The original also redraws samples whose
-box is degenerate; :class:`ReferringImageDataset` redraws those whose mask is empty at the SAM resolution.
+box is degenerate; :class:`~mpgsam2.data.image_dataset.ReferringImageDataset` redraws those whose mask is empty
+at the SAM resolution.
 
 Memory: the three training files hold about 321k samples whose polygons would be millions of Python floats per
 process (and DataLoader workers copy whatever their reference counts touch). Each sample is therefore pickled
@@ -33,27 +34,27 @@ into one flat byte buffer at load time and unpickled when it is read.
 from __future__ import annotations
 
 import gc
-import logging
+import importlib
 import pickle
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from pycocotools import mask as coco_mask
-from torch.utils.data import Dataset
 
-from mpgsam2.data.batch import ImageRef, ItemMeta, ReferringItem
-from mpgsam2.data.collate import ReferringCollate
+from mpgsam2.data.coco_masks import decode_segmentation
 from mpgsam2.data.errors import DatasetError
-from mpgsam2.data.indexing import ResamplingDataset, make_item
-from mpgsam2.data.mevis import rle_counts
 from mpgsam2.data.records import validate_path_component
 from mpgsam2.data.sources import load_json, read_rgb_frames
-from mpgsam2.data.transforms import ClipTransform
-from mpgsam2.data.video_dataset import normalize_caption
+
+if TYPE_CHECKING:
+    from mpgsam2.data.image_dataset import (
+        ReferringImageCollate,
+        ReferringImageDataset,
+        ReferringImageEvalDataset,
+    )
 
 __all__ = [
     "REFCOCO_SPLITS",
@@ -66,7 +67,16 @@ __all__ = [
     "swap_captions_within_image",
 ]
 
-log = logging.getLogger(__name__)
+# The torch datasets and collate of these sources live in image_dataset (which imports this module); their old
+# import path keeps working, resolved on first use.
+_MOVED_TO_IMAGE_DATASET = ("ReferringImageCollate", "ReferringImageDataset", "ReferringImageEvalDataset")
+
+
+def __getattr__(name: str) -> object:
+    if name in _MOVED_TO_IMAGE_DATASET:
+        return getattr(importlib.import_module("mpgsam2.data.image_dataset"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # name -> (split-by of the conversion, its splits), from ReferFormer's convert_refexp_to_coco.py
 REFCOCO_SPLITS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -118,89 +128,6 @@ class _PackedList:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def decode_segmentation(segmentation: object, height: int, width: int, where: str) -> np.ndarray:
-    """Decodes one COCO ``segmentation`` to a bool (height, width) mask.
-
-    Args:
-        segmentation: a list of polygons ``[[x0, y0, x1, y1, ...], ...]``, a compressed RLE ``{"size": [h, w],
-            "counts": str}`` or an uncompressed RLE ``{"size": [h, w], "counts": [run, ...]}`` (column-major runs
-            starting with background).
-        height / width: the image size.
-        where: prefix of error messages (the json file and the annotation).
-
-    Returns:
-        bool (height, width).
-
-    Polygons of fewer than 3 points cover no area and are skipped (pycocotools would read a 4-number list as a
-    box); a segmentation made only of those gives an empty mask.
-
-    Raises:
-        DatasetError: malformed polygons (odd length, non-numbers), an RLE of another size than the image, run
-            lengths that do not add up to height * width, or an undecodable compressed RLE.
-    """
-    if isinstance(segmentation, list):
-        polygons = []
-        for k, poly in enumerate(segmentation):
-            if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
-                raise DatasetError(f"{where}: polygon {k} must be a list of numbers, found {poly!r:.80}")
-            if len(poly) % 2:
-                raise DatasetError(f"{where}: polygon {k} has an odd number of coordinates ({len(poly)})")
-            if len(poly) >= 6:
-                polygons.append([float(v) for v in poly])
-        if not polygons:
-            return np.zeros((height, width), dtype=bool)
-        rles = coco_mask.frPyObjects(polygons, height, width)
-        return coco_mask.decode(rles).any(axis=2)
-    if isinstance(segmentation, dict):
-        size = segmentation.get("size")
-        counts = segmentation.get("counts")
-        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
-            raise DatasetError(f"{where}: RLE 'size' must be [height, width], found {size!r:.80}")
-        if tuple(size) != (height, width):
-            raise DatasetError(
-                f"{where}: RLE size {size[0]}x{size[1]} (HxW) does not match the image's {height}x{width}"
-            )
-        if isinstance(counts, list):
-            if not all(_is_int(v) and v >= 0 for v in counts):
-                raise DatasetError(f"{where}: uncompressed RLE 'counts' must be non-negative integers")
-            if sum(counts) != height * width:
-                raise DatasetError(
-                    f"{where}: uncompressed RLE runs add up to {sum(counts)} pixels, the image has "
-                    f"{height}x{width} = {height * width}"
-                )
-            rle = coco_mask.frPyObjects(segmentation, height, width)
-        elif isinstance(counts, (str, bytes)):
-            data = counts.encode() if isinstance(counts, str) else counts
-            # pycocotools trusts the string: runs that stop short of the image silently become background, and
-            # longer ones write past its buffer
-            try:
-                covered = int(rle_counts(data).sum())
-                problem = None if covered == height * width else f"its runs cover {covered} pixels"
-            except ValueError as err:
-                problem = str(err)
-            if problem is not None:
-                raise DatasetError(
-                    f"{where}: cannot decode the compressed RLE: {problem}; the image has "
-                    f"{height}x{width} = {height * width}"
-                )
-            rle = {"size": [height, width], "counts": data}
-        else:
-            raise DatasetError(
-                f"{where}: RLE 'counts' must be a string or a list, found {type(counts).__name__}"
-            )
-        try:
-            return coco_mask.decode(rle).astype(bool)
-        except ValueError as err:  # pycocotools: "Invalid RLE mask representation"
-            raise DatasetError(f"{where}: cannot decode the compressed RLE: {err}") from err
-    raise DatasetError(
-        f"{where}: 'segmentation' must be a list of polygons or an RLE object, found {type(segmentation).__name__}"
-    )
 
 
 class RefCOCOSource:
@@ -405,150 +332,3 @@ def swap_captions_within_image(source: RefCOCOSource, seed: int = 0) -> list[tup
             rng = random.Random(f"swap/{seed}/{source.name}/{s.sample_id}")
             out.append((i, samples[rng.choice(others)].caption))
     return out
-
-
-def _meta(source: RefCOCOSource, sample: RefCOCOSample) -> ItemMeta:
-    stem = Path(sample.file_name).stem
-    return ItemMeta(
-        # an image is a 1-frame video per sentence, so code written for videos reads it as one
-        video=stem,
-        exp_id=str(sample.sample_id),
-        frame_names=[stem],
-        frame_indices=[0],
-        orig_size=(sample.height, sample.width),
-        image=ImageRef(
-            dataset=source.dataset,
-            split=source.split,
-            sample_id=sample.sample_id,
-            image_id=sample.image_id,
-            ann_id=sample.ann_ids[0] if len(sample.ann_ids) == 1 else list(sample.ann_ids),
-            file_name=sample.file_name,
-        ),
-    )
-
-
-class ReferringImageDataset(ResamplingDataset):
-    """Training items of one or more RefCOCO sources, concatenated (stage 1: refcoco + refcoco+ + refcocog).
-
-    Item ``i`` is sample ``i`` of the concatenation (sources in the given order). Augmentation (spec §2.4,
-    RefCOCO): horizontal flip with p = ``transform.hflip_p`` swapping "left"/"right" in the caption, then resize;
-    no photometric distortion (pass ``ClipTransform(..., photometric=False)``). deviation: both views come from
-    the flipped image (the original computes the BEiT view before the flip, spec §8.1).
-
-    Resampling: when the target is empty at the SAM resolution, a new index is drawn uniformly (parity: the
-    original redraws ``random.randint`` when no valid box is left); after ``max_resample`` failed attempts the
-    last item is returned with ``valid`` False and a warning.
-
-    Reproducibility: item ``i`` is a pure function of ``(seed, epoch, i)``; call :meth:`set_epoch` every epoch.
-
-    Args:
-        sources: the RefCOCO sources (at least one).
-        transform: ``ClipTransform(..., train=True, photometric=False)``.
-        seed: base seed.
-        max_resample: attempts after the first before giving up on a non-empty target.
-
-    Items (:class:`~mpgsam2.data.batch.ReferringItem`): sam_frames float32 (1, 3, S, S); beit_frames float32 (1, 3, Hb, Hb); masks float32 (1, S, S) 0/1;
-    valid bool (1,); caption str (lower-cased, whitespace-normalised, then left/right swapped if flipped);
-    meta dict(dataset, split, sample_id, image_id, ann_id, file_name, orig_size=(H, W), and the video keys video,
-    exp_id, frame_names, frame_indices).
-    """
-
-    _rng_tag = "image"
-    _unit = "samples"
-
-    def __init__(
-        self,
-        sources: Sequence[RefCOCOSource],
-        transform: ClipTransform,
-        seed: int = 0,
-        max_resample: int = 10,
-    ) -> None:
-        if not sources:
-            raise ValueError("ReferringImageDataset needs at least one source")
-        self.sources = list(sources)
-        self.transform = transform
-        self._init_index([len(s) for s in self.sources], seed, max_resample)
-
-    def locate(self, index: int) -> tuple[RefCOCOSource, RefCOCOSample]:
-        """The source and sample of item ``index``."""
-        k, offset = self._position(index)
-        return self.sources[k], self.sources[k].sample(offset)
-
-    def _draw(self, index: int, rng: random.Random) -> tuple[tuple[RefCOCOSource, RefCOCOSample], np.ndarray]:
-        source, sample = self.locate(index)
-        return (source, sample), source.read_mask(sample)
-
-    def _warn_exhausted(self, index: int) -> None:
-        log.warning(
-            "no sample with a non-empty target in %d attempts from item %d; using the last one (valid False)",
-            self.max_resample + 1,
-            index,
-        )
-
-    def _make_item(
-        self, source: RefCOCOSource, sample: RefCOCOSample, mask: np.ndarray, np_rng: np.random.Generator
-    ) -> ReferringItem:
-        image = source.read_image(sample)
-        sam, beit, target, caption = self.transform(
-            image[None], mask[None], normalize_caption(sample.caption), rng=np_rng
-        )
-        assert target is not None
-        return make_item(sam, beit, target, caption, _meta(source, sample))
-
-
-class ReferringImageEvalDataset(Dataset):
-    """Evaluation items of one RefCOCO source: one per (image, sentence), T = 1, no augmentation.
-
-    Args:
-        source: the split (e.g. ``refcoco/val``).
-        transform: ``ClipTransform(..., train=False)``.
-        swap_captions: give every sample the caption of another object of its image (samples without one are
-            dropped; see :func:`swap_captions_within_image`); a control that the model reads the sentence.
-        seed: chooses the swapped captions.
-
-    Items (:class:`~mpgsam2.data.batch.ReferringItem`): the training fields with the caption RAW (parity: inference
-    captions are not lower-cased, spec §1.1), plus ``orig_masks``: bool (1, H, W) at the original resolution (for
-    J&F / IoU).
-    """
-
-    def __init__(
-        self, source: RefCOCOSource, transform: ClipTransform, swap_captions: bool = False, seed: int = 0
-    ) -> None:
-        if getattr(transform, "train", False):
-            raise ValueError("ReferringImageEvalDataset needs a transform with train=False (no augmentation)")
-        self.source = source
-        self.transform = transform
-        self._entries: list[tuple[int, str | None]] = (
-            list(swap_captions_within_image(source, seed))
-            if swap_captions
-            else [(i, None) for i in range(len(source))]
-        )
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    @property
-    def sample_indices(self) -> list[int]:
-        """The source's sample index of each item, in item order."""
-        return [i for i, _ in self._entries]
-
-    def __getitem__(self, index: int) -> ReferringItem:
-        sample_index, caption = self._entries[index]
-        sample = self.source.sample(sample_index)
-        if caption is not None:
-            sample = replace(sample, caption=caption)
-        mask = self.source.read_mask(sample)
-        image = self.source.read_image(sample)
-        sam, beit, target, caption_out = self.transform(image[None], mask[None], sample.caption)
-        assert target is not None
-        item = make_item(sam, beit, target, caption_out, _meta(self.source, sample))
-        item.orig_masks = torch.from_numpy(mask[None].copy())
-        return item
-
-
-class ReferringImageCollate(ReferringCollate):
-    """:class:`~mpgsam2.data.collate.ReferringCollate` for image items (T = 1): its batches have
-    ``is_image=True``, so the Lightning module and evaluation take the model's batched image path
-    (``MPGSAM2.forward_images`` on ``sam_frames[:, 0]`` / ``beit_frames[:, 0]``, spec §1.7)."""
-
-    is_image = True

@@ -25,7 +25,7 @@ from mpgsam2.data import (
     ReferringVideoSource,
     SwappedCaptionSource,
 )
-from mpgsam2.data.refcoco import ReferringImageEvalDataset
+from mpgsam2.data.image_dataset import ReferringImageEvalDataset
 from mpgsam2.inference.images import predict_images_to_staging
 from mpgsam2.inference.predictor import PRECISIONS
 from mpgsam2.inference.submission import (

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from mpgsam2.benchmarks import benchmark
 from mpgsam2.data.batch import ReferringBatch, ReferringItem
 from mpgsam2.data.errors import DatasetError
-from mpgsam2.data.refcoco import ReferringImageEvalDataset
+from mpgsam2.data.image_dataset import ReferringImageEvalDataset
 from mpgsam2.inference.predictor import PRECISIONS, resize_logits
 from mpgsam2.inference.submission import StagingArea, shard
 from mpgsam2.metrics import ImageIoU

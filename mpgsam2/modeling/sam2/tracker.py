@@ -6,12 +6,16 @@ This replaces the original's ``SAM2Base`` + ``SAM2VideoPredictor`` pair with one
 frame is tracked forward in order, each frame is prompted by its own mask prior, sparse token and text features.
 The state keeps only what later frames can read (the conditioning memory, the last ``num_maskmem - 1`` memories
 and the last ``max_obj_ptrs_in_encoder - 1`` object pointers), so memory stays flat over long videos.
+
+Here: the module, its settings (SAM 2's config keys) and ``build_sam2_tracker``. The state and which frames a
+frame reads are in :mod:`~mpgsam2.modeling.sam2.memory_bank`; the per-frame inputs and outputs in
+:mod:`~mpgsam2.modeling.sam2.tracker_types` (both importable from here too).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -21,148 +25,24 @@ from torch.nn.init import trunc_normal_
 
 from mpgsam2.modeling.sam2.common import MLP
 from mpgsam2.modeling.sam2.image_encoder import build_image_encoder
-from mpgsam2.modeling.sam2.mask_decoder import ContextCache, MaskDecoder
+from mpgsam2.modeling.sam2.mask_decoder import MaskDecoder
 from mpgsam2.modeling.sam2.memory_attention import build_memory_attention
+from mpgsam2.modeling.sam2.memory_bank import MemoryWindow, TrackingState
 from mpgsam2.modeling.sam2.memory_encoder import build_memory_encoder
 from mpgsam2.modeling.sam2.position_encoding import get_1d_sine_pe
 from mpgsam2.modeling.sam2.prompt_encoder import PromptEncoder
+from mpgsam2.modeling.sam2.tracker_types import (
+    ChosenMask,
+    FrameFeatures,
+    FrameOutput,
+    FramePrompts,
+    HeadOutput,
+    ImageBatchOutput,
+)
 from mpgsam2.modeling.sam2.two_way_transformer import TwoWayTransformer
 
 # Logit written where the object-score head says the object is absent.
 NO_OBJ_SCORE = -1024.0
-
-
-@dataclass
-class FrameFeatures:
-    """Backbone features of a batch of frames (one frame per batch entry).
-
-    top: [B, C, E, E] stride-16 FPN level, before ``no_mem_embed`` or memory attention.
-    top_pos: [B, C, E, E] its sine position encoding.
-    high_res: [B, C/8, 4E, 4E] and [B, C/4, 2E, 2E] after the decoder's conv_s0 / conv_s1, or None.
-    """
-
-    top: Tensor
-    top_pos: Tensor
-    high_res: list[Tensor] | None
-
-    def select(self, index: Tensor | slice | int) -> FrameFeatures:
-        """The features of some batch entries (``index`` into dim 0)."""
-        pick = (lambda x: x[index : index + 1]) if isinstance(index, int) else (lambda x: x[index])
-        return FrameFeatures(
-            top=pick(self.top),
-            top_pos=pick(self.top_pos),
-            high_res=None if self.high_res is None else [pick(x) for x in self.high_res],
-        )
-
-
-@dataclass
-class FramePrompts:
-    """What MPG-SAM 2 gives SAM 2 for one frame (batch B of clips).
-
-    mask_prior: [B, 1, G, G] prior probabilities (dense prompt), or None.
-    sparse_token: [B, 1, C] multimodal class token (sparse prompt), or None.
-    text_feat: [B, L, C] word features of the expression for this frame.
-    global_context: [B, T, G*G, C] mask features of every frame of the clip (with temporal position), or None:
-        no global fusion, except the blocks ``context_cache`` covers.
-    text_key_padding_mask: [B, L] bool, True = word the decoder does not attend (expressions batched at a common
-        length), or None (every word attended, the original).
-    context_cache: what the decoder reads from the global context, computed once per clip (inference), or None.
-        The global fusion blocks then run from it alone (``global_context`` may be None).
-    """
-
-    mask_prior: Tensor | None
-    sparse_token: Tensor | None
-    text_feat: Tensor | None
-    global_context: Tensor | None
-    text_key_padding_mask: Tensor | None = None
-    context_cache: ContextCache | None = None
-
-
-@dataclass
-class FrameOutput:
-    """Everything one tracking step computes (B clips).
-
-    low_res_logits: [B, 1, 4E, 4E] chosen mask logits (``NO_OBJ_SCORE`` where the object is judged absent).
-    high_res_logits: [B, 1, S, S] the same upsampled to the SAM input size.
-    multimask_logits: [B, M, 4E, 4E] raw decoder masks; iou_pred: [B, M]; sam_tokens: [B, M', C].
-    object_score_logits: [B, 1]; obj_ptr: [B, C].
-    pix_feat_with_mem: [B, C, E, E] memory-conditioned image embedding fed to the decoder.
-    maskmem_features: [B, Cm, E, E] this frame's new memory before the storage cast, or None.
-    obj_memory / obj_memory_pos: [K, B, C] object pointers of earlier frames given to the decoder, or None.
-    """
-
-    frame_idx: int
-    low_res_logits: Tensor
-    high_res_logits: Tensor
-    multimask_logits: Tensor
-    iou_pred: Tensor
-    sam_tokens: Tensor
-    object_score_logits: Tensor
-    obj_ptr: Tensor
-    pix_feat_with_mem: Tensor
-    maskmem_features: Tensor | None = None
-    obj_memory: Tensor | None = None
-    obj_memory_pos: Tensor | None = None
-
-
-@dataclass
-class HeadOutput:
-    """The prompted heads' raw results for B frames (M = 3 with multimask output, else 1).
-
-    multimask_logits: [B, M, 4E, 4E] decoder mask logits; iou_pred: [B, M]; sam_tokens: [B, M', C] output tokens
-    (M' = M, or 1 when the pointer comes from the single-mask token); object_score_logits: [B, 1].
-    """
-
-    multimask_logits: Tensor
-    iou_pred: Tensor
-    sam_tokens: Tensor
-    object_score_logits: Tensor
-
-
-@dataclass
-class ChosenMask:
-    """One mask per frame after selection and object-score gating (B frames).
-
-    low_res_logits: [B, 1, 4E, 4E]; high_res_logits: [B, 1, S, S]; obj_ptr: [B, C].
-    """
-
-    low_res_logits: Tensor
-    high_res_logits: Tensor
-    obj_ptr: Tensor
-
-
-@dataclass
-class ImageBatchOutput:
-    """The image path's results for B single images (no memory, single-mask output).
-
-    low_res_logits: [B, 1, 4E, 4E]; high_res_logits: [B, 1, S, S]; iou_pred: [B, 1].
-    """
-
-    low_res_logits: Tensor
-    high_res_logits: Tensor
-    iou_pred: Tensor
-
-
-@dataclass
-class TrackingState:
-    """The memory bank of one tracking run (B clips tracked together).
-
-    num_frames: the clip length T; it sets the pointer window min(T, max_obj_ptrs_in_encoder) as in the
-    original. ``cond_*`` hold the conditioning frame; ``memories`` / ``obj_ptrs`` hold later frames and are
-    pruned to what future frames can still read.
-    """
-
-    num_frames: int
-    cond_frame_idx: int | None = None
-    cond_memory: Tensor | None = None
-    cond_obj_ptr: Tensor | None = None
-    memories: dict[int, Tensor] = field(default_factory=dict)
-    obj_ptrs: dict[int, Tensor] = field(default_factory=dict)
-    maskmem_pos_enc: Tensor | None = None
-
-    def num_stored_frames(self) -> int:
-        """How many frames' memories and pointers the state holds (for memory checks)."""
-        return len(set(self.memories) | set(self.obj_ptrs)) + (self.cond_frame_idx is not None)
 
 
 @dataclass(frozen=True)
@@ -360,8 +240,14 @@ class SAM2Tracker(nn.Module):
             raise ValueError(f"num_frames must be positive, got {num_frames}")
         return TrackingState(num_frames=num_frames)
 
-    def _pointer_window(self, state: TrackingState) -> int:
-        return min(state.num_frames, self.pointer_settings.max_obj_ptrs_in_encoder)
+    @property
+    def memory_window(self) -> MemoryWindow:
+        """Which earlier frames a frame reads, from the memory and pointer settings."""
+        return MemoryWindow(
+            num_maskmem=self.memory_settings.num_maskmem,
+            stride=self.memory_settings.memory_temporal_stride_for_eval,
+            max_obj_ptrs=self.pointer_settings.max_obj_ptrs_in_encoder,
+        )
 
     def _past_pointers(self, state: TrackingState, frame_idx: int, signed: bool) -> list[tuple[int, Tensor]]:
         """(temporal offset, pointer [B, C]) of the conditioning frame, then of frames t-1, t-2, ... ."""
@@ -372,26 +258,17 @@ class SAM2Tracker(nn.Module):
         )
         if use_cond:
             out.append(((frame_idx - cond) if signed else abs(frame_idx - cond), state.cond_obj_ptr))
-        for t_diff in range(1, self._pointer_window(state)):
-            t = frame_idx - t_diff
-            if t < 0:
-                break
+        for offset, t in self.memory_window.pointer_frames(frame_idx, state.num_frames):
             ptr = state.obj_ptrs.get(t)
             if ptr is not None:
-                out.append((t_diff, ptr))
+                out.append((offset, ptr))
         return out
 
     def _memory_frames(self, state: TrackingState, frame_idx: int) -> list[tuple[int, Tensor]]:
         """(t_pos, stored memory) for the conditioning frame (t_pos 0) and the previous frames (1..num_maskmem-1)."""
         out: list[tuple[int, Tensor]] = [(0, state.cond_memory)]
-        stride = self.memory_settings.memory_temporal_stride_for_eval
-        for t_pos in range(1, self.memory_settings.num_maskmem):
-            t_rel = self.memory_settings.num_maskmem - t_pos
-            if t_rel == 1:
-                prev = frame_idx - 1
-            else:
-                prev = ((frame_idx - 2) // stride) * stride - (t_rel - 2) * stride
-            mem = state.memories.get(prev)
+        for t_pos, t in self.memory_window.memory_frames(frame_idx):
+            mem = state.memories.get(t)
             if mem is not None:
                 out.append((t_pos, mem))
         return out
@@ -422,7 +299,7 @@ class SAM2Tracker(nn.Module):
                     offsets, ptrs = zip(*pointers)
                     obj_ptrs = torch.stack(ptrs, dim=0)  # [K, B, C]
                     if self.pointer_settings.add_tpos_enc_to_obj_ptrs:
-                        t_diff_max = self._pointer_window(state) - 1
+                        t_diff_max = self.memory_window.pointer_window(state.num_frames) - 1
                         tpos_dim = c if self.pointer_settings.proj_tpos_enc_in_obj_ptrs else self.mem_dim
                         rel = torch.tensor(offsets, device=top.device, dtype=torch.float32) / t_diff_max
                         obj_pos = self.obj_ptr_tpos_proj(get_1d_sine_pe(rel, dim=tpos_dim))
@@ -463,7 +340,7 @@ class SAM2Tracker(nn.Module):
             return None, None
         offsets, ptrs = zip(*pointers)
         obj_memory = torch.stack(ptrs, dim=0)
-        t_diff_max = self._pointer_window(state) - 1
+        t_diff_max = self.memory_window.pointer_window(state.num_frames) - 1
         rel = torch.tensor(offsets, device=obj_memory.device, dtype=torch.float32) / t_diff_max
         obj_pos = get_1d_sine_pe(rel, dim=self.hidden_dim).unsqueeze(1).expand(-1, batch, self.hidden_dim)
         return obj_memory, obj_pos
@@ -642,7 +519,7 @@ class SAM2Tracker(nn.Module):
             state.cond_obj_ptr = chosen.obj_ptr
         else:
             state.obj_ptrs[frame_idx] = chosen.obj_ptr
-        self._prune(state, frame_idx)
+        self.memory_window.prune(state, frame_idx)
         return FrameOutput(
             frame_idx=frame_idx,
             low_res_logits=chosen.low_res_logits,
@@ -657,20 +534,6 @@ class SAM2Tracker(nn.Module):
             obj_memory=obj_memory,
             obj_memory_pos=obj_memory_pos,
         )
-
-    def _prune(self, state: TrackingState, last_frame: int) -> None:
-        """Drop memories and pointers that no frame after ``last_frame`` can read."""
-        stride = self.memory_settings.memory_temporal_stride_for_eval
-        next_frame = last_frame + 1
-        oldest_memory = min(
-            next_frame - 1,
-            ((next_frame - 2) // stride) * stride - (self.memory_settings.num_maskmem - 3) * stride,
-        )
-        for t in [t for t in state.memories if t < oldest_memory]:
-            del state.memories[t]
-        oldest_ptr = next_frame - (self._pointer_window(state) - 1)
-        for t in [t for t in state.obj_ptrs if t < oldest_ptr]:
-            del state.obj_ptrs[t]
 
     # ------------------------------------------------------------------ image path
     def forward_image_batch(self, feats: FrameFeatures, prompts: FramePrompts) -> ImageBatchOutput:

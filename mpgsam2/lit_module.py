@@ -20,8 +20,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from mpgsam2.benchmarks import benchmark
 from mpgsam2.data.batch import ReferringBatch
+from mpgsam2.evaluation.benchmarks import benchmark
 from mpgsam2.inference.predictor import (
     expression_text,
     predict_expression,
@@ -115,7 +115,7 @@ class RVOSLitModule(L.LightningModule):
         scheduler_interval: "step" or "epoch".
         param_groups: ``[{pattern, lr}, ...]`` (see :func:`build_param_groups`).
         eval_chunk_size: frames per independent inference chunk in validation/prediction (None = whole video;
-            "auto" = the protocol of the data module's benchmark, :mod:`mpgsam2.benchmarks`, resolved at setup).
+            "auto" = the protocol of the data module's benchmark, :mod:`mpgsam2.evaluation.benchmarks`, resolved at setup).
         max_nonfinite_steps: how many optimizer steps with a NaN or infinite loss or gradient may be skipped
             (counted, logged as ``train/nonfinite_steps``); the next one stops training with an error naming the
             step and the loss term. 0 (the default): the first one stops training.

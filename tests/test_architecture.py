@@ -17,6 +17,7 @@ PARTS = {
     "metrics": ["mpgsam2/metrics", "mpgsam2/losses.py"],
     "weights": ["mpgsam2/weights"],
     "inference": ["mpgsam2/inference"],
+    "evaluation": ["mpgsam2/evaluation", "mpgsam2/distributed.py"],
 }
 # part -> import prefixes it must never use, and why
 NEVER = {
@@ -47,6 +48,19 @@ NEVER = {
         "loading needs no Lightning",
     ),
     "inference": (["lightning", "hydra", "data_modules", "callbacks", "mpgsam2.lit_module"], "plain PyTorch"),
+    "evaluation": (
+        [
+            "lightning",
+            "hydra",
+            "omegaconf",
+            "data_modules",
+            "callbacks",
+            "mpgsam2.lit_module",
+            "train",
+            "eval",
+        ],
+        "evaluation reads a data module through its protocol (eval_targets), never the Lightning layer",
+    ),
 }
 
 

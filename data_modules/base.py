@@ -126,7 +126,7 @@ class ReferringVideoDataModule(L.LightningDataModule):
 
     # builds the loaders' collate_fn from the tokenizer (RefCOCO: the image-batch variant)
     collate_class: type[ReferringCollate] = ReferringCollate
-    # the row of mpgsam2.benchmarks.BENCHMARKS this dataset is evaluated by (every subclass names its own)
+    # the row of mpgsam2.evaluation.benchmarks.BENCHMARKS this dataset is evaluated by (every subclass names its own)
     benchmark: str
 
     def __init__(

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from mpgsam2.data.batch import ReferringBatch
+from mpgsam2.distributed import rank_and_world
 from mpgsam2.evaluation.benchmarks import benchmark
 from mpgsam2.inference.predictor import (
     expression_text,
@@ -176,10 +177,11 @@ class RVOSLitModule(L.LightningModule):
     def _num_valid(self, valid: Tensor) -> Tensor:
         # parity: the original divides by the valid-frame count averaged over processes (spec §2.5)
         count = valid.sum().to(torch.float32)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        world = rank_and_world()[1]
+        if world > 1:
             count = count.clone()
             dist.all_reduce(count)
-            count = count / dist.get_world_size()
+            count = count / world
         return count.clamp(min=1)
 
     def _clip_logits(self, batch: ReferringBatch) -> tuple[Tensor, Tensor, Tensor]:

@@ -34,6 +34,11 @@ EXPLAINED = {
         None,
         "from conf/data/shared.yaml: the data module's own default (every frame)",
     ),
+    ("*", "model.activation_checkpointing"): (
+        "<absent>",
+        [],
+        "added later; [] recomputes nothing (and recomputing gives the same gradients: test_activation_checkpointing)",
+    ),
     ("demo", "data.tokenizer_path"): (
         "<absent>",
         "/data/synthetic_ytvos/tokenizer.model",

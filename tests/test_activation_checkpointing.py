@@ -138,6 +138,12 @@ def test_unknown_block_names_are_refused_naming_the_known_ones() -> None:
         tiny_config(activation_checkpointing=["beit3", "hiera"])
     with pytest.raises(ValueError, match="must be a list of block names"):
         tiny_config(activation_checkpointing="beit3")
+    model = _model([])
+    with pytest.raises(ValueError, match="unknown block 'beit'"):
+        model.set_activation_checkpointing(["beit"])
+    model.set_activation_checkpointing(["memory_attention"])  # after construction, e.g. for a benchmark
+    assert model.config.activation_checkpointing == ["memory_attention"]
+    assert model.sam.memory_attention.checkpoint_layers and not model.beit3.encoder.checkpoint_layers
 
 
 def test_a_model_config_stored_without_the_key_still_loads(tmp_path) -> None:

@@ -9,6 +9,7 @@ Three entry points:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from mpgsam2.modeling.beit3 import BEiT3
-from mpgsam2.modeling.checkpointing import run_block
+from mpgsam2.modeling.checkpointing import checkpointing_blocks, run_block
 from mpgsam2.modeling.config import MPGSAM2Config
 from mpgsam2.modeling.sam2.position_encoding import get_1d_sine_pe
 from mpgsam2.modeling.sam2.tracker import (
@@ -275,11 +276,17 @@ class MPGSAM2(nn.Module):
         )
         if config.freeze_image_encoder:
             self.sam.image_encoder.requires_grad_(False)
-        recompute = set(config.activation_checkpointing)
-        self.beit3.encoder.checkpoint_layers = "beit3" in recompute
-        self.mask_prior.checkpoint_layers = "mask_prior" in recompute
-        self.sam.memory_attention.checkpoint_layers = "memory_attention" in recompute
-        self.sam.sam_mask_decoder.checkpoint_fusion = "decoder_fusion" in recompute
+        self.set_activation_checkpointing(config.activation_checkpointing)
+
+    def set_activation_checkpointing(self, names: Iterable[str]) -> None:
+        """Recompute the named block groups in backward when training (``ACTIVATION_CHECKPOINTING_BLOCKS``;
+        empty: none); recorded in ``config.activation_checkpointing``."""
+        names = checkpointing_blocks(names)
+        self.config.activation_checkpointing = names
+        self.beit3.encoder.checkpoint_layers = "beit3" in names
+        self.mask_prior.checkpoint_layers = "mask_prior" in names
+        self.sam.memory_attention.checkpoint_layers = "memory_attention" in names
+        self.sam.sam_mask_decoder.checkpoint_fusion = "decoder_fusion" in names
 
     @property
     def input_sizes(self) -> dict[str, int]:

@@ -64,7 +64,8 @@ def random_batch(model: MPGSAM2, frames: int, beit_size: int, seed: int = 0) -> 
     """One clip of ``frames`` frames: SAM frames, BEiT-3 frames, text ids / padding, target masks, valid."""
     g = torch.Generator().manual_seed(seed)
     s = model.sam.image_size
-    ids = torch.randint(4, 60000 if model.beit3.text_embed.num_embeddings > 60000 else 60, (1, TEXT_LENGTH))
+    vocab = model.beit3.text_embed.num_embeddings
+    ids = torch.randint(4, vocab - 4, (1, TEXT_LENGTH), generator=g)
     ids[:, 0], ids[:, -1] = 0, 2
     return (
         torch.randn(1, frames, 3, s, s, generator=g),
@@ -150,7 +151,7 @@ def build_recipe_model(experiment: str, blocks: list[str], device: str = "cpu") 
     return model, int(cfg.model.beit3.img_size), int(cfg.data.num_frames)
 
 
-def fused_attention_as_on_gpus() -> None:
+def fused_attention_as_on_gpus(model: MPGSAM2) -> None:
     """SAM 2's attention through PyTorch's fused kernel, as on GPUs (flash / memory-efficient attention keep no
     [Nq, Nk] probability matrix for backward); on the CPU the model forces the math kernel under autograd for
     parity, and the CPU's fused kernel takes no dropout, so the attention dropout is set to 0 here (on the GPU the
@@ -158,20 +159,17 @@ def fused_attention_as_on_gpus() -> None:
     from mpgsam2.modeling.sam2 import common
 
     common.sdpa_kernel = lambda backends: contextlib.nullcontext()
-    return None
+    for module in model.modules():
+        if isinstance(module, common.Attention):
+            module.dropout_p = 0.0
 
 
 def activation_child(spec: dict) -> dict:
     """Peak RSS growth of one forward + loss + backward of a recipe's model at real size (fp32, one clip)."""
-    from mpgsam2.modeling.sam2.common import Attention
-
     model, beit_size, _ = build_recipe_model(spec["experiment"], spec["blocks"])
     model.train()
     if spec["attention"] == "fused":
-        fused_attention_as_on_gpus()
-        for module in model.modules():
-            if isinstance(module, Attention):
-                module.dropout_p = 0.0
+        fused_attention_as_on_gpus(model)
     for p in model.parameters():
         if p.requires_grad:  # gradients are counted statically: drop each one once it is accumulated
             p.register_post_accumulate_grad_hook(lambda param: setattr(param, "grad", None))

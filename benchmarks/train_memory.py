@@ -20,7 +20,11 @@ length, one clip per device), the per-GPU memory of DDP, ZeRO-2 and FSDP over 8 
   ``--measure-frames`` frames (gradients dropped as they are produced: they are counted above), then per frame
   extrapolated to the recipe's 5 / 8 frames (see ``extrapolate``), and halved for bf16 autocast (the assumption:
   activations stored in bf16 take half the fp32 bytes; softmax and norm statistics that autocast keeps in fp32
-  make it a bit more).
+  make it a bit more). ``--attention fused`` (the default) runs SAM 2's attention through the fused kernel as
+  GPUs do (no probability matrix kept for backward; see ``fused_attention_as_on_gpus``), ``math`` as the CPU does.
+
+A recipe fits a GPU when static + activations stay below 90 % of its memory less 1 GiB (CUDA context and library
+workspaces); "tight" up to 100 %. ``--measured FILE`` reprints the tables from the JSON line a run printed.
 
     python benchmarks/train_memory.py --preset mid [--sam-size 512] [--frames 3] [--repeats 2] [--threads 2]
     python benchmarks/train_memory.py --recipes [--sizes large base tiny] [--measure-frames 1 2 3] [--threads 2]
@@ -53,6 +57,7 @@ ALL_BLOCKS = list(ACTIVATION_CHECKPOINTING_BLOCKS)
 MIB, GIB = 2**20, 2**30
 TEXT_LENGTH = 20  # tokens per expression (Ref-YouTube-VOS / MeViS sentences are 5-20 words)
 GPU_SIZES_GB = (24, 40, 80)
+CUDA_RESERVE_GIB = 1.0  # CUDA context, cuBLAS / cuDNN workspaces: not available to tensors
 NUM_DEVICES = 8
 STRATEGIES = ("DDP", "ZeRO-2", "FSDP")
 RECIPES = ("ytvos", "mevis")  # 5 and 8 frames (conf/experiment/*.yaml data.num_frames)
@@ -256,17 +261,9 @@ def preset_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def recipes_main(args: argparse.Namespace) -> int:
-    print(
-        f"torch {torch.__version__}, {args.threads} threads; activations: fp32 on the CPU, one clip, "
-        f"frames {args.measure_frames}, SAM 2 attention {args.attention}; bf16 activations = fp32 / 2 (assumed)"
-    )
-    counts = {size: parameter_counts(f"ytvos_{size}") for size in args.sizes}
-    print("\n| model | parameters | trainable |\n|---|---:|---:|")
-    for size, (total, trainable) in counts.items():
-        print(f"| {size} | {total / 1e6:.1f} M | {trainable / 1e6:.1f} M |")
-
-    measured: dict[tuple[str, str], dict[int, float]] = {}
+def measure_activations(args: argparse.Namespace) -> dict[str, dict[str, dict[int, float]]]:
+    """{size: {"none" | "all": {T: fp32 activation bytes}}}, one fresh process per measurement."""
+    measured: dict[str, dict[str, dict[int, float]]] = {}
     print(
         "\n| model | activation_checkpointing | T | fp32 activations, measured (GiB) |\n|---|---|---:|---:|"
     )
@@ -281,9 +278,21 @@ def recipes_main(args: argparse.Namespace) -> int:
                     "attention": args.attention,
                 }
                 growth = run_child(spec, args.threads)["peak_rss_growth"]
-                measured.setdefault((size, label), {})[frames] = growth
+                measured.setdefault(size, {}).setdefault(label, {})[frames] = growth
                 print(f"| {size} | {label} | {frames} | {growth / GIB:.2f} |", flush=True)
+    return measured
 
+
+def verdict(need: float, gpu_gib: int) -> str:
+    """fits / tight / no on a GPU of ``gpu_gib`` GiB, of which ``CUDA_RESERVE_GIB`` go to the CUDA context and
+    library workspaces; "tight": above 90 % of the rest (the caching allocator's fragmentation may not fit)."""
+    usable = (gpu_gib - CUDA_RESERVE_GIB) * GIB
+    return "fits" if need <= 0.9 * usable else "tight" if need <= usable else "no"
+
+
+def print_fit_table(
+    counts: dict[str, tuple[int, int]], measured: dict[str, dict[str, dict[int, float]]]
+) -> None:
     header = " | ".join(f"{gb} GB" for gb in GPU_SIZES_GB)
     print(
         "\n| recipe | T | strategy | checkpointing | static, counted (GiB) | bf16 activations, measured + "
@@ -291,28 +300,50 @@ def recipes_main(args: argparse.Namespace) -> int:
     )
     print("|---|---:|---|---|---:|---:|---:|" + "---|" * len(GPU_SIZES_GB))
     notes = set()
-    for size in args.sizes:
+    for size in measured:
         total, trainable = counts[size]
         for recipe in RECIPES:
-            frames = build_frames(recipe)
+            frames = recipe_frames(recipe)
             for strategy in STRATEGIES:
                 static = static_bytes(total, trainable, strategy)
                 for label in ("none", "all"):
-                    fp32, how = extrapolate(measured[(size, label)], frames)
+                    fp32, how = extrapolate(measured[size][label], frames)
                     notes.add(how)
-                    act = fp32 / 2
-                    need = static + act
-                    fits = " | ".join("fits" if need <= gb * 1e9 else "no" for gb in GPU_SIZES_GB)
+                    need = static + fp32 / 2
+                    fits = " | ".join(verdict(need, gb) for gb in GPU_SIZES_GB)
                     print(
                         f"| {recipe}_{size} | {frames} | {strategy} | {label} | {static / GIB:.1f} | "
-                        f"{act / GIB:.1f} | {need / GIB:.1f} | {fits} |",
+                        f"{fp32 / 2 / GIB:.1f} | {need / GIB:.1f} | {fits} |",
                         flush=True,
                     )
     print("\nactivations extrapolated: " + "; ".join(sorted(notes)))
+
+
+def recipes_main(args: argparse.Namespace) -> int:
+    print(
+        f"torch {torch.__version__}, {args.threads} threads; activations: fp32 on the CPU, one clip, "
+        f"frames {args.measure_frames}, SAM 2 attention {args.attention}; bf16 activations = fp32 / 2 (assumed)"
+    )
+    counts = {size: parameter_counts(f"ytvos_{size}") for size in args.sizes}
+    print("\n| model | parameters | trainable |\n|---|---:|---:|")
+    for size, (total, trainable) in counts.items():
+        print(f"| {size} | {total / 1e6:.1f} M | {trainable / 1e6:.1f} M |")
+    if args.measured:  # the measurements of an earlier run (its JSON), e.g. to reprint the table
+        data = json.loads(Path(args.measured).read_text())
+        measured = {
+            size: {label: {int(t): float(v) for t, v in rows.items()} for label, rows in by_label.items()}
+            for size, by_label in data.items()
+            if size in args.sizes
+        }
+    else:
+        measured = measure_activations(args)
+        print("\nmeasured (bytes): " + json.dumps(measured))
+    print_fit_table(counts, measured)
     return 0
 
 
-def build_frames(recipe: str) -> int:
+def recipe_frames(recipe: str) -> int:
+    """The clip length of a recipe (``data.num_frames``: 5 for Ref-YouTube-VOS, 8 for MeViS)."""
     return int(recipe_config(f"{recipe}_tiny", []).data.num_frames)
 
 
@@ -333,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         default="fused",
         help="SAM 2 attention kernel for the recipes' activations: fused (as on GPUs) or math (the CPU's)",
     )
+    parser.add_argument("--measured", help="JSON of an earlier run's measurements: print its tables only")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

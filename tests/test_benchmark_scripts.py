@@ -5,6 +5,7 @@ rotting when the code they call changes (a renamed argument broke ``eval_through
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -86,6 +87,25 @@ def test_train_memory_counts_the_paper_s_parameters_and_the_static_memory() -> N
     measured = {t: 100 + 10 * (t - 1) + t * (t - 1) for t in (1, 2, 3)}
     assert train_memory.extrapolate(measured, 8)[0] == 100 + 10 * 7 + 8 * 7
     assert train_memory.extrapolate({1: 100, 2: 130}, 5)[0] == 100 + 30 * 4
+
+
+def test_train_memory_prints_the_recipe_table_from_measurements(
+    tmp_path, capsys: pytest.CaptureFixture
+) -> None:
+    gib = 2**30
+    # 1 GiB + 1 GiB per frame of fp32 activations without checkpointing, half that with
+    measured = {"tiny": {"none": {"1": 2 * gib, "2": 3 * gib}, "all": {"1": gib, "2": 1.5 * gib}}}
+    (tmp_path / "m.json").write_text(json.dumps(measured))
+    args = ["--recipes", "--sizes", "tiny", "--measured", str(tmp_path / "m.json")]
+    assert _load("train_memory").main(args) == 0
+    out = capsys.readouterr().out
+    rows = {
+        tuple(c.strip() for c in line.split("|")[1:5]): line for line in out.splitlines() if "_tiny |" in line
+    }
+    assert len(rows) == 2 * 3 * 2, out  # 2 datasets x 3 strategies x with / without
+    # MeViS (8 frames) without checkpointing: 9 GiB fp32, 4.5 GiB in bf16
+    assert "| 4.5 |" in rows[("mevis_tiny", "8", "DDP", "none")], out
+    assert "| 2.2 |" in rows[("mevis_tiny", "8", "DDP", "all")], out
 
 
 def test_gpu_check_smoke_runs_on_the_cpu(capsys: pytest.CaptureFixture) -> None:

@@ -28,6 +28,7 @@ workspaces); "tight" up to 100 %. ``--measured FILE`` reprints the tables from t
 
     python benchmarks/train_memory.py --preset mid [--sam-size 512] [--frames 3] [--repeats 2] [--threads 2]
     python benchmarks/train_memory.py --recipes [--sizes large base tiny] [--measure-frames 1 2 3] [--threads 2]
+        [--activations-of large] [--attention fused|math] [--measured FILE]
 """
 
 from __future__ import annotations
@@ -261,13 +262,13 @@ def preset_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def measure_activations(args: argparse.Namespace) -> dict[str, dict[str, dict[int, float]]]:
+def measure_activations(args: argparse.Namespace, sizes: list[str]) -> dict[str, dict[str, dict[int, float]]]:
     """{size: {"none" | "all": {T: fp32 activation bytes}}}, one fresh process per measurement."""
     measured: dict[str, dict[str, dict[int, float]]] = {}
     print(
         "\n| model | activation_checkpointing | T | fp32 activations, measured (GiB) |\n|---|---|---:|---:|"
     )
-    for size in args.sizes:
+    for size in sizes:
         for label, blocks in (("none", []), ("all", ALL_BLOCKS)):
             for frames in args.measure_frames:
                 spec = {
@@ -291,8 +292,11 @@ def verdict(need: float, gpu_gib: int) -> str:
 
 
 def print_fit_table(
-    counts: dict[str, tuple[int, int]], measured: dict[str, dict[str, dict[int, float]]]
+    counts: dict[str, tuple[int, int]],
+    measured: dict[str, dict[str, dict[int, float]]],
+    activations_of: str | None = None,
 ) -> None:
+    """The recipe x strategy x GPU table; a size without measurements takes those of ``activations_of``."""
     header = " | ".join(f"{gb} GB" for gb in GPU_SIZES_GB)
     print(
         "\n| recipe | T | strategy | checkpointing | static, counted (GiB) | bf16 activations, measured + "
@@ -300,20 +304,22 @@ def print_fit_table(
     )
     print("|---|---:|---|---|---:|---:|---:|" + "---|" * len(GPU_SIZES_GB))
     notes = set()
-    for size in measured:
+    for size in counts:
+        source = size if size in measured else activations_of
+        borrowed = "" if source == size else f" ({source}'s)"
         total, trainable = counts[size]
         for recipe in RECIPES:
             frames = recipe_frames(recipe)
             for strategy in STRATEGIES:
                 static = static_bytes(total, trainable, strategy)
                 for label in ("none", "all"):
-                    fp32, how = extrapolate(measured[size][label], frames)
+                    fp32, how = extrapolate(measured[source][label], frames)
                     notes.add(how)
                     need = static + fp32 / 2
                     fits = " | ".join(verdict(need, gb) for gb in GPU_SIZES_GB)
                     print(
                         f"| {recipe}_{size} | {frames} | {strategy} | {label} | {static / GIB:.1f} | "
-                        f"{fp32 / 2 / GIB:.1f} | {need / GIB:.1f} | {fits} |",
+                        f"{fp32 / 2 / GIB:.1f}{borrowed} | {need / GIB:.1f} | {fits} |",
                         flush=True,
                     )
     print("\nactivations extrapolated: " + "; ".join(sorted(notes)))
@@ -325,6 +331,7 @@ def recipes_main(args: argparse.Namespace) -> int:
         f"frames {args.measure_frames}, SAM 2 attention {args.attention}; bf16 activations = fp32 / 2 (assumed)"
     )
     counts = {size: parameter_counts(f"ytvos_{size}") for size in args.sizes}
+    measure_sizes = [args.activations_of] if args.activations_of else args.sizes
     print("\n| model | parameters | trainable |\n|---|---:|---:|")
     for size, (total, trainable) in counts.items():
         print(f"| {size} | {total / 1e6:.1f} M | {trainable / 1e6:.1f} M |")
@@ -333,12 +340,12 @@ def recipes_main(args: argparse.Namespace) -> int:
         measured = {
             size: {label: {int(t): float(v) for t, v in rows.items()} for label, rows in by_label.items()}
             for size, by_label in data.items()
-            if size in args.sizes
+            if size in measure_sizes
         }
     else:
-        measured = measure_activations(args)
+        measured = measure_activations(args, measure_sizes)
         print("\nmeasured (bytes): " + json.dumps(measured))
-    print_fit_table(counts, measured)
+    print_fit_table(counts, measured, args.activations_of)
     return 0
 
 
@@ -363,6 +370,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=["fused", "math"],
         default="fused",
         help="SAM 2 attention kernel for the recipes' activations: fused (as on GPUs) or math (the CPU's)",
+    )
+    parser.add_argument(
+        "--activations-of",
+        choices=SIZES,
+        help="measure the activations of this size only and use them for every size (an upper bound for the "
+        "smaller ones: the same SAM 2 heads at 1024 px, a smaller BEiT-3 and Hiera)",
     )
     parser.add_argument("--measured", help="JSON of an earlier run's measurements: print its tables only")
     parser.add_argument("--threads", type=int, default=2)

@@ -39,6 +39,11 @@ EXPLAINED = {
         1,
         "stated in conf/trainer/default.yaml: Lightning's own default (one machine)",
     ),
+    ("*", "model.activation_checkpointing"): (
+        "<absent>",
+        [],
+        "added later; [] recomputes nothing (and recomputing gives the same gradients: test_activation_checkpointing)",
+    ),
     ("demo", "data.tokenizer_path"): (
         "<absent>",
         "/data/synthetic_ytvos/tokenizer.model",

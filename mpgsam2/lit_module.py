@@ -168,6 +168,30 @@ class RVOSLitModule(L.LightningModule):
                 vocab, self.model, path or "?", hint=f"set model.beit3.vocab_size >= {vocab}"
             )
 
+    def configure_model(self) -> None:
+        """Shard the model when the strategy shards (``trainer=fsdp``: ``ShardedStrategy.shard_module``)."""
+        shard = getattr(self._trainer.strategy, "shard_module", None) if self._trainer is not None else None
+        if shard is not None:
+            shard(self.model)
+
+    def _unshard_root(self, unshard: bool) -> None:
+        # a sharded model's root unit (mask decoder, prior generator, ...) gathers its parameters in forward();
+        # evaluation calls other methods (start_video, track, ...): gather them for the whole evaluation
+        # (each block unit still gathers its own in its forward)
+        from torch.distributed.fsdp import FSDPModule
+
+        if isinstance(self.model, FSDPModule):
+            self.model.unshard() if unshard else self.model.reshard()
+
+    def on_validation_epoch_start(self) -> None:
+        self._unshard_root(True)
+
+    def on_predict_epoch_start(self) -> None:
+        self._unshard_root(True)
+
+    def on_predict_epoch_end(self) -> None:
+        self._unshard_root(False)
+
     # ------------------------------------------------------------------ training
     def forward(self, batch: ReferringBatch) -> Tensor:
         """Mask logits (B, T, 1, S, S) for a collated clip (or image) batch."""
@@ -308,6 +332,7 @@ class RVOSLitModule(L.LightningModule):
             self.val_jf.update(logits > 0, target.bool().cpu())
 
     def on_validation_epoch_end(self) -> None:
+        self._unshard_root(False)
         result = self.val_jf.compute()
         self.val_jf.reset()
         for key in ("j", "f", "jf"):

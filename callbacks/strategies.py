@@ -117,7 +117,8 @@ def deepspeed_strategy(single_file: Sequence[str] = ("final.ckpt",), **options: 
     """Lightning's ``DeepSpeedStrategy(**options)`` (e.g. ``stage=2``) whose checkpoint folders are published
     atomically (:func:`publish_checkpoint_folder`), and whose checkpoints named in ``single_file`` are written as
     one file instead: the full model in float32 (ZeRO's master weights, consolidated on rank 0; the frozen
-    parameters as the run held them) with the run's record, read by ``eval.py`` like any ``train.py`` checkpoint.
+    parameters as the run held them) with the run's record, read by ``eval.py`` like any ``train.py`` checkpoint
+    (no optimizer state: a DeepSpeed run resumes from its folders).
 
     Raises:
         StrategyUnavailableError: no CUDA device or no ``deepspeed`` package (both named when both are missing).
@@ -143,7 +144,9 @@ def deepspeed_strategy(single_file: Sequence[str] = ("final.ckpt",), **options: 
             self.barrier("deepspeed checkpoint written")
             if self.is_global_zero:
                 if target.name in names:
-                    _write_consolidated(staging, target, self.lightning_module, self.checkpoint_io)
+                    _write_consolidated(
+                        staging, target, checkpoint, self.lightning_module, self.checkpoint_io
+                    )
                     shutil.rmtree(staging)
                 else:
                     publish_checkpoint_folder(staging, target)
@@ -162,20 +165,25 @@ def deepspeed_strategy(single_file: Sequence[str] = ("final.ckpt",), **options: 
     return AtomicDeepSpeedStrategy(**options)
 
 
-def _write_consolidated(folder: Path, target: Path, module: torch.nn.Module, checkpoint_io: Any) -> None:
-    """A DeepSpeed checkpoint folder as one Lightning checkpoint file (rank 0; written by ``checkpoint_io``)."""
-    import tempfile
+def _write_consolidated(
+    folder: Path, target: Path, checkpoint: dict[str, Any], module: torch.nn.Module, checkpoint_io: Any
+) -> None:
+    """The DeepSpeed checkpoint ``folder`` as one Lightning checkpoint file at ``target`` (rank 0), written by
+    ``checkpoint_io``: Lightning's entries of ``checkpoint`` (the run's record, loops, callbacks) and the model's
+    float32 weights reassembled from ZeRO's partitions. No optimizer state (resume from ``last.ckpt``)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
-
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
-        checkpoint = convert_zero_checkpoint_to_fp32_state_dict(folder, Path(tmp) / "fp32.ckpt")
-    state = checkpoint["state_dict"]
-    for name, value in module.state_dict().items():  # frozen parameters and buffers are not in ZeRO's masters
+    prefix = "_forward_module."  # Lightning's wrapper inside the DeepSpeed engine
+    state = {
+        (k[len(prefix) :] if k.startswith(prefix) else k): v
+        for k, v in get_fp32_state_dict_from_zero_checkpoint(str(folder), tag="checkpoint").items()
+    }
+    for name, value in module.state_dict().items():  # frozen parameters and buffers are not among the masters
         if name not in state:
             value = value.detach().cpu()
             state[name] = value.float() if value.is_floating_point() else value
-    checkpoint_io.save_checkpoint(checkpoint, target)
+    single = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
+    checkpoint_io.save_checkpoint({**single, "state_dict": state}, target)
 
 
 def _staging_folder(target: Path) -> Path:

@@ -83,7 +83,12 @@ def test_two_processes_accumulating_two_clips_update_as_four_processes(tmp_path:
         f"data.tokenizer_path={data['tok']}",
         "data.num_frames=2",
         "data.num_workers=0",
-        "model.dropout=0.0",  # the processes draw no random numbers: the comparison is of the arithmetic only
+        # no dropout anywhere (MPG modules, SAM 2 memory attention): the comparison is of the arithmetic only
+        "model.dropout=0.0",
+        *(
+            f"++model.sam2.settings.memory_attention.layer.{k}dropout=0.0"
+            for k in ("", "self_attention.", "cross_attention.")
+        ),
         # plain SGD: the update is the gradient (AdamW's first step is about lr * sign(gradient))
         "system.optimizer._target_=torch.optim.SGD",
         "system.optimizer.lr=0.5",

@@ -5,6 +5,9 @@ config; trains (``ckpt_path=<run>/checkpoints/last.ckpt`` resumes exactly where 
 when the data config has a validation split, validates the final weights, writes ``<run dir>/metrics.json`` and
 prints ``val/jf=<value>`` as the last line (without one it prints the final checkpoint's path).
 
+On several devices the recipe's ``global_batch_size`` is kept with gradient accumulation (logged at start);
+``trainer=fsdp`` / ``trainer=deepspeed`` shard the model (``callbacks/strategies.py``).
+
 A run that diverges (a NaN or infinite loss or gradient) stops with an error naming the step and the loss term;
 it writes no ``final.ckpt`` or ``metrics.json`` and leaves the last good ``last.ckpt``.
 """
@@ -96,9 +99,8 @@ def build_trainer(
     accumulation, message = gradient_accumulation(
         cfg.get("global_batch_size"), trainer.world_size, per_device, explicit
     )
-    trainer.accumulate_grad_batches = (
-        accumulation  # read by the fit loop (and DeepSpeed's config) at fit time
-    )
+    # read by the fit loop (and by DeepSpeed's config) when fitting starts
+    trainer.accumulate_grad_batches = accumulation
     if trainer.is_global_zero:
         log.info("%s", message)
     return trainer

@@ -62,8 +62,8 @@ class ShardedStrategy(ModelParallelStrategy):
     model the root unit (see :meth:`shard_module`, called from ``RVOSLitModule.configure_model``).
 
     Checkpoints are full and single-file (``save_distributed_checkpoint=False``: the model and optimizer states
-    gathered on rank 0), written through the trainer's checkpoint IO (atomic) and read with ``weights_only``
-    as train.py asks (True). A sharded ``torch.distributed.checkpoint`` folder is not offered: its metadata is a
+    gathered on rank 0), written through the trainer's checkpoint IO (atomic) and read with
+    ``weights_only=True`` (:meth:`load_checkpoint`). A sharded ``torch.distributed.checkpoint`` folder is not offered: its metadata is a
     pickle that loading would execute.
 
     Args:
@@ -83,6 +83,43 @@ class ShardedStrategy(ModelParallelStrategy):
         self._data_parallel_size = self.num_nodes * self.num_processes
         self._tensor_parallel_size = 1
         super().setup_environment()
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Read a full single-file checkpoint (``torch.load(weights_only=True, mmap=True)``, errors naming the
+        file) and scatter the model and optimizer states into this process's shards.
+
+        Differs from ``ModelParallelStrategy``'s reader in one point: a trainable parameter that never received
+        a gradient (BEiT-3's unused mask token, a decoder output no loss reached) has no AdamW state, in this
+        checkpoint as in a DDP one, and stays without one (torch's strict reader would refuse the checkpoint).
+        """
+        from lightning.fabric.strategies.model_parallel import (
+            _load_raw_module_state,
+            _rekey_optimizer_state_if_needed,
+        )
+        from lightning.pytorch.trainer.states import TrainerFn
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        from mpgsam2.weights.io import load_torch_file
+
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if path.is_dir():
+            raise ValueError(
+                f"{path}: a folder; trainer=fsdp resumes from the single-file checkpoints it writes"
+            )
+        module = self.lightning_module
+        assert self.model is not None and module is not None
+        checkpoint = load_torch_file(path, mmap=True)  # mapped: the processes of a node share the pages
+        _load_raw_module_state(checkpoint.pop("state_dict"), self.model, strict=module.strict_loading)
+        states = checkpoint.get("optimizer_states")
+        if states is None or module.trainer.state.fn != TrainerFn.FITTING:
+            return checkpoint
+        if len(states) != len(self.optimizers):
+            raise ValueError(f"{path}: {len(states)} optimizer state(s), this run has {len(self.optimizers)}")
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+        for optimizer, state in zip(self.optimizers, states):
+            state = _rekey_optimizer_state_if_needed(state, self.model)
+            set_optimizer_state_dict(self.model, optimizer, optim_state_dict=state, options=options)
+        return checkpoint
 
     def shard_module(self, module: torch.nn.Module) -> None:
         """Apply ``fully_shard`` to the units of ``module`` (innermost first), then to ``module`` (the root).

@@ -30,7 +30,7 @@ from mpgsam2.inference.predictor import (
 )
 from mpgsam2.metrics import JFMetric
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
-from mpgsam2.utils import check_tokenizer_fits
+from mpgsam2.utils import check_tokenizer_fits, local_values
 from mpgsam2.weights.checkpoints import TRAIN_CHECKPOINT_KEY, train_checkpoint_record
 
 __all__ = ["RVOSLitModule", "build_param_groups", "one_cycle_schedule"]
@@ -168,6 +168,47 @@ class RVOSLitModule(L.LightningModule):
                 vocab, self.model, path or "?", hint=f"set model.beit3.vocab_size >= {vocab}"
             )
 
+    def configure_model(self) -> None:
+        """Shard the model when the strategy shards (``trainer=fsdp``: ``ShardedStrategy.shard_module``)."""
+        shard = getattr(self._trainer.strategy, "shard_module", None) if self._trainer is not None else None
+        if shard is not None:
+            shard(self.model)
+
+    def _gather_sharded_model(self, gather: bool) -> None:
+        """Under ``trainer=fsdp``, gather (``gather=True``) or free again the whole model for an evaluation.
+
+        Each process evaluates its own videos, of other counts and lengths than the other processes', so no unit
+        may all-gather at each call (the processes would wait for each other forever); and evaluation calls
+        the model's methods beside ``forward`` (``start_video``, ``track``, ...), which the root unit's hooks do
+        not see. Every unit is gathered once, and kept so, for the whole evaluation: each process then holds the
+        whole model, as under DDP.
+        """
+        from torch.distributed.fsdp import FSDPModule
+
+        if not isinstance(self.model, FSDPModule):
+            return
+        units = [m for m in self.model.modules() if isinstance(m, FSDPModule)]
+        if gather:
+            # the root must know it is the root before its units run alone (a run that validates untrained)
+            self.model._get_fsdp_state()._lazy_init()
+            for unit in units:
+                unit.set_reshard_after_forward(False, recurse=False)
+                unit.unshard()
+            return
+        for unit in units:
+            unit.reshard()
+            # FSDP's own defaults: the root keeps its parameters between forward and backward, the units do not
+            unit.set_reshard_after_forward(unit is not self.model, recurse=False)
+
+    def on_validation_epoch_start(self) -> None:
+        self._gather_sharded_model(True)
+
+    def on_predict_epoch_start(self) -> None:
+        self._gather_sharded_model(True)
+
+    def on_predict_epoch_end(self) -> None:
+        self._gather_sharded_model(False)
+
     # ------------------------------------------------------------------ training
     def forward(self, batch: ReferringBatch) -> Tensor:
         """Mask logits (B, T, 1, S, S) for a collated clip (or image) batch."""
@@ -233,10 +274,14 @@ class RVOSLitModule(L.LightningModule):
             (
                 n
                 for n, p in self.named_parameters()
-                if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+                if p.grad is not None and not bool(torch.isfinite(local_values(p.grad)).all())
             ),
             None,
         )
+        if self.trainer.world_size > 1:
+            # a sharded model (trainer=fsdp) holds other gradients on each process: all take the same decision
+            if self.trainer.strategy.reduce_boolean_decision(bad_param is not None, all=False):
+                bad_param = bad_param or "a parameter (of another process's shard)"
         if bad_param is None and not self._nonfinite_terms:
             return
         what = f"non-finite loss: {', '.join(self._nonfinite_terms)}" if self._nonfinite_terms else ""
@@ -308,6 +353,7 @@ class RVOSLitModule(L.LightningModule):
             self.val_jf.update(logits > 0, target.bool().cpu())
 
     def on_validation_epoch_end(self) -> None:
+        self._gather_sharded_model(False)
         result = self.val_jf.compute()
         self.val_jf.reset()
         for key in ("j", "f", "jf"):

@@ -49,6 +49,12 @@ EXPLAINED = {
         "/data/synthetic_ytvos/tokenizer.model",
         "stated in conf/data/synthetic.yaml (over the shared default): the path the data module chose itself",
     ),
+    ("*", "trainer.accumulate_grad_batches"): (
+        1,
+        None,
+        "null: train.py derives it from global_batch_size (train.yaml, the recipes): 1 on the paper's 8 GPUs x 1 "
+        "clip, and 1 without a global batch (the demo)",
+    ),
 }
 
 # keys under these prefixes changed form; what they build is compared instead (test below)

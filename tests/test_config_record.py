@@ -34,6 +34,11 @@ EXPLAINED = {
         None,
         "from conf/data/shared.yaml: the data module's own default (every frame)",
     ),
+    ("mevis_*", "data.version"): (
+        "<absent>",
+        None,
+        "MeViS v1 or v2 (issue 19); null detects it from the files, v1 for every folder the record was made for",
+    ),
     ("demo", "data.tokenizer_path"): (
         "<absent>",
         "/data/synthetic_ytvos/tokenizer.model",

@@ -24,7 +24,9 @@ class MeViSDataModule(ReferringVideoDataModule):
         self, root: str, val_split: str | None = "valid_u", version: str | None = None, **kwargs: object
     ) -> None:
         if version is not None and version not in MEVIS_VERSIONS:
-            raise ValueError(f"data.version must be one of {MEVIS_VERSIONS} or null (detect), got {version!r}")
+            raise ValueError(
+                f"data.version must be one of {MEVIS_VERSIONS} or null (detect), got {version!r}"
+            )
         self.root = Path(root)
         self.version = version
         super().__init__(val_split=val_split, **kwargs)  # type: ignore[arg-type]

@@ -438,7 +438,11 @@ def default_mevis_v2_videos() -> dict[str, dict]:
 
 # the expressions file of each split, per MeViS version (as released; the v2 test split's folder is assumed)
 MEVIS_FILES = {
-    "v1": {"train": "meta_expressions.json", "valid_u": "meta_expressions.json", "valid": "meta_expressions.json"},
+    "v1": {
+        "train": "meta_expressions.json",
+        "valid_u": "meta_expressions.json",
+        "valid": "meta_expressions.json",
+    },
     "v2": {
         "train": "meta_expressions_v2.json",
         "valid_u": "meta_expressions_v2.json",

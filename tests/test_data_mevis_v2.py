@@ -53,7 +53,9 @@ def test_v2_no_target_expressions_have_an_empty_target_on_every_frame(v2_root: P
         annos = spec[expr.video.video_id]["expressions"][expr.exp_id][1]
         assert expr.no_target == (not annos) and expr.obj_ids == tuple(annos)
         masks = source.read_masks(expr, range(expr.video.num_frames))
-        truth = [expected_union_mask(spec[expr.video.video_id], annos, t) for t in range(expr.video.num_frames)]
+        truth = [
+            expected_union_mask(spec[expr.video.video_id], annos, t) for t in range(expr.video.num_frames)
+        ]
         np.testing.assert_array_equal(masks, np.stack(truth))
         if expr.no_target:
             assert masks.shape[0] == expr.video.num_frames and not masks.any()
@@ -70,8 +72,13 @@ def test_v1_names_are_unchanged_and_v1_has_no_no_target_flag(tmp_path: Path) -> 
 def test_a_folder_with_both_versions_is_refused_unless_the_version_is_given(tmp_path: Path) -> None:
     root = write_mevis_dataset(tmp_path / "mevis", "valid_u", version="v1")
     write_mevis_dataset(root, "valid_u", version="v2")
-    v1_file, v2_file = root / "valid_u" / "meta_expressions.json", root / "valid_u" / "meta_expressions_v2.json"
-    with pytest.raises(DatasetError, match="meta_expressions.json.*v1.*meta_expressions_v2.json.*v2.*data.version"):
+    v1_file, v2_file = (
+        root / "valid_u" / "meta_expressions.json",
+        root / "valid_u" / "meta_expressions_v2.json",
+    )
+    with pytest.raises(
+        DatasetError, match="meta_expressions.json.*v1.*meta_expressions_v2.json.*v2.*data.version"
+    ):
         MeViSSource(root, "valid_u")
     with pytest.raises(DatasetError, match="data.version"):
         MeViSDataModule(str(root), tokenizer_path="unused").benchmark  # noqa: B018
@@ -93,7 +100,8 @@ def test_a_root_mixing_versions_across_splits_is_refused(tmp_path: Path) -> None
 def test_a_missing_expressions_file_names_both_candidates(tmp_path: Path) -> None:
     (tmp_path / "mevis" / "valid").mkdir(parents=True)
     with pytest.raises(
-        DatasetError, match=r"expected meta_expressions.json \(v1\) or meta_expressions_v2_release.json \(v2\)"
+        DatasetError,
+        match=r"expected meta_expressions.json \(v1\) or meta_expressions_v2_release.json \(v2\)",
     ):
         MeViSSource(tmp_path / "mevis", "valid")
     with pytest.raises(ValueError, match="MeViS v1 has no split 'test'"):
@@ -113,7 +121,11 @@ def test_audio_expressions_are_counted_and_skipped_with_one_log_line(tmp_path: P
     videos = default_mevis_v2_videos()
     videos["mv_a"]["expressions"]["4"] = (None, [1], {"audio": "audio/mv_a/4.wav"})
     videos["mv_b"]["expressions"]["2"] = (None, [3], {"audio_path": "audio/mv_b/2.wav"})
-    videos["mv_b"]["expressions"]["0"] = ("a green square that disappears", [3], {"audio": "audio/mv_b/0.wav"})
+    videos["mv_b"]["expressions"]["0"] = (
+        "a green square that disappears",
+        [3],
+        {"audio": "audio/mv_b/0.wav"},
+    )
     root = write_mevis_dataset(tmp_path / "mevis", "train", videos, version="v2")
     with caplog.at_level(logging.INFO, logger="mpgsam2.data.mevis"):
         source = MeViSSource(root, "train")

@@ -111,7 +111,9 @@ def mevis_expressions_file(root: str | Path, split: str, version: str | None = N
         if split not in names:
             raise ValueError(f"MeViS {version} has no split {split!r}; its splits: {sorted(names)}")
         return version, split_dir / names[split]
-    candidates = {v: split_dir / names[split] for v, names in MEVIS_EXPRESSION_FILES.items() if split in names}
+    candidates = {
+        v: split_dir / names[split] for v, names in MEVIS_EXPRESSION_FILES.items() if split in names
+    }
     present = {v: path for v, path in candidates.items() if path.is_file()}
     if len(present) > 1:
         raise DatasetError(

@@ -23,8 +23,8 @@ tokenizer ``data.tokenizer_path`` (a released folder is evaluated with the ``sen
 
 Predictions are staged per video under ``<run dir>/staging`` (a video appears there only when complete), then
 zipped to ``<run dir>/submission.zip`` (temp name, rename) or scored. A scoring run writes
-``<run dir>/metrics.json`` and prints ``j=<v> f=<v> jf=<v>`` as its last line; a submission run prints the zip's
-path last.
+``<run dir>/metrics.json`` and prints ``j=<v> f=<v> jf=<v>`` as its last line (MeViS v2: also ``jf_target``,
+``n_acc``, ``t_acc``, ``final`` and ``version=v2``); a submission run prints the zip's path last.
 """
 
 from __future__ import annotations
@@ -264,6 +264,12 @@ def final_line(result: dict[str, Any]) -> str | None:
     """What a run prints last: the zip's path, or ``j=<v> f=<v> jf=<v>`` (None on non-main processes)."""
     if "submission" in result:
         return str(result["submission"])
+    if "final" in result:  # MeViS v2: its no-target scores and the version (not comparable with v1's J&F)
+        scores = " ".join(
+            f"{key}={'n/a' if result[key] is None else format(result[key], '.4f')}"
+            for key in ("j", "f", "jf", "jf_target", "n_acc", "t_acc", "final")
+        )
+        return f"{scores} version={result.get('dataset_version', 'v2')}"
     if "jf" in result:
         return f"j={result['j']:.4f} f={result['f']:.4f} jf={result['jf']:.4f}"
     return None

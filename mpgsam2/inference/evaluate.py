@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from mpgsam2.benchmarks import Benchmark
+from mpgsam2.benchmarks import Benchmark, benchmark
 from mpgsam2.data import (
     ClipTransform,
     RefDAVISSource,
@@ -303,9 +303,13 @@ def _open_staging(
 
 
 def _record(out_dir: Path, metrics: dict[str, Any], **context: Any) -> dict[str, Any]:
-    """Writes ``<out_dir>/metrics.json``: the metrics and what they are of; returns the metrics."""
+    """Writes ``<out_dir>/metrics.json``: the metrics and what they are of (with the dataset's release where it
+    has several, e.g. MeViS v1 / v2: their scores are not comparable); returns the metrics."""
+    version = benchmark(context["dataset"]).dataset_version if "dataset" in context else None
+    if version is not None:
+        context["dataset_version"] = version
     write_json_atomic(out_dir / "metrics.json", {**metrics, **context})
-    return metrics
+    return metrics if version is None else {**metrics, "dataset_version": version}
 
 
 def image_eval_dataset(

@@ -59,7 +59,9 @@ def convert(synthetic: Path, out: Path) -> None:
             exprs = by_video[vid]
             video = exprs[0].video
             shutil.copytree(video.frame_paths[0].parent, out / target_split / "JPEGImages" / vid)
-            ids = np.stack([np.asarray(Image.open(source.mask_path(video, t))) for t in range(video.num_frames)])
+            ids = np.stack(
+                [np.asarray(Image.open(source.mask_path(video, t))) for t in range(video.num_frames)]
+            )
             anno: dict[int, str] = {}
             for obj in sorted({o for e in exprs for o in e.obj_ids}):
                 key = str(len(mask_dict) + 1)
@@ -68,10 +70,13 @@ def convert(synthetic: Path, out: Path) -> None:
                 for frame in ids:
                     m = frame == obj
                     rle = coco_mask.encode(np.asfortranarray(m.astype(np.uint8))) if m.any() else None
-                    rles.append(None if rle is None else {"size": list(rle["size"]), "counts": rle["counts"].decode()})
+                    rles.append(
+                        None if rle is None else {"size": list(rle["size"]), "counts": rle["counts"].decode()}
+                    )
                 mask_dict[key] = rles
             expressions = {
-                e.exp_id: {"exp": e.caption, "obj_id": [0], "anno_id": [int(anno[e.obj_ids[0]])]} for e in exprs
+                e.exp_id: {"exp": e.caption, "obj_id": [0], "anno_id": [int(anno[e.obj_ids[0]])]}
+                for e in exprs
             }
             # one no-target expression: the first long caption of a later video in a colour absent from this one
             here = {_colour(e.caption) for e in exprs}
@@ -84,7 +89,9 @@ def convert(synthetic: Path, out: Path) -> None:
             meta[vid] = {"expressions": expressions, "frames": list(video.frame_names)}
         (out / target_split / "meta_expressions_v2.json").write_text(json.dumps({"videos": meta}))
         (out / target_split / "mask_dict.json").write_text(json.dumps(mask_dict))
-        print(f"{target_split}: {len(videos)} videos, {sum(len(m['expressions']) for m in meta.values())} expressions")
+        print(
+            f"{target_split}: {len(videos)} videos, {sum(len(m['expressions']) for m in meta.values())} expressions"
+        )
 
 
 def measure(checkpoint: Path, root: Path) -> None:
@@ -119,9 +126,13 @@ def measure(checkpoint: Path, root: Path) -> None:
     print("| existence_threshold | J&F | J&F (target) | N-acc | T-acc | Final |")
     print("|---|---|---|---|---|---|")
     for t, r in rows.items():
-        print(f"| {t} | {r['jf']:.4f} | {r['jf_target']:.4f} | {r['n_acc']:.4f} | {r['t_acc']:.4f} | {r['final']:.4f} |")
+        print(
+            f"| {t} | {r['jf']:.4f} | {r['jf_target']:.4f} | {r['n_acc']:.4f} | {r['t_acc']:.4f} | {r['final']:.4f} |"
+        )
     for kind, values in existence.items():
-        print(f"max_t sigmoid(object score), {kind}: quartiles {np.quantile(values, [0, 0.25, 0.5, 0.75, 1]).round(4)}")
+        print(
+            f"max_t sigmoid(object score), {kind}: quartiles {np.quantile(values, [0, 0.25, 0.5, 0.75, 1]).round(4)}"
+        )
     out = checkpoint.parent / "existence.json"
     out.write_text(json.dumps({"scores": rows, "existence": existence}, indent=1))
     print(f"written: {out}")

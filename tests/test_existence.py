@@ -151,3 +151,16 @@ def test_no_target_clips_are_sampled_like_the_others(tmp_path) -> None:
         else:
             assert item.valid.any()
     assert seen_no_target == 4  # mv_a/3 (6 frames: 2 clips of 3) and mv_b/1 (4 frames: 2 clips)
+
+
+def test_a_stored_existence_threshold_is_checked_to_be_data() -> None:
+    import eval as eval_entry
+    from data_modules import UnsafeConfigError
+
+    data = {"_target_": "data_modules.mevis.MeViSDataModule", "root": "/data/mevis", "version": "v2"}
+    stored = eval_entry.stored_run_config("x.ckpt", {"data": data, "system": {"existence_threshold": 0.8}})
+    assert stored.system.existence_threshold == 0.8
+    old = eval_entry.stored_run_config("x.ckpt", {"data": data, "system": {"eval_chunk_size": 24}})
+    assert old.system.existence_threshold == "auto"  # a checkpoint from before the setting
+    with pytest.raises(UnsafeConfigError, match=r"x.ckpt: system.existence_threshold='\$\{oops\}'"):
+        eval_entry.stored_run_config("x.ckpt", {"data": data, "system": {"existence_threshold": "${oops}"}})

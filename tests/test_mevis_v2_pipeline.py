@@ -71,7 +71,7 @@ def test_train_py_trains_the_v2_recipe_and_validates_with_the_v2_scores(trained:
     out = (run / "stdout.txt").read_text()
     assert "MeViS v2/train" in out and "(detected from the files)" not in out.split("MeViS v2/train")[1][:300]
     record = json.loads((run / "metrics.json").read_text())
-    assert record["global_step"] == 4
+    assert record["global_step"] == 4 and record["dataset_version"] == "v2"
     for key in ("j", "f", "jf", "jf_target", "n_acc", "t_acc", "final"):
         assert 0.0 <= record[key] <= 1.0, key
     assert record["final"] == pytest.approx((record["jf"] + record["n_acc"] + record["t_acc"]) / 3, abs=1e-6)

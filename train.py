@@ -25,6 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.strategies import gradient_accumulation
+from mpgsam2.benchmarks import benchmark
 from mpgsam2.utils import parameter_counts, write_json_atomic
 
 log = logging.getLogger("train")
@@ -161,6 +162,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
             metrics = {k.split("/", 1)[1]: float(v) for k, v in results[0].items() if k.startswith("val/")}
             if trainer.is_global_zero:
                 record = {**metrics, "global_step": trainer.global_step}
+                name = getattr(datamodule, "benchmark", None)
+                version = None if name is None else benchmark(name).dataset_version
+                if version is not None:  # MeViS v1 / v2: scores that are not comparable across versions
+                    record["dataset_version"] = version
                 if cfg.train:
                     record["checkpoint"] = str(output_dir / "checkpoints" / "final.ckpt")
                 write_json_atomic(output_dir / "metrics.json", record)

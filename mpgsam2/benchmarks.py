@@ -1,5 +1,12 @@
 """Moved to :mod:`mpgsam2.evaluation.benchmarks`; this alias keeps the old import path working for a release."""
 
-from mpgsam2.evaluation.benchmarks import BENCHMARKS, Benchmark, MaskFormat, Scoring, benchmark
+from mpgsam2.evaluation.benchmarks import (
+    BENCHMARKS,
+    EXISTENCE_THRESHOLD_V2,
+    Benchmark,
+    MaskFormat,
+    Scoring,
+    benchmark,
+)
 
-__all__ = ["BENCHMARKS", "Benchmark", "MaskFormat", "Scoring", "benchmark"]
+__all__ = ["BENCHMARKS", "EXISTENCE_THRESHOLD_V2", "Benchmark", "MaskFormat", "Scoring", "benchmark"]

@@ -141,6 +141,7 @@ def test_benchmark_rows_are_typed() -> None:
     assert {b.name: (b.mask_format, b.scoring) for b in BENCHMARKS.values()} == {
         "ytvos": (MaskFormat.BINARY, Scoring.EXPRESSIONS),
         "mevis": (MaskFormat.PROBABILITY, Scoring.EXPRESSIONS),
+        "mevis_v2": (MaskFormat.BINARY, Scoring.EXPRESSIONS),
         "davis": (MaskFormat.PALETTE, Scoring.DAVIS),
         "refcoco": (MaskFormat.BINARY, Scoring.IMAGES),
     }

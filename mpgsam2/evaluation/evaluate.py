@@ -21,7 +21,7 @@ import torch
 from mpgsam2.data import ClipTransform, ReferringBatch, ReferringItem
 from mpgsam2.data.image_dataset import ReferringImageEvalDataset
 from mpgsam2.distributed import barrier
-from mpgsam2.evaluation.benchmarks import Benchmark
+from mpgsam2.evaluation.benchmarks import Benchmark, benchmark
 from mpgsam2.evaluation.runner import model_predictor, predict_to_staging
 from mpgsam2.evaluation.staging import EvalTarget, StagingArea, check_manifest
 from mpgsam2.evaluation.zips import write_submission_zip
@@ -133,6 +133,7 @@ def evaluate_model(
     restart: bool = False,
     precision: str = "fp32",
     compile: bool = False,
+    existence_threshold: float | None = None,
     device: torch.device | str = "cpu",
     rank: int = 0,
     world: int = 1,
@@ -152,6 +153,8 @@ def evaluate_model(
             a probability is near 0.5, see :func:`mpgsam2.inference.predict_video`); recorded in the manifest.
         compile: ``torch.compile`` the image encoder and memory attention (same masks up to float rounding);
             video benchmarks only.
+        existence_threshold: empty every frame of an expression judged absent
+            (:func:`~mpgsam2.inference.apply_existence`; MeViS v2); None: off. Recorded in the manifest.
 
     Returns:
         On the main process the metrics, or ``{"submission": path}``; ``{}`` on the others.
@@ -161,6 +164,8 @@ def evaluate_model(
     if bench.scores_images:
         if compile:
             raise ValueError(f"compile applies to the video benchmarks' tracking; {bench.title} runs images")
+        if existence_threshold is not None:
+            raise ValueError(f"the existence decision applies to videos; {bench.title} runs images")
         if submission:
             raise ValueError(
                 f"{bench.title} has no submission server: it is scored locally (leave submission unset)"
@@ -202,17 +207,19 @@ def evaluate_model(
         chunk_size=chunk_size,
         max_frames=max_frames,
         precision=precision,
+        **({} if existence_threshold is None else {"existence_threshold": existence_threshold}),
     )
     log.info(
-        "predicting %s on %s (chunk %s, %d process(es)) into %s",
+        "predicting %s on %s (chunk %s, existence threshold %s, %d process(es)) into %s",
         [t.source.name for t in targets],
         device,
         chunk_size,
+        existence_threshold,
         world,
         staging.root,
     )
     predict_to_staging(
-        model_predictor(model, device, chunk_size, precision, compile),
+        model_predictor(model, device, chunk_size, precision, compile, existence_threshold),
         targets,
         staging,
         bench.mask_format,
@@ -243,6 +250,7 @@ def evaluate_model(
         dataset=bench.name,
         sources=[t.source.name for t in targets],
         chunk_size=chunk_size,
+        existence_threshold=existence_threshold,
     )
 
 
@@ -276,9 +284,13 @@ def _open_staging(
 
 
 def _record(out_dir: Path, metrics: dict[str, Any], **context: Any) -> dict[str, Any]:
-    """Writes ``<out_dir>/metrics.json``: the metrics and what they are of; returns the metrics."""
+    """Writes ``<out_dir>/metrics.json``: the metrics and what they are of (with the dataset's release where it
+    has several, e.g. MeViS v1 / v2: their scores are not comparable); returns the metrics."""
+    version = benchmark(context["dataset"]).dataset_version if "dataset" in context else None
+    if version is not None:
+        context["dataset_version"] = version
     write_json_atomic(out_dir / "metrics.json", {**metrics, **context})
-    return metrics
+    return metrics if version is None else {**metrics, "dataset_version": version}
 
 
 def _image_source_name(datamodule: EvalDataModule, dataset: ReferringImageEvalDataset) -> str:

@@ -1,8 +1,9 @@
 """Mask encoding: a video's per-expression probabilities -> the PNG values of its benchmark (spec §1.8, §3), and
 the PNG files themselves. From the probabilities at the original frame size:
 
-- :attr:`~MaskFormat.BINARY` (Ref-YouTube-VOS, RefCOCO): ``sigmoid > 0.5`` -> 255, else 0 (mode ``L``);
-- :attr:`~MaskFormat.PROBABILITY` (MeViS): ``p = sigmoid``, ``p < 0.5`` -> 0, else ``p * 255`` truncated to uint8
+- :attr:`~MaskFormat.BINARY` (Ref-YouTube-VOS, MeViS v2, RefCOCO): ``sigmoid > 0.5`` -> 255, else 0 (mode ``L``;
+  MeViS v2: an expression judged absent is all 0 on every frame, a full set of PNGs all the same);
+- :attr:`~MaskFormat.PROBABILITY` (MeViS v1): ``p = sigmoid``, ``p < 0.5`` -> 0, else ``p * 255`` truncated to uint8
   (mode ``L``; any non-zero pixel is foreground for the scorer);
 - :attr:`~MaskFormat.PALETTE` (Ref-DAVIS17): the objects' probabilities (zeroed below 0.5) stacked over a constant
   background plane of 0.1, argmax -> palette index (the object id; 0 = background), mode ``P``.

@@ -29,7 +29,7 @@ from mpgsam2.distributed import shard
 from mpgsam2.evaluation.benchmarks import MaskFormat
 from mpgsam2.evaluation.masks import PaletteMerger, expression_values, write_frame_pngs
 from mpgsam2.evaluation.staging import EvalTarget, StagingArea, Unit
-from mpgsam2.inference.predictor import expression_text, predict_video
+from mpgsam2.inference.predictor import apply_existence, expression_text, predict_video
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
 
 __all__ = [
@@ -61,6 +61,8 @@ class ModelPredictor:
         chunk_size: frames per independent chunk (MeViS: 24, spec §3.2), None for the whole video.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (see :func:`mpgsam2.inference.predict_video`).
         compile: run the image encoder and memory attention through ``torch.compile`` (same function).
+        existence_threshold: empty every frame of an expression judged absent
+            (:func:`~mpgsam2.inference.apply_existence`); None: no such decision (the original's protocol).
     """
 
     def __init__(
@@ -70,12 +72,14 @@ class ModelPredictor:
         chunk_size: int | None,
         precision: str = "fp32",
         compile: bool = False,
+        existence_threshold: float | None = None,
     ) -> None:
         self.model = model.eval()
         self.device = device
         self.chunk_size = chunk_size
         self.precision = precision
         self.compile = compile
+        self.existence_threshold = existence_threshold
 
     def __call__(self, batch: ReferringBatch) -> Tensor:
         """One collated expression (batch size 1) -> its (T, H, W) logits."""
@@ -96,7 +100,7 @@ class ModelPredictor:
                 precision=self.precision,
                 compile=self.compile,
             )
-        return [p.logits for p in predictions]
+        return [apply_existence(p, self.existence_threshold).logits for p in predictions]
 
 
 def model_predictor(
@@ -105,9 +109,10 @@ def model_predictor(
     chunk_size: int | None,
     precision: str = "fp32",
     compile: bool = False,
+    existence_threshold: float | None = None,
 ) -> ModelPredictor:
     """A :class:`ModelPredictor` (see there)."""
-    return ModelPredictor(model, device, chunk_size, precision, compile)
+    return ModelPredictor(model, device, chunk_size, precision, compile, existence_threshold)
 
 
 class PerExpression:

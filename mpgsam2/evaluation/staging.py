@@ -8,7 +8,7 @@ after an interruption the finished units are skipped and a half-written one is r
 cleared first). Layouts (the ``prediction files`` column of :mod:`mpgsam2.evaluation.benchmarks`, the same as the
 folders a user may score with :func:`~mpgsam2.metrics.scoring.score_predictions`):
 
-- Ref-YouTube-VOS and MeViS: ``<staging>/<video>/<exp_id>/<frame>.png`` (mode ``L``);
+- Ref-YouTube-VOS and MeViS (v1 and v2): ``<staging>/<video>/<exp_id>/<frame>.png`` (mode ``L``);
 - Ref-DAVIS17: ``<staging>/anno_<k>/<video>/<frame>.png`` (mode ``P``, DAVIS palette, one index per object);
 - RefCOCO/+/g: ``<staging>/<sample_id>.png`` (mode ``L``, 0/255), each file its own unit: written into
   ``<staging>.partial/`` and renamed (:meth:`StagingArea.write_png`, :mod:`mpgsam2.inference.images`).
@@ -140,7 +140,7 @@ class EvalTarget:
 
 
 # settings added to the manifest later -> the value every earlier run used
-_UNRECORDED_SETTINGS = {"precision": "fp32"}
+_UNRECORDED_SETTINGS = {"precision": "fp32", "existence_threshold": None}
 
 
 def check_manifest(

@@ -9,8 +9,10 @@ import importlib
 from typing import Any
 
 from mpgsam2.inference.predictor import (
+    EMPTY_LOGIT,
     ExpressionPrediction,
     FrameSequence,
+    apply_existence,
     chunk_bounds,
     expression_text,
     predict_expression,
@@ -40,7 +42,9 @@ _MOVED = {
 }
 
 __all__ = [
+    "EMPTY_LOGIT",
     "EvalTarget",
+    "apply_existence",
     "ExpressionPrediction",
     "FrameSequence",
     "ModelPredictor",

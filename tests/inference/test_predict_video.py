@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 import torch
-from helpers.tiny import random_clip, tiny_config
+from helpers.tiny import make_tiny_model, random_clip
 
 from mpgsam2.inference import ExpressionPrediction, predict_expression, predict_video
 from mpgsam2.modeling.mpgsam2 import MPGSAM2, PostNormEncoderLayer
@@ -52,8 +52,7 @@ def assert_same_masks(prediction: ExpressionPrediction, reference: ExpressionPre
 
 @pytest.fixture(scope="module")
 def model() -> MPGSAM2:
-    torch.manual_seed(0)
-    return MPGSAM2(tiny_config()).eval()
+    return make_tiny_model().eval()
 
 
 def expressions_of(ids: torch.Tensor, lengths: list[int], own_padding: bool = True):

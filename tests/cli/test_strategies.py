@@ -143,10 +143,10 @@ def _run_initial_weights(tmp_path: Path, common: list[str]) -> dict[str, torch.T
 
 @pytest.mark.subprocess
 def test_fsdp_recipe_trains_resumes_after_a_kill_with_the_same_losses_and_evaluates(tmp_path: Path) -> None:
-    """`train.py experiment=ytvos_large trainer=fsdp_cpu` at tiny size, 2 gloo processes (~3 min: four real
-    multi-process runs, a SIGKILL, an eval.py run): the killed run resumes from last.ckpt with the per-step losses
-    of the uninterrupted one, the frozen image encoder stays as it was and holds no optimizer state, and eval.py
-    reads final.ckpt and reproduces train.py's final J&F."""
+    """`train.py experiment=ytvos_large trainer=fsdp_cpu` at tiny size, 2 gloo processes (100-220 s on the shared
+    2-core machine: four real multi-process runs, a SIGKILL, an eval.py run): the killed run resumes from
+    last.ckpt with the per-step losses of the uninterrupted one, the frozen image encoder stays as it was and
+    holds no optimizer state, and eval.py reads final.ckpt and reproduces train.py's final J&F."""
     # three videos of two expressions: one held out for validation (an expression per process), the other two
     # give 8 two-frame clips, 4 steps per epoch on 2 processes: the 6 steps cross an epoch boundary
     videos = {

@@ -87,6 +87,27 @@ def test_resume_continues_the_step_count(tmp_path, data_dir):
     assert max(float(s["step"]) for s in state.values()) == 4
 
 
+def test_auto_resume_starts_fresh_then_continues_from_the_run_folder_s_last_checkpoint(tmp_path, data_dir):
+    # the same command twice in the same run folder, as a requeued SLURM job runs it: the first has no
+    # last.ckpt to read and starts at step 0; the second continues from the one the first left
+    overrides = ("validate=false", "system.scheduler=null", "ckpt_path=auto", "trainer.max_steps=2")
+    first = _train_cfg(tmp_path, data_dir, *overrides)
+    assert train_entry.resume_checkpoint(first) is None
+    train_entry.run(first)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    trained = torch.load(last, weights_only=True)
+    assert trained["global_step"] == 2
+    # another seed: a fresh start would begin from other weights; a resumed run at max_steps trains no step more
+    again = _train_cfg(tmp_path, data_dir, *overrides, "seed=7")
+    assert train_entry.resume_checkpoint(again) == str(last)
+    train_entry.run(again)
+    final = torch.load(tmp_path / "run" / "checkpoints" / "final.ckpt", weights_only=True)
+    assert final["global_step"] == 2
+    assert final["state_dict"].keys() == trained["state_dict"].keys()
+    for name, value in trained["state_dict"].items():
+        assert torch.equal(final["state_dict"][name], value), name
+
+
 def test_bf16_mixed_training_step_on_cpu(tmp_path, data_dir):
     cfg = _train_cfg(
         tmp_path, data_dir, "trainer.max_steps=1", "trainer.precision=bf16-mixed", "validate=false"

@@ -71,6 +71,7 @@ def _four_clips(root: Path) -> dict[str, Path]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_two_processes_accumulating_two_clips_update_as_four_processes(tmp_path: Path) -> None:
     """Reason for its length (60-110 s on the shared 2-core machine, mostly process start-up): two real train.py
@@ -141,6 +142,7 @@ def _run_initial_weights(tmp_path: Path, common: list[str]) -> dict[str, torch.T
 # --------------------------------------------------------------------------------------------------------- fsdp
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_fsdp_recipe_trains_resumes_after_a_kill_with_the_same_losses_and_evaluates(tmp_path: Path) -> None:
     """`train.py experiment=ytvos_large trainer=fsdp_cpu` at tiny size, 2 gloo processes (100-220 s on the shared

@@ -181,6 +181,7 @@ def _losses(run_dir: Path) -> dict[int, float]:
     return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_a_run_killed_mid_epoch_resumes_with_the_same_losses(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"

@@ -10,8 +10,8 @@ where this version's config has no such field). Sized to finish within 8 minutes
 enforces it; a section that would start after ``--budget-s`` prints a "skipped" row instead, so the table always
 comes out). ``--smoke`` runs the same code on a tiny model on the CPU (checks the script, measures nothing).
 
-    bash benchmarks/gpu_check.sh            # on the GPU machine
-    python benchmarks/gpu_check.py --smoke  # anywhere
+    bash perf/gpu_check.sh            # on the GPU machine
+    python perf/gpu_check.py --smoke  # anywhere
 """
 
 from __future__ import annotations

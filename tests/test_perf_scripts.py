@@ -1,4 +1,4 @@
-"""The benchmark scripts still run: each at its smallest size, checking what it checks (masks of the two paths
+"""The speed and memory scripts (perf/) still run: each at its smallest size, checking what it checks (masks of the two paths
 agree, files staged alike) and printing its table. They are run by hand for figures; this keeps them from
 rotting when the code they call changes (a renamed argument broke ``eval_throughput.py`` once unnoticed)."""
 
@@ -12,18 +12,18 @@ from types import ModuleType
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+PERF = Path(__file__).resolve().parents[1] / "perf"
 
 
 def _load(name: str) -> ModuleType:
-    sys.path.insert(0, str(BENCHMARKS))
+    sys.path.insert(0, str(PERF))
     try:
-        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(f"perf_{name}", PERF / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
     finally:
-        sys.path.remove(str(BENCHMARKS))
+        sys.path.remove(str(PERF))
 
 
 def test_eval_throughput_compares_masks_and_prints_the_table(capsys: pytest.CaptureFixture) -> None:

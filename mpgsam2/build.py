@@ -44,7 +44,7 @@ def sam2_config_name(size: str, version: str) -> str:
 def beit3_config(beit3: Mapping[str, Any]) -> dict[str, Any]:
     """BEiT-3 constructor arguments: ``{"preset": "base"|"large", ...}`` is the preset's numbers
     (``BEIT3_PRESETS``, the one place they are stated) with the other keys over them; without ``preset``, the
-    mapping as given (e.g. the tiny test model).
+    mapping as given (e.g. the test model, ``conf/model/beit3/test.yaml``).
 
     Raises:
         ConfigError: an unknown preset.
@@ -104,7 +104,7 @@ def build_model(
         beit3: ``BEiT3`` constructor arguments (embed_dim, num_heads, ffn_dim, num_layers, vocab_size,
             img_size, patch_size), or ``{"preset": "base"|"large", ...}`` (see :func:`beit3_config`).
         sam2: ``{"size": "t"|"s"|"b+"|"l", "version": "2.0"|"2.1", "settings": {nested mapping}}``: the official
-            config of that size and version with ``settings`` deep-merged over it (e.g. the tiny test size, or
+            config of that size and version with ``settings`` deep-merged over it (e.g. the test model, or
             ``model.sam2.settings.memory_attention.num_layers=2``; see ``presets.merge_settings``).
         weights: ``{"mpgsam2": path, "beit3": path, "sam2": path}``, each optional. ``mpgsam2`` (a full model:
             a train.py ``.ckpt``, our export or a released MPG-SAM 2 checkpoint) excludes the other two, which are the original's

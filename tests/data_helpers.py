@@ -616,11 +616,11 @@ __all__ += [
 ]
 
 
-# ------------------------------------------------------------------------------------------------ tiny model
+# ------------------------------------------------------------------------------------------------ test model
 
 
 def tiny_video_model():
-    """The tiny MPG-SAM 2 of ``conf/model/{beit3,sam2}/tiny.yaml`` (random weights, seed 0, image encoder
+    """The test MPG-SAM 2 of ``conf/model/{beit3,sam2}/test.yaml`` (random weights, seed 0, image encoder
     trainable); its views are ``model.input_sizes``."""
     import torch
     from framework_helpers import tiny_preset

@@ -1,5 +1,5 @@
-"""Shared test helpers: compose the Hydra configs in-process (tiny size, outputs under a temporary folder) and
-build the one tiny model (`conf/model/{beit3,sam2}/tiny.yaml`) with random inputs."""
+"""Shared test helpers: compose the Hydra configs in-process (the test model, outputs under a temporary folder)
+and build the one test model (`conf/model/{beit3,sam2}/test.yaml`, random) with random inputs."""
 
 from __future__ import annotations
 
@@ -49,10 +49,10 @@ def compose_config(
     return cfg
 
 
-# a paper recipe at tiny size on the CPU: the tiny model, no weight files
+# a paper recipe on the CPU with the test model (model/{beit3,sam2}=test), no weight files
 TINY_RECIPE = [
-    "model/beit3=tiny",
-    "model/sam2=tiny",
+    "model/beit3=test",
+    "model/sam2=test",
     "model.weights.mpgsam2=null",
     "model.weights.beit3=null",
     "model.weights.sam2=null",
@@ -99,17 +99,17 @@ def composed_data_config(name: str) -> dict:
 
 
 def tiny_preset() -> tuple[dict, dict]:
-    """(beit3, sam2) of ``conf/model/{beit3,sam2}/tiny.yaml``: the one tiny model of the tests, the benchmarks
-    and the demo."""
+    """(beit3, sam2) of ``conf/model/{beit3,sam2}/test.yaml``: the one test model of the tests, ``perf/`` and the
+    demo (random weights; not the paper's tiny size)."""
     from omegaconf import OmegaConf
 
-    beit3 = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "beit3" / "tiny.yaml"))
-    sam2 = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "sam2" / "tiny.yaml"))
+    beit3 = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "beit3" / "test.yaml"))
+    sam2 = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "sam2" / "test.yaml"))
     return beit3, sam2
 
 
 def tiny_config(sam2_settings: dict | None = None, **options) -> MPGSAM2Config:
-    """The tiny preset (``conf/model/{beit3,sam2}/tiny.yaml``: BEiT-3 width 64, SAM width 32, 64 px SAM input),
+    """The test model's config (``conf/model/{beit3,sam2}/test.yaml``: BEiT-3 width 64, SAM width 32, 64 px SAM input),
     with ``sam2_settings`` merged over its SAM 2 settings and ``options`` set."""
     beit3, sam2 = tiny_preset()
     sam2["settings"] = merge_settings(sam2["settings"], sam2_settings or {})

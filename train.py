@@ -52,6 +52,7 @@ def warn_deprecated_choices(choices: Mapping[str, Any]) -> list[str]:
         log.warning("%s", message)
     return messages
 
+
 # Lightning 2.6 on torch >= 2.13 warns about its own use of a deprecated torch pytree API at every fit
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 

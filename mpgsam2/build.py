@@ -126,13 +126,6 @@ def build_model(
     return model
 
 
-def _load_lightning_checkpoint(model: MPGSAM2, path: Path) -> object:
-    from mpgsam2.weights import load_into
-    from mpgsam2.weights.checkpoints import read_train_checkpoint
-
-    return load_into(model, read_train_checkpoint(path).state_dict, source=str(path))
-
-
 def _load_weights(model: MPGSAM2, weights: dict[str, str | None], hf_gamma_compat: bool) -> None:
     unknown = set(weights) - set(_WEIGHT_KINDS)
     if unknown:
@@ -140,14 +133,12 @@ def _load_weights(model: MPGSAM2, weights: dict[str, str | None], hf_gamma_compa
     given = {k: Path(v) for k, v in weights.items() if v}
     if "mpgsam2" in given and len(given) > 1:
         raise ConfigError("model.weights.mpgsam2 is a full model: leave model.weights.beit3/sam2 empty")
-    from mpgsam2.weights import load_checkpoint
+    from mpgsam2.weights import load_weights
 
-    if "mpgsam2" in given and given["mpgsam2"].suffix == ".ckpt":
-        # a train.py (Lightning) checkpoint, e.g. the RefCOCO stage that initialises the video stages
-        logger.info("%s", _load_lightning_checkpoint(model, given["mpgsam2"]))
-        return
     for kind in _WEIGHT_KINDS:  # full model first; BEiT-3 and SAM 2 fill disjoint parts
         if kind in given:
+            # a full model is a train.py checkpoint (.ckpt, e.g. the RefCOCO stage that initialises the video
+            # stages), our export or a released checkpoint: load_weights tells them apart
             fmt = "auto" if kind == "mpgsam2" else kind
             compat = hf_gamma_compat and kind == "mpgsam2"
-            logger.info("%s", load_checkpoint(model, given[kind], fmt=fmt, hf_gamma_compat=compat))
+            logger.info("%s", load_weights(model, given[kind], fmt=fmt, hf_gamma_compat=compat))

@@ -13,7 +13,7 @@ anything: it also drops expressions whose object is found weakly on a few frames
 
 ``predict_expression`` is the simple reference (one expression, ``MPGSAM2.start_video`` / ``track``);
 ``predict_video``, evaluation's unit of work, runs a video's K expressions as one batch and is tested to give the
-reference's masks (tests/test_predict_video.py; throughput in benchmarks/README.md).
+reference's masks (tests/inference/test_predict_video.py; throughput in benchmarks/README.md).
 """
 
 from __future__ import annotations

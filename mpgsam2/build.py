@@ -107,9 +107,9 @@ def build_model(
             config of that size and version with ``settings`` deep-merged over it (e.g. the test model, or
             ``model.sam2.settings.memory_attention.num_layers=2``; see ``presets.merge_settings``).
         weights: ``{"mpgsam2": path, "beit3": path, "sam2": path}``, each optional. ``mpgsam2`` (a full model:
-            a train.py ``.ckpt``, our export or a released MPG-SAM 2 checkpoint) excludes the other two, which are the original's
-            training start (official BEiT-3 ``.pth`` and SAM 2 ``.pt``). Loading is strict: see
-            ``mpgsam2.weights``.
+            a train.py ``.ckpt``, our export or a released MPG-SAM 2 checkpoint) excludes the other two, which are
+            the original's training start (official BEiT-3 ``.pth`` and SAM 2 ``.pt``). Each is loaded by
+            ``mpgsam2.weights.load_weights``, strictly.
         hf_gamma_compat: passed to the MPG-SAM 2 converter (see ``mpgsam2.weights.convert_mpgsam2``).
         **options: any other ``MPGSAM2Config`` field (``dropout``, the ``use_*`` ablation switches,
             ``freeze_image_encoder`` ...).

@@ -4,8 +4,8 @@ Every measurement runs in a fresh subprocess and reports the peak RSS growth ove
 2 ms. The subprocess runs with ``MALLOC_MMAP_THRESHOLD_=65536``: every allocation above 64 KiB is its own mapping,
 returned to the system when freed, so the RSS follows the live tensors (no freed heap kept from earlier work).
 
-``--preset mid`` (or ``test``, the test model): one training step (forward, loss, backward, AdamW step) of the mid-size preset of
-``eval_throughput.py`` (BEiT-3 width 384 x 6 layers, Hiera-T trunk, full-size SAM 2 heads) at SAM ``--sam-size``
+``--preset mid`` (or ``test``, the test model): one training step (forward, loss, backward, AdamW step) of the
+mid-size preset of ``eval_throughput.py`` (BEiT-3 width 384 x 6 layers, Hiera-T trunk, full-size SAM 2 heads) at SAM ``--sam-size``
 px, one clip of ``--frames`` frames, with ``model.activation_checkpointing`` empty and with every block, the
 two alternating over ``--repeats`` rounds. Each process first runs one step on a 1-frame clip (kernels, the AdamW
 state), then the measured step; its growth is gradients + activations + the step's temporaries.

@@ -1,5 +1,5 @@
-"""Compose the Hydra configs in-process (the test model, outputs under a temporary folder), and the resolved config
-trees that a config refactor must not change."""
+"""Compose the Hydra configs in-process (the test model, outputs under a temporary folder), and the resolved
+config trees that a config refactor must not change."""
 
 from __future__ import annotations
 

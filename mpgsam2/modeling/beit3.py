@@ -25,8 +25,8 @@ from mpgsam2.modeling.checkpointing import run_block
 
 __all__ = ["BEIT3_PRESETS", "BEiT3"]
 
-# Official BEiT-3 sizes (unilm beit3 modeling_utils). The MPG-SAM 2 "tiny" model uses BEiT-3 *base*; the tiny
-# random model of the tests and the demo is conf/model/beit3/tiny.yaml.
+# Official BEiT-3 sizes (unilm beit3 modeling_utils). The MPG-SAM 2 "tiny" model uses BEiT-3 *base*; the small
+# random test model of the tests and the demo is conf/model/beit3/test.yaml.
 BEIT3_PRESETS: dict[str, dict[str, int]] = {
     "base": {"embed_dim": 768, "num_heads": 12, "ffn_dim": 3072, "num_layers": 12, "vocab_size": 64010},
     "large": {"embed_dim": 1024, "num_heads": 16, "ffn_dim": 4096, "num_layers": 24, "vocab_size": 64010},

@@ -8,7 +8,7 @@ frames resized to the model's input) with the mid-size random model of ``eval_th
 the two paths are compared first (files that differ, pixels that differ), then the two stages are timed in one
 process, interleaved, into fresh staging folders; the speed-up is the median of the per-repeat ratios.
 
-    python perf/eval_end_to_end.py [--videos 6] [--frames 8] [--repeats 3] [--threads 2]
+    python benchmarks/eval_end_to_end.py [--videos 6] [--frames 8] [--repeats 3] [--threads 2]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "perf"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from eval_throughput import BEIT_SIZE, mid_model  # noqa: E402
 

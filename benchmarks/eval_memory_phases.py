@@ -6,7 +6,7 @@ RSS is sampled every 2 ms from ``/proc/self/statm`` (Linux); the phases are told
 ``MPGSAM2.context_from_tokens`` and the decoder's ``context_cache``. Freed memory may stay in the process, so a
 phase's figure is the highest RSS seen while it ran, above the RSS before the call.
 
-    python perf/eval_memory_phases.py [--frames 8 32] [--k 4] [--threads 1]
+    python benchmarks/eval_memory_phases.py [--frames 8 32] [--k 4] [--threads 1]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "perf"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from eval_throughput import ORIG_SIZE, expressions, mid_model, video  # noqa: E402
 

@@ -5,7 +5,7 @@ too: ``memory_attention`` includes its ``.cross_attention``); one warm-up call, 
 profile the engine's design decisions are read from: what is shared across a video's K expressions (the Hiera
 image encoder) and what each expression needs for itself (BEiT-3, the memory attention, the decoder, ...).
 
-    python perf/eval_profile.py [--k 16] [--frames 8] [--threads 1] [--sam-size 256]
+    python benchmarks/eval_profile.py [--k 16] [--frames 8] [--threads 1] [--sam-size 256]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "perf"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from eval_throughput import ORIG_SIZE, expressions, mid_model, video  # noqa: E402
 

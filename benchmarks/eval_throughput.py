@@ -7,7 +7,7 @@ probability is within 1e-4 of 0.5), then both are timed in one process, interlea
 repeats is reported, of wall time and of the process's CPU time (steadier on a machine shared with other jobs). Peak memory of ``predict_video`` is measured in a fresh subprocess per (T, K): the peak RSS
 growth over the call (frames supplied lazily, logits kept at 256 x 256), sampled every 2 ms.
 
-    python perf/eval_throughput.py [--frames 8 32] [--ks 1 4 16] [--repeats 3] [--repeats-long 1]
+    python benchmarks/eval_throughput.py [--frames 8 32] [--ks 1 4 16] [--repeats 3] [--repeats-long 1]
         [--skip 32:16] [--memory 4] [--threads 2]
 """
 

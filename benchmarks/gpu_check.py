@@ -11,8 +11,8 @@ enforces it; a section that would start after ``--budget-s`` prints a "skipped" 
 comes out). ``--smoke`` runs the same code on the test model (``conf/model/{beit3,sam2}/test.yaml``) on the CPU
 (checks the script, measures nothing).
 
-    bash perf/gpu_check.sh            # on the GPU machine
-    python perf/gpu_check.py --smoke  # anywhere
+    bash benchmarks/gpu_check.sh            # on the GPU machine
+    python benchmarks/gpu_check.py --smoke  # anywhere
 """
 
 from __future__ import annotations

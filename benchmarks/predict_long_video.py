@@ -1,6 +1,6 @@
 """Peak memory and speed of `python -m mpgsam2.predict` on long synthetic videos (is memory flat in length?).
 
-    python perf/predict_long_video.py [--ckpt final.ckpt] [--minutes 1 10] [--modes chunked whole]
+    python benchmarks/predict_long_video.py [--ckpt final.ckpt] [--minutes 1 10] [--modes chunked whole]
         [--sentences 2]
 
 Renders the demo clip (`mpgsam2.media.render_demo_video`, 192 x 192, 24 fps, two objects) at each length, then

@@ -6,7 +6,7 @@ RSS growth, and (on CUDA) the peak allocated memory. For contrast it also runs t
 disabled (``TrackingState.keep_all``), which is what the original video predictor does (it keeps every frame's
 memory and output).
 
-    python perf/streaming_memory.py [--frames 8 16 32 64] [--device cpu|cuda]
+    python benchmarks/streaming_memory.py [--frames 8 16 32 64] [--device cpu|cuda]
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ length, one clip per device), the per-GPU memory of DDP, ZeRO-2 and FSDP over 8 
 A recipe fits a GPU when static + activations stay below 90 % of its memory less 1 GiB (CUDA context and library
 workspaces); "tight" up to 100 %. ``--measured FILE`` reprints the tables from the JSON line a run printed.
 
-    python perf/train_memory.py --preset mid [--sam-size 512] [--frames 3] [--repeats 2] [--threads 2]
-    python perf/train_memory.py --recipes [--sizes large base tiny] [--measure-frames 1 2 3] [--threads 2]
+    python benchmarks/train_memory.py --preset mid [--sam-size 512] [--frames 3] [--repeats 2] [--threads 2]
+    python benchmarks/train_memory.py --recipes [--sizes large base tiny] [--measure-frames 1 2 3] [--threads 2]
         [--activations-of large] [--attention fused|math] [--measured FILE]
 """
 

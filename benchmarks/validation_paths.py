@@ -1,6 +1,6 @@
 """Validation speed: one expression at a time (streaming, the protocol path) vs. batched clips.
 
-    python perf/validation_paths.py [--root data/synthetic_ytvos] [--batch 8] [--repeats 2]
+    python benchmarks/validation_paths.py [--root data/synthetic_ytvos] [--batch 8] [--repeats 2]
 
 Runs the demo model (random weights, the demo's sizes) over the synthetic valid split both ways, in the same
 process and interleaved, and reports seconds per pass, the ratio and the largest J&F difference.

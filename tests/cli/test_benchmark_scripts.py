@@ -1,4 +1,4 @@
-"""The speed and memory scripts (perf/) still run: each at its smallest size, checking what it checks (masks of
+"""The speed and memory scripts (benchmarks/) still run: each at its smallest size, checking what it checks (masks of
 the two paths agree, files staged alike) and printing its table. They are run by hand for figures; this keeps them from
 rotting when the code they call changes (a renamed argument broke ``eval_throughput.py`` once unnoticed)."""
 
@@ -12,18 +12,18 @@ from types import ModuleType
 
 import pytest
 
-PERF = Path(__file__).resolve().parents[2] / "perf"
+SCRIPTS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _load(name: str) -> ModuleType:
-    sys.path.insert(0, str(PERF))
+    sys.path.insert(0, str(SCRIPTS))
     try:
-        spec = importlib.util.spec_from_file_location(f"perf_{name}", PERF / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", SCRIPTS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
     finally:
-        sys.path.remove(str(PERF))
+        sys.path.remove(str(SCRIPTS))
 
 
 def test_eval_throughput_compares_masks_and_prints_the_table(capsys: pytest.CaptureFixture) -> None:

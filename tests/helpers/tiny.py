@@ -1,4 +1,4 @@
-"""The one test model of the tests, ``perf/`` and the demo (`conf/model/{beit3,sam2}/test.yaml`, random weights:
+"""The one test model of the tests, ``benchmarks/`` and the demo (`conf/model/{beit3,sam2}/test.yaml`, random weights:
 BEiT-3 width 64, SAM width 32, 64 px SAM input; not the paper's tiny size), and random inputs for it."""
 
 from __future__ import annotations

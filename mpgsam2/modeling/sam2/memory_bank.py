@@ -27,7 +27,7 @@ class TrackingState:
     maskmem_pos_enc: [B, Cm, E, E] the memory position encoding (the same for every frame, kept once).
     keep_all: never prune; every frame's memory and pointer stays, as in the original video predictor. The
         outputs are the same; the memory grows with the video (set it to measure that, as
-        ``perf/streaming_memory.py`` does).
+        ``benchmarks/streaming_memory.py`` does).
     """
 
     num_frames: int

@@ -145,13 +145,15 @@ class LoadedModel:
     path: Path
 
 
-def load_model(path: str | Path, hf_gamma_compat: bool = False) -> LoadedModel:
+def load_model(path: str | Path, hf_gamma_compat: bool = False, compile: bool = False) -> LoadedModel:
     """The model in ``path``: a ``train.py`` checkpoint (rebuilt from its stored ``model_config``), our export
     folder or a released MPG-SAM 2 folder (``config.json`` + weights, with ``sentencepiece.bpe.model``).
 
     Args:
         path: the file or folder.
         hf_gamma_compat: see :func:`mpgsam2.weights.load_mpgsam2` (released folders only).
+        compile: run the model's image encoder and memory attention through ``torch.compile``
+            (:meth:`~mpgsam2.MPGSAM2.compile_for_inference`; compiled on the first call).
 
     Raises:
         CheckpointError: the path is neither, a stored value is invalid, or the weights do not fit (the message
@@ -163,6 +165,8 @@ def load_model(path: str | Path, hf_gamma_compat: bool = False) -> LoadedModel:
     path = Path(path)
     if path.is_dir():
         model = load_mpgsam2(path, hf_gamma_compat=hf_gamma_compat)
+        if compile:
+            model.compile_for_inference()
         return LoadedModel(model, folder_tokenizer(path), None, path)
     ckpt = read_train_checkpoint(path)
     stored_config = ckpt.require("model_config")
@@ -174,6 +178,8 @@ def load_model(path: str | Path, hf_gamma_compat: bool = False) -> LoadedModel:
     except (TypeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{path}: invalid '{TRAIN_CHECKPOINT_KEY}.model_config': {err}") from err
     logger.info("%s", load_into(model, ckpt.state_dict, source=str(path)))
+    if compile:
+        model.compile_for_inference()
     run_config = ckpt.stored.get("config")
     # checkpoints written before 2026-12-06 also stored the tokenizer beside the run config
     tokenizer = ckpt.stored.get("tokenizer_path")

@@ -18,13 +18,14 @@
 
 Each setting has its train.py key: the split is ``data.val_split`` (null: the benchmark's leaderboard split), the
 tokenizer ``data.tokenizer_path`` (a released folder is evaluated with the ``sentencepiece.bpe.model`` it ships:
-:func:`tokenizer_path`), the chunk size ``system.eval_chunk_size``, the released-weights switch
+:func:`tokenizer_path`), the chunk size ``system.eval_chunk_size``, the existence decision
+``system.existence_threshold`` (:func:`existence_threshold`), the released-weights switch
 ``model.hf_gamma_compat``.
 
 Predictions are staged per video under ``<run dir>/staging`` (a video appears there only when complete), then
 zipped to ``<run dir>/submission.zip`` (temp name, rename) or scored. A scoring run writes
-``<run dir>/metrics.json`` and prints ``j=<v> f=<v> jf=<v>`` as its last line; a submission run prints the zip's
-path last.
+``<run dir>/metrics.json`` and prints ``j=<v> f=<v> jf=<v>`` as its last line (MeViS v2: also ``jf_target``,
+``n_acc``, ``t_acc``, ``final`` and ``version=v2``); a submission run prints the zip's path last.
 """
 
 from __future__ import annotations
@@ -68,10 +69,21 @@ def stored_run_config(path: str | Path, run_config: Any) -> DictConfig:
     if not isinstance(run_config, Mapping):
         raise CheckpointError(f"{path}: not a train.py checkpoint (no stored 'mpgsam2.config')")
     data = checked_data_config(run_config.get("data"), str(path))
-    chunk = (run_config.get("system") or {}).get("eval_chunk_size")
+    system = run_config.get("system") or {}
+    chunk = system.get("eval_chunk_size")
     if chunk not in (None, "auto") and (isinstance(chunk, bool) or not isinstance(chunk, int)):
         raise UnsafeConfigError(f"{path}: system.eval_chunk_size={chunk!r} is not an integer, null or auto")
-    return OmegaConf.create({"data": data, "system": {"eval_chunk_size": chunk}})
+    # checkpoints from before the setting have none: their recipes ran without the decision's "auto" rows
+    existence = system.get("existence_threshold", "auto")
+    if existence not in (None, "auto") and (
+        isinstance(existence, bool) or not isinstance(existence, (int, float))
+    ):
+        raise UnsafeConfigError(
+            f"{path}: system.existence_threshold={existence!r} is not a number, null or auto"
+        )
+    return OmegaConf.create(
+        {"data": data, "system": {"eval_chunk_size": chunk, "existence_threshold": existence}}
+    )
 
 
 # ------------------------------------------------------------------------------------------------ the data
@@ -141,6 +153,20 @@ def chunk_size(
         if stored != "auto":
             return stored
     return bench.chunk_size
+
+
+def existence_threshold(
+    cfg: DictConfig, bench: Benchmark, run_config: DictConfig | None, from_checkpoint: bool
+) -> float | None:
+    """``system.existence_threshold``: a probability, null (no existence decision) or ``auto``: the checkpoint's
+    own setting when evaluating with its data config, else the benchmark's (MeViS v2: on; v1 and the others: off,
+    the original's protocol). See :func:`mpgsam2.inference.apply_existence`."""
+    value = cfg.system.get("existence_threshold", "auto")
+    if value == "auto" and from_checkpoint and run_config is not None:
+        value = run_config.get("system", {}).get("existence_threshold", "auto")
+    if value == "auto":
+        return bench.existence_threshold
+    return None if value is None else float(value)
 
 
 # ------------------------------------------------------------------------------------------------ processes
@@ -251,6 +277,7 @@ def _evaluate_model(
         split=None,  # the data module's val_split
         submission=cfg.get("submission"),
         chunk_size=chunk_size(cfg, bench, run_config, from_checkpoint),
+        existence_threshold=existence_threshold(cfg, bench, run_config, from_checkpoint),
         restart=bool(cfg.get("restart", False)),
         precision=str(cfg.precision),
         compile=bool(cfg.compile),
@@ -264,6 +291,12 @@ def final_line(result: dict[str, Any]) -> str | None:
     """What a run prints last: the zip's path, or ``j=<v> f=<v> jf=<v>`` (None on non-main processes)."""
     if "submission" in result:
         return str(result["submission"])
+    if "final" in result:  # MeViS v2: its no-target scores and the version (not comparable with v1's J&F)
+        scores = " ".join(
+            f"{key}={'n/a' if result[key] is None else format(result[key], '.4f')}"
+            for key in ("j", "f", "jf", "jf_target", "n_acc", "t_acc", "final")
+        )
+        return f"{scores} version={result.get('dataset_version', 'v2')}"
     if "jf" in result:
         return f"j={result['j']:.4f} f={result['f']:.4f} jf={result['jf']:.4f}"
     return None

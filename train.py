@@ -5,6 +5,9 @@ config; trains (``ckpt_path=<run>/checkpoints/last.ckpt`` resumes exactly where 
 when the data config has a validation split, validates the final weights, writes ``<run dir>/metrics.json`` and
 prints ``val/jf=<value>`` as the last line (without one it prints the final checkpoint's path).
 
+On several devices the recipe's ``global_batch_size`` is kept with gradient accumulation (logged at start);
+``trainer=fsdp`` / ``trainer=deepspeed`` shard the model (``callbacks/strategies.py``).
+
 A run that diverges (a NaN or infinite loss or gradient) stops with an error naming the step and the loss term;
 it writes no ``final.ckpt`` or ``metrics.json`` and leaves the last good ``last.ckpt``.
 """
@@ -21,6 +24,8 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from callbacks.strategies import gradient_accumulation
+from mpgsam2.benchmarks import benchmark
 from mpgsam2.utils import parameter_counts, write_json_atomic
 
 log = logging.getLogger("train")
@@ -50,16 +55,56 @@ def build_components(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDat
     return system, datamodule
 
 
-def build_trainer(cfg: DictConfig, callbacks_cfg: Any, logger_cfg: Any, validates: bool = True) -> L.Trainer:
+def build_strategy(cfg: DictConfig) -> Any:
+    """The trainer's strategy: a name (``ddp``, ...) as configured, a ``_target_`` built here, first of all, so
+    that one that cannot run on this machine (``trainer=deepspeed`` without CUDA) is refused before anything is
+    built or read."""
+    strategy = cfg.trainer.get("strategy")
+    if isinstance(strategy, DictConfig) and "_target_" in strategy:
+        return instantiate(strategy)
+    return strategy
+
+
+def build_trainer(
+    cfg: DictConfig,
+    callbacks_cfg: Any,
+    logger_cfg: Any,
+    validates: bool = True,
+    strategy: Any = None,
+    per_device_batch: int | None = None,
+) -> L.Trainer:
     """The trainer with the configured callbacks and loggers (each group is a dict of ``_target_`` entries).
-    Without validation (``validates=False``) callbacks that monitor a validation metric are left out."""
+    Without validation (``validates=False``) callbacks that monitor a validation metric are left out.
+
+    ``strategy``: an already built strategy (:func:`build_strategy`), else the configured one. The gradient
+    accumulation is ``trainer.accumulate_grad_batches`` when set, else what keeps ``global_batch_size`` on this
+    trainer's processes with ``per_device_batch`` clips each (logged as "global batch 8 = 2 devices x 1 clip x 4
+    accumulation").
+
+    Raises:
+        ValueError: ``global_batch_size`` is not a multiple of processes x ``per_device_batch``.
+    """
     callbacks = [instantiate(c) for c in (callbacks_cfg or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (logger_cfg or {}).values() if c is not None]
     if not loggers:  # `logger=none`: the learning-rate monitor has nowhere to write
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
     if not validates:  # no best.ckpt without a validation metric
         callbacks = [c for c in callbacks if not str(getattr(c, "monitor", None) or "").startswith("val/")]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    explicit = cfg.trainer.get("accumulate_grad_batches")
+    overrides: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False}
+    overrides["accumulate_grad_batches"] = 1 if explicit is None else explicit  # set below when derived
+    if strategy is not None:
+        overrides["strategy"] = strategy
+    trainer = instantiate(cfg.trainer, **overrides)
+    per_device = per_device_batch or int(cfg.data.get("batch_size", 1) or 1)
+    accumulation, message = gradient_accumulation(
+        cfg.get("global_batch_size"), trainer.world_size, per_device, explicit
+    )
+    # read by the fit loop (and by DeepSpeed's config) when fitting starts
+    trainer.accumulate_grad_batches = accumulation
+    if trainer.is_global_zero:
+        log.info("%s", message)
+    return trainer
 
 
 def finish_loggers(trainer: L.Trainer) -> None:
@@ -73,9 +118,17 @@ def finish_loggers(trainer: L.Trainer) -> None:
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train and/or validate as configured; returns the final validation metrics (empty when not validated)."""
     L.seed_everything(cfg.seed, workers=True)
+    strategy = build_strategy(cfg)
     system, datamodule = build_components(cfg)
     validates = bool(getattr(datamodule, "validates", True))
-    trainer = build_trainer(cfg, cfg.get("callbacks"), cfg.get("logger"), validates)
+    trainer = build_trainer(
+        cfg,
+        cfg.get("callbacks"),
+        cfg.get("logger"),
+        validates,
+        strategy=strategy,
+        per_device_batch=getattr(datamodule, "batch_size", None),
+    )
     output_dir = Path(cfg.paths.output_dir)
     metrics: dict[str, float] = {}
     try:
@@ -109,6 +162,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
             metrics = {k.split("/", 1)[1]: float(v) for k, v in results[0].items() if k.startswith("val/")}
             if trainer.is_global_zero:
                 record = {**metrics, "global_step": trainer.global_step}
+                name = getattr(datamodule, "benchmark", None)
+                version = None if name is None else benchmark(name).dataset_version
+                if version is not None:  # MeViS v1 / v2: scores that are not comparable across versions
+                    record["dataset_version"] = version
                 if cfg.train:
                     record["checkpoint"] = str(output_dir / "checkpoints" / "final.ckpt")
                 write_json_atomic(output_dir / "metrics.json", record)

@@ -1,4 +1,5 @@
-"""Lightning callbacks of the training and evaluation entry points."""
+"""The Lightning layer of the entry points: callbacks, checkpoint IO (``checkpointing``) and the multi-device
+strategies (``strategies``)."""
 
 from callbacks.mask_overlay import MaskOverlayLogger, overlay_masks
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from mpgsam2.utils import atomic_write
+from mpgsam2.utils import atomic_write, local_values
 from mpgsam2.weights.io import load_torch_file
 
 __all__ = ["AtomicCheckpointIO", "LatestCheckpoint", "RandomStateCheckpoint", "first_nonfinite_parameter"]
@@ -61,9 +61,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def first_nonfinite_parameter(module: torch.nn.Module) -> str | None:
-    """The name of the first parameter with a NaN or infinite value, None when all are finite."""
+    """The name of the first parameter with a NaN or infinite value (in this process's shard when the model is
+    sharded), None when all are finite."""
     for name, param in module.named_parameters():
-        if not bool(torch.isfinite(param.detach()).all()):
+        if not bool(torch.isfinite(local_values(param.detach())).all()):
             return name
     return None
 
@@ -97,6 +98,10 @@ class LatestCheckpoint(L.Callback):
         if trainer.fast_dev_run or trainer.sanity_checking or self._saved_step == trainer.global_step:
             return
         bad = first_nonfinite_parameter(pl_module)
+        if getattr(trainer, "world_size", 1) > 1:
+            # a sharded model (trainer=fsdp) holds other values on each process: all take the same decision
+            if trainer.strategy.reduce_boolean_decision(bad is not None, all=False) and bad is None:
+                bad = "(of another process's shard)"
         if bad is not None:
             raise FloatingPointError(
                 f"step {trainer.global_step}: parameter {bad} is not finite; not overwriting {self.path} (it holds "

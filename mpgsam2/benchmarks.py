@@ -8,9 +8,15 @@ has): the "splits with masks" column below is what the public releases hold.
 | benchmark | PNG format | prediction files | submission zip | chunks | annotator sets | splits with masks | default split |
 |---|---|---|---|---|---|---|---|
 | ytvos (Ref-YouTube-VOS) | 0/255 ``L`` | ``<video>/<exp_id>/<frame>.png`` | under ``Annotations/`` | whole video | - | train | valid |
-| mevis (MeViS) | ``p * 255`` ``L`` | ``<video>/<exp_id>/<frame>.png`` | at the root | 24 frames | - | train, valid_u | valid_u |
+| mevis (MeViS v1) | ``p * 255`` ``L`` | ``<video>/<exp_id>/<frame>.png`` | at the root | 24 frames | - | train, valid_u | valid_u |
+| mevis_v2 (MeViS v2) | 0/255 ``L`` | ``<video>/<exp_id>/<frame>.png`` | at the root | 24 frames | - | train, valid_u | valid_u |
 | davis (Ref-DAVIS17) | palette ``P`` | ``anno_<k>/<video>/<frame>.png`` | none (scored here) | whole video | 4 | train, valid | valid |
 | refcoco (RefCOCO/+/g) | 0/255 ``L`` | ``<sample_id>.png`` | none (scored here) | one image | - | train, val, testA, testB, test | val |
+
+MeViS v1's zip goes to the CodaLab server 15094 (closing), v2's to the Codabench server 11420; a v2 score (J&F over
+target and no-target expressions, N-acc, T-acc, Final: :mod:`mpgsam2.metrics.scoring`) is not comparable with a
+v1 score. v2 empties every frame of an expression judged absent (``existence_threshold``,
+:func:`mpgsam2.inference.apply_existence`); v1 does not (the paper's protocol).
 
 Prediction files are where ``eval.py`` stages a model's PNGs and where ``eval.py predictions=DIR`` looks for any
 method's (each at its frame's or image's original size). RefCOCO's ``sample_id`` is the converted json's ``images``
@@ -24,7 +30,12 @@ from dataclasses import dataclass
 
 from mpgsam2.data.davis import NUM_DAVIS_ANNOTATORS
 
-__all__ = ["BENCHMARKS", "Benchmark", "benchmark"]
+__all__ = ["BENCHMARKS", "EXISTENCE_THRESHOLD_V2", "Benchmark", "benchmark"]
+
+# MeViS v2's default existence threshold on max_t sigmoid(object score) (mpgsam2.inference.apply_existence).
+# Above 0.5 on purpose: SAM 2 already empties each frame whose object score is below 0 (probability 0.5), so a
+# threshold at or below 0.5 changes nothing; see README "MeViS v2" for what it was measured to do.
+EXISTENCE_THRESHOLD_V2 = 0.7
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,12 @@ class Benchmark:
         default_split: the split ``eval.py`` predicts when the data config validates on nothing.
         scoring: ``"expressions"`` (J&F per expression, MeViS / Ref-YouTube-VOS), ``"davis"`` (DAVIS-2017
             unsupervised, per annotator set) or ``"images"`` (mIoU, cIoU).
+        dataset_version: the dataset's release (``"v1"`` / ``"v2"`` for MeViS), written into every record of a
+            score; None where there is one release.
+        existence_threshold: ``system.existence_threshold: auto``'s value: an expression whose highest per-frame
+            object-score probability stays below it is predicted empty on every frame; None: no such decision.
+        no_target_scores: the split has no-target expressions and is scored with N-acc, T-acc and Final besides
+            J&F (MeViS v2).
     """
 
     name: str
@@ -55,6 +72,9 @@ class Benchmark:
     annotator_sets: int | None
     default_split: str
     scoring: str
+    dataset_version: str | None = None
+    existence_threshold: float | None = None
+    no_target_scores: bool = False
 
     @property
     def has_submission(self) -> bool:
@@ -94,6 +114,21 @@ BENCHMARKS: dict[str, Benchmark] = {
             annotator_sets=None,
             default_split="valid_u",
             scoring="expressions",
+            dataset_version="v1",
+        ),
+        Benchmark(
+            name="mevis_v2",
+            title="MeViS v2",
+            mask_format="binary",  # the v2 server takes 0/255 PNGs
+            prediction_file="{video}/{exp_id}/{frame}.png",
+            zip_prefix="",  # the v1 zip layout, kept by v2
+            chunk_size=24,  # as v1 (spec §3.2)
+            annotator_sets=None,
+            default_split="valid_u",
+            scoring="expressions",
+            dataset_version="v2",
+            existence_threshold=EXISTENCE_THRESHOLD_V2,
+            no_target_scores=True,
         ),
         Benchmark(
             name="davis",

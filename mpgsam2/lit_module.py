@@ -23,14 +23,16 @@ from torch.optim import Optimizer
 from mpgsam2.benchmarks import benchmark
 from mpgsam2.data.batch import ReferringBatch
 from mpgsam2.inference.predictor import (
+    ExpressionPrediction,
+    apply_existence,
     expression_text,
     predict_expression,
     predict_video,
     resize_logits,
 )
-from mpgsam2.metrics import JFMetric
+from mpgsam2.metrics import JFMetric, NoTargetJFMetric
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
-from mpgsam2.utils import check_tokenizer_fits
+from mpgsam2.utils import check_tokenizer_fits, local_values
 from mpgsam2.weights.checkpoints import TRAIN_CHECKPOINT_KEY, train_checkpoint_record
 
 __all__ = ["RVOSLitModule", "build_param_groups", "one_cycle_schedule"]
@@ -116,6 +118,10 @@ class RVOSLitModule(L.LightningModule):
         param_groups: ``[{pattern, lr}, ...]`` (see :func:`build_param_groups`).
         eval_chunk_size: frames per independent inference chunk in validation/prediction (None = whole video;
             "auto" = the protocol of the data module's benchmark, :mod:`mpgsam2.benchmarks`, resolved at setup).
+        existence_threshold: at validation/prediction, empty every frame of an expression judged absent
+            (:func:`~mpgsam2.inference.apply_existence`): a probability, None (off) or "auto" (the benchmark's, MeViS
+            v2: on; resolved at setup). A benchmark with no-target expressions (MeViS v2) also logs ``val/n_acc``,
+            ``val/t_acc``, ``val/jf_target`` and ``val/final`` (:class:`~mpgsam2.metrics.NoTargetJFMetric`).
         max_nonfinite_steps: how many optimizer steps with a NaN or infinite loss or gradient may be skipped
             (counted, logged as ``train/nonfinite_steps``); the next one stops training with an error naming the
             step and the loss term. 0 (the default): the first one stops training.
@@ -134,6 +140,7 @@ class RVOSLitModule(L.LightningModule):
         eval_chunk_size: int | str | None = None,
         max_nonfinite_steps: int = 0,
         run_config: dict[str, Any] | None = None,
+        existence_threshold: float | str | None = "auto",
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("step", "epoch"):
@@ -152,13 +159,19 @@ class RVOSLitModule(L.LightningModule):
         self._nonfinite_terms: list[str] = []  # this step's non-finite loss terms
         self.run_config = run_config or {}
         self.tokenizer_path: str | None = None  # the data module's, recorded in checkpoints for inference
+        self.existence_threshold = existence_threshold
         self.val_jf = JFMetric()
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
+        name = getattr(datamodule, "benchmark", None)
+        row = None if name is None else benchmark(name)
         if self.eval_chunk_size == "auto":
-            name = getattr(datamodule, "benchmark", None)
-            self.eval_chunk_size = None if name is None else benchmark(name).chunk_size
+            self.eval_chunk_size = None if row is None else row.chunk_size
+        if self.existence_threshold == "auto":
+            self.existence_threshold = None if row is None else row.existence_threshold
+        if row is not None and row.no_target_scores and not isinstance(self.val_jf, NoTargetJFMetric):
+            self.val_jf = NoTargetJFMetric()  # the same J, F, J&F, and MeViS v2's no-target scores
         path = getattr(datamodule, "tokenizer_path", None)
         if path:
             self.tokenizer_path = str(Path(path).resolve())
@@ -167,6 +180,47 @@ class RVOSLitModule(L.LightningModule):
             check_tokenizer_fits(
                 vocab, self.model, path or "?", hint=f"set model.beit3.vocab_size >= {vocab}"
             )
+
+    def configure_model(self) -> None:
+        """Shard the model when the strategy shards (``trainer=fsdp``: ``ShardedStrategy.shard_module``)."""
+        shard = getattr(self._trainer.strategy, "shard_module", None) if self._trainer is not None else None
+        if shard is not None:
+            shard(self.model)
+
+    def _gather_sharded_model(self, gather: bool) -> None:
+        """Under ``trainer=fsdp``, gather (``gather=True``) or free again the whole model for an evaluation.
+
+        Each process evaluates its own videos, of other counts and lengths than the other processes', so no unit
+        may all-gather at each call (the processes would wait for each other forever); and evaluation calls
+        the model's methods beside ``forward`` (``start_video``, ``track``, ...), which the root unit's hooks do
+        not see. Every unit is gathered once, and kept so, for the whole evaluation: each process then holds the
+        whole model, as under DDP.
+        """
+        from torch.distributed.fsdp import FSDPModule
+
+        if not isinstance(self.model, FSDPModule):
+            return
+        units = [m for m in self.model.modules() if isinstance(m, FSDPModule)]
+        if gather:
+            # the root must know it is the root before its units run alone (a run that validates untrained)
+            self.model._get_fsdp_state()._lazy_init()
+            for unit in units:
+                unit.set_reshard_after_forward(False, recurse=False)
+                unit.unshard()
+            return
+        for unit in units:
+            unit.reshard()
+            # FSDP's own defaults: the root keeps its parameters between forward and backward, the units do not
+            unit.set_reshard_after_forward(unit is not self.model, recurse=False)
+
+    def on_validation_epoch_start(self) -> None:
+        self._gather_sharded_model(True)
+
+    def on_predict_epoch_start(self) -> None:
+        self._gather_sharded_model(True)
+
+    def on_predict_epoch_end(self) -> None:
+        self._gather_sharded_model(False)
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: ReferringBatch) -> Tensor:
@@ -183,7 +237,11 @@ class RVOSLitModule(L.LightningModule):
         return count.clamp(min=1)
 
     def _clip_logits(self, batch: ReferringBatch) -> tuple[Tensor, Tensor, Tensor]:
-        """Mask logits (B, T, 1, S, S), sentence scores (B, T) and prior logits (B, T, G, G).
+        """Mask logits (B, T, 1, S, S), sentence scores (B, T) and prior logits (B, T, G, G)."""
+        return self._clip_outputs(batch)[:3]
+
+    def _clip_outputs(self, batch: ReferringBatch) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """:meth:`_clip_logits` and SAM 2's object-score logits (B, T) (None for images).
 
         Image batches (RefCOCO, ``batch.is_image``) go through the model's batched image path (spec §1.7), T = 1.
         """
@@ -194,12 +252,13 @@ class RVOSLitModule(L.LightningModule):
                 batch.text_ids,
                 batch.text_padding_mask,
             )
-            return out.pred_masks[:, None], out.sentence_scores[:, None], out.prior_logits[:, None]
+            return out.pred_masks[:, None], out.sentence_scores[:, None], out.prior_logits[:, None], None
         out = self.model(batch.sam_frames, batch.beit_frames, batch.text_ids, batch.text_padding_mask)
-        return out.pred_masks, out.sentence_scores, out.context.prior.prior_logits
+        object_scores = torch.cat([f.object_score_logits for f in out.frames], dim=1)  # [B, T]
+        return out.pred_masks, out.sentence_scores, out.context.prior.prior_logits, object_scores
 
     def training_step(self, batch: ReferringBatch, batch_idx: int) -> dict[str, Tensor]:
-        pred_masks, sentence_scores, prior_logits = self._clip_logits(batch)
+        pred_masks, sentence_scores, prior_logits, object_scores = self._clip_outputs(batch)
         valid = batch.valid
         losses = self.criterion(
             pred_masks,
@@ -208,6 +267,7 @@ class RVOSLitModule(L.LightningModule):
             valid,
             num_valid=self._num_valid(valid),
             prior_logits=prior_logits,
+            object_score_logits=object_scores,
         )
         self._nonfinite_terms = [
             f"{name}={float(value.detach()):g}"
@@ -233,10 +293,14 @@ class RVOSLitModule(L.LightningModule):
             (
                 n
                 for n, p in self.named_parameters()
-                if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+                if p.grad is not None and not bool(torch.isfinite(local_values(p.grad)).all())
             ),
             None,
         )
+        if self.trainer.world_size > 1:
+            # a sharded model (trainer=fsdp) holds other gradients on each process: all take the same decision
+            if self.trainer.strategy.reduce_boolean_decision(bad_param is not None, all=False):
+                bad_param = bad_param or "a parameter (of another process's shard)"
         if bad_param is None and not self._nonfinite_terms:
             return
         what = f"non-finite loss: {', '.join(self._nonfinite_terms)}" if self._nonfinite_terms else ""
@@ -279,18 +343,34 @@ class RVOSLitModule(L.LightningModule):
         groups: dict[str, list[int]] = {}
         for i, meta in enumerate(metas):
             groups.setdefault(meta.video, []).append(i)
+        threshold = None if self.existence_threshold == "auto" else self.existence_threshold
         if batch.is_image or (len(groups) > 1 and self.eval_chunk_size is None):
             with torch.no_grad():
-                logits = self._clip_logits(batch)[0][:, :, 0].float()  # [B, T, S, S]
-            return [resize_logits(logits[i : i + 1], m.orig_size)[0] for i, m in enumerate(metas)]
+                masks, _, _, scores = self._clip_outputs(batch)
+            logits = masks[:, :, 0].float()  # [B, T, S, S]
+            predictions = [
+                ExpressionPrediction(
+                    resize_logits(logits[i : i + 1], m.orig_size)[0],
+                    None if scores is None else scores[i].float().cpu(),
+                )
+                for i, m in enumerate(metas)
+            ]
+            return [apply_existence(p, None if batch.is_image else threshold).logits for p in predictions]
         results: list[Tensor] = [torch.empty(0)] * len(metas)
         for rows in groups.values():
             first = rows[0]
             frames = (batch.sam_frames[first], batch.beit_frames[first])
             size = metas[first].orig_size
             if len(rows) == 1:
-                results[first] = predict_expression(
-                    self.model, *frames, *expression_text(batch, first), size, chunk_size=self.eval_chunk_size
+                results[first] = apply_existence(
+                    predict_expression(
+                        self.model,
+                        *frames,
+                        *expression_text(batch, first),
+                        size,
+                        chunk_size=self.eval_chunk_size,
+                    ),
+                    threshold,
                 ).logits
                 continue
             expressions = [expression_text(batch, i) for i in rows]
@@ -298,7 +378,7 @@ class RVOSLitModule(L.LightningModule):
                 self.model, *frames, expressions, size, chunk_size=self.eval_chunk_size
             )
             for i, prediction in zip(rows, predictions):
-                results[i] = prediction.logits
+                results[i] = apply_existence(prediction, threshold).logits
         return results
 
     def validation_step(self, batch: ReferringBatch, batch_idx: int) -> None:
@@ -308,10 +388,19 @@ class RVOSLitModule(L.LightningModule):
             self.val_jf.update(logits > 0, target.bool().cpu())
 
     def on_validation_epoch_end(self) -> None:
+        self._gather_sharded_model(False)
         result = self.val_jf.compute()
         self.val_jf.reset()
         for key in ("j", "f", "jf"):
             self.log(f"val/{key}", float(result[key]), prog_bar=key == "jf", sync_dist=False)
+        for key in (
+            "jf_target",
+            "n_acc",
+            "t_acc",
+            "final",
+        ):  # MeViS v2 (NoTargetJFMetric); undefined: not logged
+            if result.get(key) is not None:
+                self.log(f"val/{key}", float(result[key]), sync_dist=False)
 
     def predict_step(self, batch: ReferringBatch, batch_idx: int) -> list[dict[str, Any]]:
         """Per expression: ``{"meta": ..., "logits": (T, H, W) float32}`` for the submission writers."""

@@ -2,6 +2,13 @@
 
 Weights and normalisation follow the original criterion: total = 2 * focal + 5 * dice + 2 * sim, focal and Dice
 divided by the number of frames where the object is present (``num_valid``, at least 1).
+
+MeViS v2's no-target clips (the expression refers to nothing: an empty target on every frame) go through the same
+terms: focal and Dice against the empty target are finite (Dice's +1 smoothing; ``num_valid`` is clamped to 1, so a
+batch of no-target clips divides by 1, and a batch mixing them with target clips divides by the target clips'
+present frames, as the original does for any absent frame). An optional object-score term (``weights.object_score``,
+0 = the original, which trains no object-score loss) supervises SAM 2's object-score head per frame with the
+object's presence, which is what teaches it to say "absent" (:func:`object_score_loss`).
 """
 
 from __future__ import annotations
@@ -56,14 +63,24 @@ def prior_loss(prior_logits: Tensor, targets: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(prior_logits, coverage)
 
 
+def object_score_loss(object_score_logits: Tensor, present: Tensor) -> Tensor:
+    """Binary cross-entropy of SAM 2's per-frame object-score logits against the object's presence.
+
+    object_score_logits: [B, T]; present: [B, T] bool (the ``valid`` frames) -> scalar, mean over the B * T frames.
+    """
+    return F.binary_cross_entropy_with_logits(object_score_logits, present.to(object_score_logits.dtype))
+
+
 @dataclass
 class LossWeights:
-    """Loss weights. ``prior`` = 0 is the original (spec §2.5: the prior gets no direct loss)."""
+    """Loss weights. ``prior`` = 0 and ``object_score`` = 0 are the original (spec §2.5: the prior gets no direct
+    loss; no object-score loss)."""
 
     mask: float = 2.0
     dice: float = 5.0
     sim: float = 2.0
     prior: float = 0.0
+    object_score: float = 0.0
 
 
 class MPGSAM2Criterion(nn.Module):
@@ -72,7 +89,8 @@ class MPGSAM2Criterion(nn.Module):
     forward(pred_masks [B, T, 1, H, W] logits, sentence_scores [B, T], target_masks [B, T, H, W] in {0, 1},
     valid [B, T] (object present), num_valid: the valid-frame count to divide by; pass the count averaged over
     processes under DDP, as the original did; default: this batch's count; prior_logits [B, T, G, G]: needed
-    when ``weights.prior`` > 0) -> dict of scalars (loss_mask, loss_dice, loss_sim, [loss_prior,] loss_total).
+    when ``weights.prior`` > 0; object_score_logits [B, T]: needed when ``weights.object_score`` > 0) -> dict of
+    scalars (loss_mask, loss_dice, loss_sim, [loss_prior,] [loss_object_score,] loss_total).
     """
 
     def __init__(
@@ -91,6 +109,7 @@ class MPGSAM2Criterion(nn.Module):
         valid: Tensor,
         num_valid: float | Tensor | None = None,
         prior_logits: Tensor | None = None,
+        object_score_logits: Tensor | None = None,
     ) -> dict[str, Tensor]:
         if pred_masks.dim() != 5 or pred_masks.shape[2] != 1:
             raise ValueError(f"pred_masks must be [B, T, 1, H, W], got {tuple(pred_masks.shape)}")
@@ -120,5 +139,16 @@ class MPGSAM2Criterion(nn.Module):
             # it is what makes a small model learn to read the sentence within minutes (the CPU demo).
             losses["loss_prior"] = prior_loss(prior_logits.float(), targets)
             total = total + self.weights.prior * losses["loss_prior"]
+        if self.weights.object_score:
+            if object_score_logits is None:
+                raise ValueError("LossWeights.object_score > 0 needs object_score_logits [B, T]")
+            if object_score_logits.shape != valid.shape:
+                raise ValueError(
+                    f"object_score_logits {tuple(object_score_logits.shape)} do not match valid {tuple(valid.shape)}"
+                )
+            # deviation: the original trains no object-score loss; MeViS v2's no-target expressions need the head
+            # to learn "absent" (SAM 2's own training supervises it the same way, per frame)
+            losses["loss_object_score"] = object_score_loss(object_score_logits.float(), valid.bool())
+            total = total + self.weights.object_score * losses["loss_object_score"]
         losses["loss_total"] = total
         return losses

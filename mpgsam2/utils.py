@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from PIL import Image
-from torch import nn
+from torch import Tensor, nn
 
 # Pillow's errors for unreadable files: OSError (missing, truncated, decoder errors, UnidentifiedImageError),
 # SyntaxError / ValueError (corrupt PNG chunks), DecompressionBombError (huge images)
 PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
-__all__ = ["atomic_write", "check_tokenizer_fits", "parameter_counts", "write_json_atomic"]
+__all__ = ["atomic_write", "check_tokenizer_fits", "local_values", "parameter_counts", "write_json_atomic"]
 
 
 def check_tokenizer_fits(
@@ -40,6 +40,13 @@ def check_tokenizer_fits(
             f"the tokenizer ({tokenizer_path}) produces ids up to {tokenizer_vocab - 1}, but the model's BEiT-3 "
             f"vocabulary has {model_vocab} entries" + (f"; {hint}" if hint else "")
         )
+
+
+def local_values(tensor: Tensor) -> Tensor:
+    """This process's values of a tensor: its shard when it is sharded (a DTensor under ``trainer=fsdp``), else
+    the tensor itself."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if callable(to_local) else tensor
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:

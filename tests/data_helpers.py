@@ -427,6 +427,31 @@ def expected_union_mask(
     return out
 
 
+def default_mevis_v2_videos() -> dict[str, dict]:
+    """:func:`default_mevis_videos` plus MeViS v2's no-target expressions (empty ``anno_id``): ``mv_a`` ``"3"``
+    and ``mv_b`` ``"1"`` describe nothing in their video."""
+    videos = default_mevis_videos()
+    videos["mv_a"]["expressions"]["3"] = ("the yellow square jumping up", [])
+    videos["mv_b"]["expressions"]["1"] = ("a red square moving left", [])
+    return videos
+
+
+# the expressions file of each split, per MeViS version (as released; the v2 test split's folder is assumed)
+MEVIS_FILES = {
+    "v1": {
+        "train": "meta_expressions.json",
+        "valid_u": "meta_expressions.json",
+        "valid": "meta_expressions.json",
+    },
+    "v2": {
+        "train": "meta_expressions_v2.json",
+        "valid_u": "meta_expressions_v2.json",
+        "valid": "meta_expressions_v2_release.json",
+        "test": "meta_expressions_text_release.json",
+    },
+}
+
+
 def write_mevis_dataset(
     root: str | Path,
     split: str = "train",
@@ -434,18 +459,23 @@ def write_mevis_dataset(
     *,
     masks: bool = True,
     frame_size: tuple[int, int] = DEFAULT_FRAME_SIZE,
+    version: str = "v1",
 ) -> Path:
     """Writes a tiny MeViS split under ``root`` (other splits already there are kept).
 
     Args:
         root: dataset folder (created if needed).
-        split: ``"train"``, ``"valid_u"`` or ``"valid"`` (only a folder name here).
-        videos: ``{video_id: spec}``; default :func:`default_mevis_videos`. A spec holds ``"num_frames"`` (int,
-            default 5), optional ``"size"`` (H, W), ``"objects"``: ``{anno_id (>= 1): list of frame indices where
-            visible, or None for all}``, ``"expressions"``: ``{exp_id: (caption, [anno_id, ...])}``.
+        split: ``"train"``, ``"valid_u"``, ``"valid"`` or (v2) ``"test"`` (only a folder name here).
+        videos: ``{video_id: spec}``; default :func:`default_mevis_videos` (v1) or
+            :func:`default_mevis_v2_videos` (v2). A spec holds ``"num_frames"`` (int, default 5), optional
+            ``"size"`` (H, W), ``"objects"``: ``{anno_id (>= 1): list of frame indices where visible, or None for
+            all}``, ``"expressions"``: ``{exp_id: (caption, [anno_id, ...])}`` or ``(caption, [...], extra)``,
+            ``extra`` a dict of more json keys (e.g. an audio file); a None caption writes no ``"exp"``. An empty
+            ``anno_id`` list is a MeViS v2 no-target expression (``obj_id`` empty too).
         masks: write ``mask_dict.json`` and the expressions' ``obj_id`` / ``anno_id`` (the valid split has
             neither file nor used ids).
         frame_size: default (H, W).
+        version: ``"v1"`` or ``"v2"``: the expressions file's name (:data:`MEVIS_FILES`).
 
     Returns:
         ``root`` as a Path.
@@ -453,7 +483,8 @@ def write_mevis_dataset(
     from pycocotools import mask as coco_mask
 
     root = Path(root)
-    videos = default_mevis_videos() if videos is None else videos
+    if videos is None:
+        videos = default_mevis_videos() if version == "v1" else default_mevis_v2_videos()
     meta: dict[str, dict] = {}
     mask_dict: dict[str, list] = {}
     for b, (vid, spec) in enumerate(videos.items()):
@@ -469,15 +500,17 @@ def write_mevis_dataset(
                     rle = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
                 mask_dict[str(anno_id)].append(rle)
         expressions = {}
-        for exp_id, (caption, anno_ids) in spec.get("expressions", {}).items():
-            exp: dict[str, object] = {"exp": caption}
+        for exp_id, (caption, anno_ids, *extra) in spec.get("expressions", {}).items():
+            exp: dict[str, object] = {} if caption is None else {"exp": caption}
             if masks:
                 # The release pairs each anno_id with a per-video object index.
                 exp["obj_id"] = list(range(len(anno_ids)))
                 exp["anno_id"] = list(anno_ids)
+            for more in extra:
+                exp.update(more)
             expressions[exp_id] = exp
         meta[vid] = {"expressions": expressions, "frames": names}
-    (root / split / "meta_expressions.json").write_text(json.dumps({"videos": meta}, indent=1))
+    (root / split / MEVIS_FILES[version][split]).write_text(json.dumps({"videos": meta}, indent=1))
     if masks:
         (root / split / "mask_dict.json").write_text(json.dumps(mask_dict))
     return root
@@ -574,6 +607,7 @@ def write_davis_dataset(
 __all__ += [
     "davis_captions",
     "default_davis_videos",
+    "default_mevis_v2_videos",
     "default_mevis_videos",
     "expected_union_mask",
     "mevis_frame_names",

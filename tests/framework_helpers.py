@@ -57,6 +57,8 @@ TINY_RECIPE = [
     "model.weights.beit3=null",
     "model.weights.sam2=null",
     "trainer=cpu",
+    # one CPU process: the paper's global batch (8 clips) would make every step 8 accumulated clips
+    "global_batch_size=null",
 ]
 
 

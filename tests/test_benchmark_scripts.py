@@ -5,6 +5,7 @@ rotting when the code they call changes (a renamed argument broke ``eval_through
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -66,6 +67,52 @@ def _table(out: str) -> dict[str, list[str]]:
     lines = out[out.index("| what |") :].splitlines()[2:]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| ")]
     return {f"{row[0]} ({row[1]})": row[2:] for row in cells}
+
+
+def test_train_memory_measures_a_step_with_and_without_checkpointing(capsys: pytest.CaptureFixture) -> None:
+    args = ["--preset", "tiny", "--sam-size", "64", "--frames", "2", "--repeats", "1", "--threads", "1"]
+    assert _load("train_memory").main(args) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| `[")]
+    assert [row.split("|")[1].strip() for row in rows] == [
+        "`[]`",
+        "`[beit3, mask_prior, memory_attention, decoder_fusion]`",
+    ], out
+    assert all(float(row.split("|")[3]) > 0 for row in rows), out  # a growth was measured in each process
+
+
+def test_train_memory_counts_the_paper_s_parameters_and_the_static_memory() -> None:
+    train_memory = _load("train_memory")
+    total, trainable = train_memory.parameter_counts("ytvos_large")
+    # the paper: 919.4 M parameters, 706.7 M trainable
+    assert (round(total / 1e5), round(trainable / 1e5)) == (9194, 7067)
+    # 16 B per trainable parameter (fp32 weight, gradient, two AdamW moments) + 4 B per frozen one
+    assert train_memory.static_bytes(10, 6, "DDP") == 4 * 10 + 12 * 6
+    assert train_memory.static_bytes(10, 8, "ZeRO-2", devices=8) == 4 * 10 + 12 * 8 / 8
+    assert train_memory.static_bytes(10, 8, "FSDP", devices=8) == 4 * 2 + 16 * 8 / 8
+    # a per-frame cost growing by m per earlier frame: 100 + 10 (T - 1) + 2 T (T - 1) / 2 is recovered
+    measured = {t: 100 + 10 * (t - 1) + t * (t - 1) for t in (1, 2, 3)}
+    assert train_memory.extrapolate(measured, 8)[0] == 100 + 10 * 7 + 8 * 7
+    assert train_memory.extrapolate({1: 100, 2: 130}, 5)[0] == 100 + 30 * 4
+
+
+def test_train_memory_prints_the_recipe_table_from_measurements(
+    tmp_path, capsys: pytest.CaptureFixture
+) -> None:
+    gib = 2**30
+    # 1 GiB + 1 GiB per frame of fp32 activations without checkpointing, half that with
+    measured = {"tiny": {"none": {"1": 2 * gib, "2": 3 * gib}, "all": {"1": gib, "2": 1.5 * gib}}}
+    (tmp_path / "m.json").write_text(json.dumps(measured))
+    args = ["--recipes", "--sizes", "tiny", "--measured", str(tmp_path / "m.json")]
+    assert _load("train_memory").main(args) == 0
+    out = capsys.readouterr().out
+    rows = {
+        tuple(c.strip() for c in line.split("|")[1:5]): line for line in out.splitlines() if "_tiny |" in line
+    }
+    assert len(rows) == 2 * 3 * 2, out  # 2 datasets x 3 strategies x with / without
+    # MeViS (8 frames) without checkpointing: 9 GiB fp32, 4.5 GiB in bf16
+    assert "| 4.5 |" in rows[("mevis_tiny", "8", "DDP", "none")], out
+    assert "| 2.2 |" in rows[("mevis_tiny", "8", "DDP", "all")], out
 
 
 def test_gpu_check_smoke_runs_on_the_cpu(capsys: pytest.CaptureFixture) -> None:

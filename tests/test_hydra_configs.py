@@ -85,8 +85,9 @@ def test_every_group_option_composes_over_the_demo(group, option, tmp_path):
         datamodule = instantiate(cfg.data, sam_size=64, beit_size=64)
         assert type(datamodule).__module__ == f"data_modules.{option}"
     elif group == "trainer":
-        assert cfg.trainer.accelerator == ("gpu" if option in ("gpu", "ddp") else "cpu")
-        assert cfg.trainer.precision == ("bf16-mixed" if option in ("gpu", "ddp") else "32-true")
+        on_gpu = option in ("gpu", "ddp", "fsdp", "deepspeed")
+        assert cfg.trainer.accelerator == ("gpu" if on_gpu else "cpu")
+        assert cfg.trainer.precision == ("bf16-mixed" if on_gpu else "32-true")
         if option.startswith("ddp"):
             assert cfg.trainer.strategy == "ddp_find_unused_parameters_true"
         if option == "cpu":

@@ -3,7 +3,8 @@
 :class:`ResamplingDataset` is the base of :class:`~mpgsam2.data.video_dataset.ReferringClipDataset` (groups =
 expressions, units = clips) and :class:`~mpgsam2.data.image_dataset.ReferringImageDataset` (groups = sources, units =
 samples). Subclasses say how to draw a candidate and build an item from it; the base holds the epoch, maps an item
-index to (group, offset), seeds the draws and retries empty targets.
+index to (group, offset), seeds the draws and retries empty targets (except where an empty target is the ground
+truth: a no-target expression, kept as drawn).
 """
 
 from __future__ import annotations
@@ -84,14 +85,21 @@ class ResamplingDataset(Dataset):
         for attempt in range(self.max_resample + 1):
             last = attempt == self.max_resample
             key, target = self._draw(attempt_index, rng)
-            # An empty target is rejected before its frames are decoded and augmented (unless it is the last try).
-            if target.any() or last:
+            expected_empty = self._expects_empty(key)
+            # An empty target is rejected before its frames are decoded and augmented (unless it is the last try,
+            # or the candidate refers to nothing: then an empty target is its ground truth).
+            if target.any() or last or expected_empty:
                 item = self._make_item(*key, target, np_rng)
-                if bool(item.valid.any()):
+                if bool(item.valid.any()) or expected_empty:
                     return item
             attempt_index = rng.randrange(self._len)
         self._warn_exhausted(index)
         return item
+
+    def _expects_empty(self, key: tuple[object, ...]) -> bool:
+        """Whether the candidate ``key`` refers to nothing, so that its empty target is kept, not redrawn (MeViS
+        v2's no-target expressions); False here."""
+        return False
 
     def _draw(self, index: int, rng: random.Random) -> tuple[tuple[object, ...], np.ndarray]:
         """The candidate of item ``index``: (the leading arguments of :meth:`_make_item`, its bool target)."""

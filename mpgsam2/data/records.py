@@ -105,12 +105,15 @@ class ExpressionRecord:
         caption: the raw sentence as in the file (no lower-casing here).
         obj_ids: the referred object ids, their union is the target (Ref-YTVOS / Ref-DAVIS: one palette id;
             MeViS: the annotation ids). Empty when the split ships no object ids (Ref-YTVOS valid).
+        no_target: the expression refers to nothing in its video (MeViS v2's no-target expressions, known only
+            where the split has ground truth): its target is empty on every frame.
     """
 
     video: VideoRecord
     exp_id: str
     caption: str
     obj_ids: tuple[int, ...]
+    no_target: bool = False
 
     def __post_init__(self) -> None:
         validate_path_component(self.exp_id, f"video {self.video.video_id!r}: expression id")

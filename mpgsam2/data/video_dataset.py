@@ -55,7 +55,9 @@ class ReferringClipDataset(ResamplingDataset):
     Resampling: when the object is in no frame of the clip (after the transform's resize, parity: the
     original's ``Check``), a new dataset index is drawn uniformly and tried instead (parity: the original
     draws ``random.randint(0, len - 1)``), so the returned item may belong to another expression; ``meta`` says
-    which. deviation: the original retries forever; here after ``max_resample`` failed attempts the last clip
+    which. An expression that refers to nothing (``no_target``, MeViS v2) is never redrawn: its clips are sampled
+    like the others and keep their empty target (``valid`` all False), which supervises the object-score head
+    (:mod:`mpgsam2.losses`). deviation: the original retries forever; here after ``max_resample`` failed attempts the last clip
     is returned anyway with ``valid`` all False (a warning is logged), which the loss then sees as an empty
     target.
 
@@ -108,6 +110,9 @@ class ReferringClipDataset(ResamplingDataset):
         expr, anchor = self.locate(index)
         indices = sample_clip_indices(anchor, expr.video.num_frames, self.num_frames, rng)
         return (expr, indices), self.source.read_masks(expr, indices)
+
+    def _expects_empty(self, key: tuple[object, ...]) -> bool:
+        return bool(getattr(key[0], "no_target", False))
 
     def _warn_exhausted(self, index: int) -> None:
         log.warning(

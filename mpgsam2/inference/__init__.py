@@ -1,8 +1,10 @@
 """Inference over whole videos and the leaderboard submission writers (scoring: :mod:`mpgsam2.metrics.scoring`)."""
 
 from mpgsam2.inference.predictor import (
+    EMPTY_LOGIT,
     ExpressionPrediction,
     FrameSequence,
+    apply_existence,
     chunk_bounds,
     expression_text,
     predict_expression,
@@ -27,7 +29,9 @@ from mpgsam2.inference.submission import (
 )
 
 __all__ = [
+    "EMPTY_LOGIT",
     "EvalTarget",
+    "apply_existence",
     "ExpressionPrediction",
     "ModelPredictor",
     "FrameSequence",

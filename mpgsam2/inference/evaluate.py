@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from mpgsam2.benchmarks import Benchmark
+from mpgsam2.benchmarks import Benchmark, benchmark
 from mpgsam2.data import (
     ClipTransform,
     RefDAVISSource,
@@ -160,6 +160,7 @@ def evaluate_model(
     restart: bool = False,
     precision: str = "fp32",
     compile: bool = False,
+    existence_threshold: float | None = None,
     device: torch.device | str = "cpu",
     rank: int = 0,
     world: int = 1,
@@ -179,6 +180,8 @@ def evaluate_model(
             a probability is near 0.5, see :func:`mpgsam2.inference.predict_video`); recorded in the manifest.
         compile: ``torch.compile`` the image encoder and memory attention (same masks up to float rounding);
             video benchmarks only.
+        existence_threshold: empty every frame of an expression judged absent
+            (:func:`~mpgsam2.inference.apply_existence`; MeViS v2); None: off. Recorded in the manifest.
 
     Returns:
         On the main process the metrics, or ``{"submission": path}``; ``{}`` on the others.
@@ -188,6 +191,8 @@ def evaluate_model(
     if bench.scoring == "images":
         if compile:
             raise ValueError(f"compile applies to the video benchmarks' tracking; {bench.title} runs images")
+        if existence_threshold is not None:
+            raise ValueError(f"the existence decision applies to videos; {bench.title} runs images")
         if submission:
             raise ValueError(
                 f"{bench.title} has no submission server: it is scored locally (leave submission unset)"
@@ -229,17 +234,19 @@ def evaluate_model(
         chunk_size=chunk_size,
         max_frames=max_frames,
         precision=precision,
+        **({} if existence_threshold is None else {"existence_threshold": existence_threshold}),
     )
     log.info(
-        "predicting %s on %s (chunk %s, %d process(es)) into %s",
+        "predicting %s on %s (chunk %s, existence threshold %s, %d process(es)) into %s",
         [t.source.name for t in targets],
         device,
         chunk_size,
+        existence_threshold,
         world,
         staging.root,
     )
     predict_to_staging(
-        model_predictor(model, device, chunk_size, precision, compile),
+        model_predictor(model, device, chunk_size, precision, compile, existence_threshold),
         targets,
         staging,
         bench.mask_format,
@@ -270,6 +277,7 @@ def evaluate_model(
         dataset=bench.name,
         sources=[t.source.name for t in targets],
         chunk_size=chunk_size,
+        existence_threshold=existence_threshold,
     )
 
 
@@ -303,9 +311,13 @@ def _open_staging(
 
 
 def _record(out_dir: Path, metrics: dict[str, Any], **context: Any) -> dict[str, Any]:
-    """Writes ``<out_dir>/metrics.json``: the metrics and what they are of; returns the metrics."""
+    """Writes ``<out_dir>/metrics.json``: the metrics and what they are of (with the dataset's release where it
+    has several, e.g. MeViS v1 / v2: their scores are not comparable); returns the metrics."""
+    version = benchmark(context["dataset"]).dataset_version if "dataset" in context else None
+    if version is not None:
+        context["dataset_version"] = version
     write_json_atomic(out_dir / "metrics.json", {**metrics, **context})
-    return metrics
+    return metrics if version is None else {**metrics, "dataset_version": version}
 
 
 def image_eval_dataset(

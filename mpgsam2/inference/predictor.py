@@ -4,6 +4,13 @@ Spec §3: Ref-YouTube-VOS runs each expression over the whole video (frame 0 con
 MeViS cuts the video into independent 24-frame chunks. Logits at the SAM input size are resized bilinearly to the
 original frame size; the binary mask is sigmoid > 0.5, i.e. logit > 0.
 
+**Existence (MeViS v2).** An expression may refer to nothing in its video. :func:`apply_existence` decides it per
+expression from SAM 2's object-score head: the expression is judged *absent* when ``max_t sigmoid(s_t) <
+threshold``, ``s_t`` being frame t's object-score logit (every chunk's frames), and then every frame's mask is
+emptied. SAM 2 already empties each frame with ``s_t <= 0`` (its hard gate), so only a threshold above 0.5 changes
+anything: it also drops expressions whose object is found weakly on a few frames. A deviation from the original
+(which has no such decision), used where the benchmark asks for it (``system.existence_threshold``).
+
 ``predict_video``, evaluation's unit of work, runs a video's K expressions as one batch; ``predict_expression``
 is its K = 1 case. Both are tested to give the masks of the model's plain streaming API (``MPGSAM2.start_video``
 / ``VideoSession.track``, one expression, no sharing, no context cache; tests/test_predict_video.py; throughput
@@ -22,10 +29,13 @@ from torch import Tensor
 
 from mpgsam2.data.batch import ReferringBatch
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
+from mpgsam2.modeling.sam2.tracker import NO_OBJ_SCORE
 from mpgsam2.modeling.sam2.tracker_types import FrameFeatures
 
 __all__ = [
+    "EMPTY_LOGIT",
     "ExpressionPrediction",
+    "apply_existence",
     "FrameSequence",
     "PRECISIONS",
     "chunk_bounds",
@@ -41,14 +51,28 @@ __all__ = [
 FrameSequence = Tensor | Sequence[Tensor]
 
 
+# the logit of an emptied frame: SAM 2's own "no object" mask value (sigmoid = 0 in float32)
+EMPTY_LOGIT = NO_OBJ_SCORE
+
+
 @dataclass
 class ExpressionPrediction:
     """One expression's prediction over T frames at the original size (H, W).
 
     logits: (T, H, W) float32 mask logits; ``masks`` are ``logits > 0`` (sigmoid > 0.5).
+    object_scores: (T,) float32 object-score logits of SAM 2 per frame (10 on every frame for a model without an
+        object-score head), or None where not recorded.
     """
 
     logits: Tensor
+    object_scores: Tensor | None = None
+
+    @property
+    def existence(self) -> float:
+        """max over frames of sigmoid(object score): how surely the expression's object is in the video."""
+        if self.object_scores is None:
+            raise ValueError("this prediction carries no object scores")
+        return float(torch.sigmoid(self.object_scores.float()).max())
 
     @property
     def masks(self) -> Tensor:
@@ -59,6 +83,26 @@ class ExpressionPrediction:
     def probs(self) -> Tensor:
         """(T, H, W) float32 probabilities."""
         return torch.sigmoid(self.logits)
+
+
+def apply_existence(prediction: ExpressionPrediction, threshold: float | None) -> ExpressionPrediction:
+    """The prediction with every frame emptied when the expression is judged absent (``prediction.existence <
+    threshold``; see the module docstring); unchanged when ``threshold`` is None or the expression is present.
+
+    Raises:
+        ValueError: a threshold outside [0, 1], or a prediction without object scores.
+    """
+    if threshold is None:
+        return prediction
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(
+            f"existence threshold must lie in [0, 1] (a probability) or be None, got {threshold}"
+        )
+    if prediction.existence >= float(threshold):
+        return prediction
+    return ExpressionPrediction(
+        logits=torch.full_like(prediction.logits, EMPTY_LOGIT), object_scores=prediction.object_scores
+    )
 
 
 def resize_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
@@ -232,6 +276,7 @@ def predict_video(
     ids, text_pad, word_mask = _pad_expressions(expressions, device)
     k = ids.shape[0]
     out = torch.empty((k, num_frames, *orig_size), dtype=torch.float32)
+    scores = torch.empty((k, num_frames), dtype=torch.float32)
     dtype = PRECISIONS[precision]
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     if beit_batch is None:
@@ -272,5 +317,7 @@ def predict_video(
                 return model.image_features(_frames(sam_frames, start + t, start + t + 1).to(device))
 
             for frame in session.propagate(frame_features):
-                out[:, start + frame.frame_idx] = resize_logits(frame.high_res_logits, orig_size)[:, 0]
-    return [ExpressionPrediction(logits=logits) for logits in out]
+                t = start + frame.frame_idx
+                out[:, t] = resize_logits(frame.high_res_logits, orig_size)[:, 0]  # [K, 1, S, S] -> (K, H, W)
+                scores[:, t] = frame.object_score_logits[:, 0].float().cpu()
+    return [ExpressionPrediction(logits=logits, object_scores=s) for logits, s in zip(out, scores)]

@@ -9,15 +9,16 @@ when complete. Nothing here imports Lightning or Hydra.
 Staging layouts (the same as the folders a user may score with :func:`~mpgsam2.metrics.scoring.score_predictions`;
 the ``prediction files`` column of :mod:`mpgsam2.benchmarks`):
 
-- Ref-YouTube-VOS and MeViS: ``<staging>/<video>/<exp_id>/<frame>.png`` (mode ``L``);
+- Ref-YouTube-VOS and MeViS (v1 and v2): ``<staging>/<video>/<exp_id>/<frame>.png`` (mode ``L``);
 - Ref-DAVIS17: ``<staging>/anno_<k>/<video>/<frame>.png`` (mode ``P``, DAVIS palette, one index per object);
 - RefCOCO/+/g: ``<staging>/<sample_id>.png`` (mode ``L``, 0/255), each file its own unit: written into
   ``<staging>.partial/`` and renamed (:meth:`StagingArea.write_png`, :mod:`mpgsam2.inference.images`).
 
 Post-processing (spec §1.8, §3), from the logits at the original frame size:
 
-- ``"binary"`` (Ref-YouTube-VOS): ``sigmoid > 0.5`` -> 255, else 0;
-- ``"probability"`` (MeViS): ``p = sigmoid``, ``p < 0.5`` -> 0, else ``p * 255`` truncated to uint8 (any non-zero
+- ``"binary"`` (Ref-YouTube-VOS, MeViS v2): ``sigmoid > 0.5`` -> 255, else 0 (MeViS v2: an expression judged
+  absent is all 0 on every frame, a full set of PNGs all the same);
+- ``"probability"`` (MeViS v1): ``p = sigmoid``, ``p < 0.5`` -> 0, else ``p * 255`` truncated to uint8 (any non-zero
   pixel is foreground for the scorer);
 - ``"palette"`` (Ref-DAVIS17): the objects' probabilities (zeroed below 0.5) stacked over a constant background
   plane of 0.1, argmax -> palette index (the object id; 0 = background).
@@ -49,7 +50,7 @@ from mpgsam2.data.records import ExpressionRecord, validate_path_component, vali
 from mpgsam2.data.sources import ReferringVideoSource
 from mpgsam2.data.synthetic import davis_palette
 from mpgsam2.data.video_dataset import ReferringVideoEvalDataset
-from mpgsam2.inference.predictor import expression_text, predict_video
+from mpgsam2.inference.predictor import apply_existence, expression_text, predict_video
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
 from mpgsam2.utils import write_json_atomic
 
@@ -298,6 +299,8 @@ class ModelPredictor:
         chunk_size: frames per independent chunk (MeViS: 24, spec §3.2), None for the whole video.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (see :func:`mpgsam2.inference.predict_video`).
         compile: run the image encoder and memory attention through ``torch.compile`` (same function).
+        existence_threshold: empty every frame of an expression judged absent
+            (:func:`~mpgsam2.inference.apply_existence`); None: no such decision (the original's protocol).
     """
 
     def __init__(
@@ -307,12 +310,14 @@ class ModelPredictor:
         chunk_size: int | None,
         precision: str = "fp32",
         compile: bool = False,
+        existence_threshold: float | None = None,
     ) -> None:
         self.model = model.eval()
         self.device = device
         self.chunk_size = chunk_size
         self.precision = precision
         self.compile = compile
+        self.existence_threshold = existence_threshold
 
     def __call__(self, batch: ReferringBatch) -> Tensor:
         """One collated expression (batch size 1) -> its (T, H, W) logits."""
@@ -333,7 +338,7 @@ class ModelPredictor:
                 precision=self.precision,
                 compile=self.compile,
             )
-        return [p.logits for p in predictions]
+        return [apply_existence(p, self.existence_threshold).logits for p in predictions]
 
 
 def model_predictor(
@@ -342,9 +347,10 @@ def model_predictor(
     chunk_size: int | None,
     precision: str = "fp32",
     compile: bool = False,
+    existence_threshold: float | None = None,
 ) -> ModelPredictor:
     """A :class:`ModelPredictor` (see there)."""
-    return ModelPredictor(model, device, chunk_size, precision, compile)
+    return ModelPredictor(model, device, chunk_size, precision, compile, existence_threshold)
 
 
 def predict_to_staging(
@@ -614,7 +620,7 @@ def write_submission_zip(
 
 
 # settings added to the manifest later -> the value every earlier run used
-_UNRECORDED_SETTINGS = {"precision": "fp32"}
+_UNRECORDED_SETTINGS = {"precision": "fp32", "existence_threshold": None}
 
 
 def check_manifest(

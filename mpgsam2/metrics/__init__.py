@@ -2,8 +2,9 @@
 mIoU / cIoU for referring image segmentation.
 
 ``JFMetric`` is a torchmetrics ``Metric`` that scores one expression per (T, H, W) mask pair and averages
-per-expression means, as the MeViS and DAVIS-2017 evaluations do; the functions below are the per-frame
-scores it is built on (definitions in :mod:`mpgsam2.metrics.jf`). ``ImageIoU`` accumulates the RefCOCO scores
+per-expression means, as the MeViS and DAVIS-2017 evaluations do; ``NoTargetJFMetric`` adds MeViS v2's scores of
+expressions that refer to nothing (N-acc, T-acc, Final); the functions below are the per-frame scores they are
+built on (definitions in :mod:`mpgsam2.metrics.jf`). ``ImageIoU`` accumulates the RefCOCO scores
 (the one implementation both the in-memory evaluation and the scoring of a folder of PNGs use).
 """
 
@@ -34,6 +35,7 @@ from mpgsam2.metrics.jf import (
 __all__ = [
     "ImageIoU",
     "JFMetric",
+    "NoTargetJFMetric",
     "boundary_f_measure",
     "boundary_tolerance",
     "disk",
@@ -97,6 +99,12 @@ class JFMetric(Metric):
                 where non-zero is foreground (as the MeViS evaluation reads its PNGs).
             target: ground truth of the same shape.
         """
+        self._score(preds, target)
+
+    def _score(
+        self, preds: MaskLike, target: MaskLike
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Adds the expressions; returns them as bool (B, T, H, W) arrays and their J and F, float64 (B,)."""
         if tuple(preds.shape) != tuple(target.shape):
             raise ValueError(
                 f"JFMetric.update: preds and target must have the same shape, got preds "
@@ -121,6 +129,7 @@ class JFMetric(Metric):
         if self.per_expression:
             self.j_per_expression.append(torch.from_numpy(j).to(self.device))
             self.f_per_expression.append(torch.from_numpy(f).to(self.device))
+        return p, t, j, f
 
     def compute(self) -> dict[str, Any]:
         """Mean over expressions of the per-expression mean J and F.
@@ -142,6 +151,93 @@ class JFMetric(Metric):
             out["j_per_expression"] = dim_zero_cat(self.j_per_expression).tolist()
             out["f_per_expression"] = dim_zero_cat(self.f_per_expression).tolist()
         return out
+
+
+class NoTargetJFMetric(JFMetric):
+    """MeViS v2's scores: J, F and J&F over every expression, plus what v2 reports about expressions that refer to
+    nothing in their video ("no-target"; empty ground truth on every frame).
+
+    Definitions, per expression (P its predicted masks over its T frames):
+
+    - J, F, J&F: :class:`JFMetric`'s, over ALL expressions, target and no-target (the v1 definitions: an empty
+      prediction of an empty frame scores J = F = 1, so a no-target expression predicted empty everywhere scores
+      1). Source: henghuiding/MeViS ``tools/eval_mevis.py`` (v1); that v2 keeps them is inferred (its scorer is
+      not public).
+    - ``j_target``, ``f_target``, ``jf_target``: the same means over the target expressions only.
+    - **N-acc** = (no-target expressions predicted no-target) / (no-target expressions); **T-acc** = (target
+      expressions predicted target) / (target expressions). Source: the same group's GRES evaluation
+      (henghuiding/ReLA ``gres_model/evaluation/refer_evaluation.py``: ``N_acc = TP / (TP + FN)`` over no-target
+      samples, ``T_acc = TN / (TN + FP)`` over target samples). Inferred for video: an expression is *predicted
+      no-target* when P is empty on every frame (the server's rule is not public). None where the split has no
+      expression of that kind (GRES reports 0 there; None says "undefined").
+    - **Final** = (J&F + N-acc + T-acc) / 3: inferred, it matches the published v2 tables to 0.01; None when N-acc
+      or T-acc is.
+
+    Which expressions are no-target: ``is_target`` given to :meth:`update` (the dataset's flag, e.g.
+    :attr:`mpgsam2.data.ExpressionRecord.no_target`), else an expression is no-target when its ground truth is
+    empty on every frame given. All states are sums (DDP-safe, like :class:`JFMetric`).
+    """
+
+    j_target_sum: Tensor
+    f_target_sum: Tensor
+    num_target: Tensor
+    num_target_predicted: Tensor
+    num_no_target: Tensor
+    num_no_target_predicted: Tensor
+
+    def __init__(self, bound_th: float = DEFAULT_BOUND_TH, **kwargs: Any) -> None:
+        super().__init__(bound_th=bound_th, per_expression=False, **kwargs)
+        zero = torch.tensor(0.0, dtype=torch.float64)
+        for name in (
+            "j_target_sum",
+            "f_target_sum",
+            "num_target",
+            "num_target_predicted",
+            "num_no_target",
+            "num_no_target_predicted",
+        ):
+            self.add_state(name, zero.clone(), dist_reduce_fx="sum")
+        self.set_dtype(torch.float64)
+
+    def update(self, preds: MaskLike, target: MaskLike, is_target: Any = None) -> None:
+        """Add expressions: ``preds`` / ``target`` (T, H, W) or (B, T, H, W) as :meth:`JFMetric.update`;
+        ``is_target``: bool, or (B,) bools, whether each expression refers to something (None: its ground truth is
+        non-empty on some frame)."""
+        count = 1 if preds.ndim == 3 else int(preds.shape[0])
+        flags = None if is_target is None else np.asarray(is_target, bool).reshape(-1)
+        if flags is not None and flags.shape != (count,):
+            raise ValueError(f"is_target must give one flag per expression ({count}), got {flags.shape}")
+        p, t, j, f = self._score(preds, target)
+        targeted = t.reshape(len(t), -1).any(1) if flags is None else flags
+        predicted = p.reshape(len(p), -1).any(1)  # predicted target: non-empty on some frame
+        self.j_target_sum += float(j[targeted].sum())
+        self.f_target_sum += float(f[targeted].sum())
+        self.num_target += int(targeted.sum())
+        self.num_target_predicted += int((targeted & predicted).sum())
+        self.num_no_target += int((~targeted).sum())
+        self.num_no_target_predicted += int((~targeted & ~predicted).sum())
+
+    def compute(self) -> dict[str, Any]:
+        """``{"j", "f", "jf", "j_target", "f_target", "jf_target", "n_acc", "t_acc", "final", "num_target",
+        "num_no_target"}`` (see the class docstring; None where undefined)."""
+        out = super().compute()
+        n_target, n_none = float(self.num_target), float(self.num_no_target)
+        j_t = float(self.j_target_sum) / n_target if n_target else None
+        f_t = float(self.f_target_sum) / n_target if n_target else None
+        n_acc = float(self.num_no_target_predicted) / n_none if n_none else None
+        t_acc = float(self.num_target_predicted) / n_target if n_target else None
+        final = None if n_acc is None or t_acc is None else (out["jf"] + n_acc + t_acc) / 3
+        return {
+            **out,
+            "j_target": j_t,
+            "f_target": f_t,
+            "jf_target": None if j_t is None else (j_t + f_t) / 2,
+            "n_acc": n_acc,
+            "t_acc": t_acc,
+            "final": final,
+            "num_target": int(n_target),
+            "num_no_target": int(n_none),
+        }
 
 
 class ImageIoU:

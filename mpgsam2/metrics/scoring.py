@@ -18,6 +18,11 @@ Three layouts, by the benchmark's ``scoring`` (:mod:`mpgsam2.benchmarks`, whose 
   non-zero grey value is foreground), scored with :class:`~mpgsam2.metrics.ImageIoU`: mIoU, cIoU (summed
   intersections over summed unions) and the J&F of 1-frame videos, the numbers of the in-memory evaluation.
 
+MeViS v2 (the ``mevis_v2`` row, ``no_target_scores``) is scored as v1 plus its no-target scores:
+:class:`~mpgsam2.metrics.NoTargetJFMetric` (J&F over all expressions and over target expressions, N-acc, T-acc,
+Final; the definitions, their sources and what is inferred are in its docstring), each expression's no-target flag
+being the dataset's (:attr:`~mpgsam2.data.ExpressionRecord.no_target`: empty ``anno_id``).
+
 ``pred`` may also be a ``.zip`` holding either layout (e.g. the ``submission.zip`` eval.py writes).
 A missing PNG is an error naming it (for images: the first missing one and how many are missing) (deviation: ``eval_mevis.py`` scores a missing video as J = F = 0; a
 partial folder should not pass silently).
@@ -42,7 +47,7 @@ from mpgsam2.benchmarks import Benchmark, benchmark
 from mpgsam2.data.errors import DatasetError
 from mpgsam2.data.records import ExpressionRecord, VideoRecord
 from mpgsam2.data.sources import ReferringVideoSource, image_size
-from mpgsam2.metrics import ImageIoU, JFMetric, boundary_f_measure, region_similarity
+from mpgsam2.metrics import ImageIoU, JFMetric, NoTargetJFMetric, boundary_f_measure, region_similarity
 from mpgsam2.metrics.jf import DEFAULT_BOUND_TH
 from mpgsam2.utils import PIL_ERRORS
 
@@ -194,6 +199,7 @@ def score_expressions(
     *,
     max_frames: int | None = None,
     bound_th: float = DEFAULT_BOUND_TH,
+    no_target_scores: bool = False,
 ) -> dict[str, Any]:
     """J&F of ``<pred>/<video>/<exp_id>/<frame>.png`` over the expressions of ``source`` (see the module docstring).
 
@@ -202,9 +208,11 @@ def score_expressions(
         source: the split with ground truth.
         max_frames: score only the first N frames of each video (when only those were predicted).
         bound_th: boundary tolerance of F.
+        no_target_scores: also score the no-target expressions (MeViS v2, :class:`NoTargetJFMetric`).
 
     Returns:
-        ``{"j", "f", "jf", "num_expressions"}``.
+        ``{"j", "f", "jf", "num_expressions"}``; with ``no_target_scores`` also ``"j_target", "f_target",
+        "jf_target", "n_acc", "t_acc", "final", "num_target", "num_no_target"``.
 
     Raises:
         DatasetError: the source has no masks, or a prediction PNG is missing, undecodable or of another size
@@ -212,7 +220,8 @@ def score_expressions(
     """
     _require_masks(source)
     # one process scores the whole folder: no synchronisation with other ranks
-    metric = JFMetric(bound_th=bound_th, sync_on_compute=False)
+    metric_class = NoTargetJFMetric if no_target_scores else JFMetric
+    metric = metric_class(bound_th=bound_th, sync_on_compute=False)
     sizes: dict[str, tuple[int, int]] = {}
     with PredictionFiles(pred, strip_annotations=True) as files:
         for expr in source.expressions:
@@ -226,7 +235,10 @@ def score_expressions(
                     for name in video.frame_names[:n]
                 ]
             )
-            metric.update(preds, target)
+            if no_target_scores:
+                metric.update(preds, target, is_target=not getattr(expr, "no_target", False))
+            else:
+                metric.update(preds, target)
     if not source.expressions:
         raise DatasetError(f"{source.expressions_file}: no expression to score")
     return {**metric.compute(), "num_expressions": len(source.expressions)}
@@ -458,4 +470,6 @@ def score_predictions(
         return score_images(pred, source, samples=samples, bound_th=bound_th)
     if bench.scoring != "expressions":
         raise ValueError(f"{bench.title}: no scorer for {bench.scoring!r} predictions")
-    return score_expressions(pred, source, max_frames=max_frames, bound_th=bound_th)
+    return score_expressions(
+        pred, source, max_frames=max_frames, bound_th=bound_th, no_target_scores=bench.no_target_scores
+    )

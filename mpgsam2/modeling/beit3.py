@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mpgsam2.modeling.checkpointing import run_block
+
 __all__ = ["BEIT3_PRESETS", "BEiT3"]
 
 # Official BEiT-3 sizes (unilm beit3 modeling_utils). The MPG-SAM 2 "tiny" model uses BEiT-3 *base*; the tiny
@@ -255,6 +257,8 @@ class Encoder(nn.Module):
             EncoderLayer(embed_dim, num_heads, ffn_dim, layernorm_eps) for _ in range(num_layers)
         )
         self.layer_norm = _multiway_layernorm(embed_dim, layernorm_eps)
+        # each layer recomputed in backward when training (MPGSAM2Config.activation_checkpointing "beit3")
+        self.checkpoint_layers = False
 
     def _positions(self, table: nn.Embedding, length: int, device: torch.device) -> Tensor:
         idx = torch.arange(_POSITION_OFFSET, length + _POSITION_OFFSET, device=device).unsqueeze(0)
@@ -286,7 +290,9 @@ class Encoder(nn.Module):
             # (vision tokens are never padded).
             text = text * (1 - padding_mask[:, vision.size(1) :].unsqueeze(-1).type_as(text))
         for layer in self.layers:
-            vision, text = layer(vision, text, padding_mask, fused_attention)
+            vision, text = run_block(
+                layer, self.checkpoint_layers, vision, text, padding_mask, fused_attention
+            )
         if vision.size(0) != text.size(0):  # only without layers: the layers repeat shared rows themselves
             vision = vision.repeat(text.size(0) // vision.size(0), 1, 1)
         return torch.cat(self.layer_norm(vision, text), dim=1)

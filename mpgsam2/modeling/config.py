@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mpgsam2.modeling.beit3 import BEIT3_PRESETS
+from mpgsam2.modeling.checkpointing import checkpointing_blocks
 from mpgsam2.modeling.sam2.presets import apply_overrides, sam2_model_config
 
 # BEiT-3 EncoderConfig attribute names (as in the original's config.json) -> our BEiT3 constructor names.
@@ -35,6 +36,9 @@ class MPGSAM2Config:
     prior_num_heads / prior_ffn_dim / dropout: the mask-prior generator's global self-attention and the
     decoder fusion blocks (the original: 8 heads, FFN 4 x width, dropout 0.1).
     The ``use_*`` switches remove one component each, for the paper's ablations; all on is MPG-SAM 2.
+    activation_checkpointing: block groups recomputed in backward when training (names of
+    ``mpgsam2.modeling.checkpointing.ACTIVATION_CHECKPOINTING_BLOCKS``): less activation memory, the same
+    gradients; empty (the default, and what a config stored without the key means) keeps every activation.
     """
 
     beit3: dict[str, Any]
@@ -52,7 +56,12 @@ class MPGSAM2Config:
     use_object_historical_fusion: bool = True
     freeze_image_encoder: bool = True
     memory_storage_dtype: str | None = "bfloat16"
+    activation_checkpointing: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # a plain list whatever sequence came in (e.g. Hydra's ListConfig): the config is stored in checkpoints
+        self.activation_checkpointing = checkpointing_blocks(self.activation_checkpointing)
 
     @property
     def beit_dim(self) -> int:

@@ -13,7 +13,7 @@ K expressions (``MPGSAM2.start_tracking(..., frames_shared=True, cache_context=T
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from mpgsam2.modeling.beit3 import BEiT3
+from mpgsam2.modeling.checkpointing import checkpointing_blocks, run_block
 from mpgsam2.modeling.config import MPGSAM2Config
 from mpgsam2.modeling.sam2.mask_decoder import ContextCache
 from mpgsam2.modeling.sam2.position_encoding import get_1d_sine_pe
@@ -154,6 +155,8 @@ class MaskPriorGenerator(nn.Module):
         self.token_proj = nn.Linear(dim, dim)
         self.prior_head = nn.Linear(dim, 1)
         self.context_proj = nn.Linear(dim, context_dim)
+        # both attention layers recomputed in backward when training (activation_checkpointing "mask_prior")
+        self.checkpoint_layers = False
 
     def forward(self, cls_token: Tensor, patch_tokens: Tensor, grid: tuple[int, int]) -> PriorOutput:
         """cls_token: [B, T, D]; patch_tokens: [B, T, G*G, D] row-major over ``grid`` (G, G)."""
@@ -162,8 +165,10 @@ class MaskPriorGenerator(nn.Module):
         # every patch of every frame attends to every other: the clip-level pixel context
         visual = rearrange(patch_tokens, "b t p d -> (t p) b d")
         if self.global_attn is not None:
-            visual = self.global_attn(visual)
-        token = self.token_refine(rearrange(cls_token, "b t d -> t b d"), visual)
+            visual = run_block(self.global_attn, self.checkpoint_layers, visual)
+        token = run_block(
+            self.token_refine, self.checkpoint_layers, rearrange(cls_token, "b t d -> t b d"), visual
+        )
         token = self.token_proj(rearrange(token, "t b d -> b t d"))
         visual = rearrange(visual, "(t h w) b d -> b t h w d", t=t, h=h, w=w)
         mask_features = visual * token[:, :, None, None, :]
@@ -291,6 +296,17 @@ class MPGSAM2(nn.Module):
         )
         if config.freeze_image_encoder:
             self.sam.image_encoder.requires_grad_(False)
+        self.set_activation_checkpointing(config.activation_checkpointing)
+
+    def set_activation_checkpointing(self, names: Iterable[str]) -> None:
+        """Recompute the named block groups in backward when training (``ACTIVATION_CHECKPOINTING_BLOCKS``;
+        empty: none); recorded in ``config.activation_checkpointing``."""
+        names = checkpointing_blocks(names)
+        self.config.activation_checkpointing = names
+        self.beit3.encoder.checkpoint_layers = "beit3" in names
+        self.mask_prior.checkpoint_layers = "mask_prior" in names
+        self.sam.memory_attention.checkpoint_layers = "memory_attention" in names
+        self.sam.sam_mask_decoder.checkpoint_fusion = "decoder_fusion" in names
 
     @property
     def input_sizes(self) -> dict[str, int]:

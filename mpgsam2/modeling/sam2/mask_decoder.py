@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from mpgsam2.modeling.checkpointing import run_block
 from mpgsam2.modeling.sam2.common import MLP, LayerNorm2d
 
 
@@ -251,6 +252,9 @@ class MaskDecoder(nn.Module):
             self.object_global_fusion = fusion_block()
         if use_object_historical_fusion:
             self.object_historical_fusion = fusion_block()
+        # the three fusion blocks recomputed in backward when training (activation_checkpointing
+        # "decoder_fusion"); the per-clip ContextCache path is inference only and never recomputes
+        self.checkpoint_fusion = False
 
     def forward(
         self,
@@ -388,8 +392,13 @@ class MaskDecoder(nn.Module):
             return rearrange(fused, "(h w) b c -> b c h w", h=h, w=w)
         if words is not None:
             memory = torch.cat([memory, words], dim=0)
-        fused = self.pixel_global_fusion(
-            tgt=tgt, memory=memory, query_pos=query_pos, key_padding_mask=key_padding_mask
+        fused = run_block(
+            self.pixel_global_fusion,
+            self.checkpoint_fusion,
+            tgt=tgt,
+            memory=memory,
+            query_pos=query_pos,
+            key_padding_mask=key_padding_mask,
         )
         return rearrange(fused, "(h w) b c -> b c h w", h=h, w=w)
 
@@ -478,10 +487,16 @@ class MaskDecoder(nn.Module):
                 mask_tokens = object_tokens.to(mask_tokens.dtype)
             elif run_global:
                 memory = rearrange(global_context_flat.to(mask_tokens.dtype), "b n c -> n b c")
-                mask_tokens = self.object_global_fusion(tgt=mask_tokens, memory=memory)
+                mask_tokens = run_block(
+                    self.object_global_fusion, self.checkpoint_fusion, tgt=mask_tokens, memory=memory
+                )
             if run_historical:
-                mask_tokens = self.object_historical_fusion(
-                    tgt=mask_tokens, memory=obj_memory, pos=obj_memory_pos
+                mask_tokens = run_block(
+                    self.object_historical_fusion,
+                    self.checkpoint_fusion,
+                    tgt=mask_tokens,
+                    memory=obj_memory,
+                    pos=obj_memory_pos,
                 )
             mask_tokens = rearrange(mask_tokens, "m b c -> b m c")
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mpgsam2.modeling.checkpointing import run_block
 from mpgsam2.modeling.sam2.common import RoPEAttention
 
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu, "glu": F.glu}
@@ -163,6 +164,8 @@ class MemoryAttention(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.pos_enc_at_input = pos_enc_at_input
         self.batch_first = batch_first
+        # each layer recomputed in backward when training (MPGSAM2Config.activation_checkpointing)
+        self.checkpoint_layers = False
 
     def forward(
         self,
@@ -222,7 +225,9 @@ class MemoryAttention(nn.Module):
             kwargs = {}
             if isinstance(layer.cross_attn_image, RoPEAttention):
                 kwargs["num_k_exclude_rope"] = num_obj_ptr_tokens
-            output = layer(
+            output = run_block(
+                layer,
+                self.checkpoint_layers,
                 tgt=output,
                 memory=memory,
                 pos=memory_pos,

@@ -267,6 +267,25 @@ def test_predict_video_releases_the_global_context_while_tracking(model, monkeyp
     assert all(shared and batch == 2 for _, _, shared, batch in seen)
 
 
+def test_predict_video_in_train_mode_shares_and_caches_nothing(model, monkeypatch):
+    """Train mode (dropout draws per target): the K targets get the frame's features unshared and the raw
+    context, no cache; the masks still come out for each expression."""
+    seen = []
+    track_step = model.sam.track_step
+
+    def spy(state, t, feats, prompts):  # noqa: ANN001, ANN202
+        seen.append((feats.shared, prompts.global_context is not None, prompts.context_cache))
+        return track_step(state, t, feats, prompts)
+
+    monkeypatch.setattr(model.sam, "track_step", spy)
+    sam, beit, ids, pad = random_clip(model, frames=2, seed=12)
+    try:
+        out = predict_video(model.train(), sam[0], beit[0], [(ids[0], pad[0]), (ids[0, :4], None)], SIZE)
+    finally:
+        model.eval()
+    assert len(out) == 2 and seen == [(False, True, None)] * 2
+
+
 def test_bad_inputs_are_refused(model):
     sam, beit, ids, pad = random_clip(model, frames=2)
     with pytest.raises(ValueError, match="BEiT-3 frames"):

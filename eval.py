@@ -1,5 +1,6 @@
 """Evaluate MPG-SAM 2, write leaderboard submissions, or score predictions: the command around
-``mpgsam2.inference.evaluate`` (what each benchmark is: ``mpgsam2.benchmarks``).
+``mpgsam2.evaluation.evaluate`` (what each benchmark is: ``mpgsam2.evaluation.benchmarks``; the path of a video
+to a PNG in the zip: docs/architecture.md).
 
     # validate a train.py checkpoint with its run's data config (data=checkpoint, the default: a data.key=value
     # given replaces the stored value)
@@ -45,9 +46,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from data_modules import UnsafeConfigError, checked_data_config
-from mpgsam2.benchmarks import Benchmark, benchmark
-from mpgsam2.inference.evaluate import evaluate_model, score_folder
-from mpgsam2.inference.submission import barrier, rank_and_world
+from mpgsam2.distributed import barrier, rank_and_world
+from mpgsam2.evaluation.benchmarks import Benchmark, benchmark
+from mpgsam2.evaluation.evaluate import evaluate_model, score_folder
 from mpgsam2.weights import CheckpointError, load_model
 from mpgsam2.weights.checkpoints import LoadedModel, read_train_checkpoint
 

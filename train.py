@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.strategies import gradient_accumulation
-from mpgsam2.benchmarks import benchmark
+from mpgsam2.evaluation.benchmarks import benchmark
 from mpgsam2.utils import parameter_counts, write_json_atomic
 
 log = logging.getLogger("train")

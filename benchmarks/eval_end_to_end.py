@@ -32,11 +32,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from eval_throughput import BEIT_SIZE, mid_model  # noqa: E402
 
 from data_modules.synthetic import SyntheticDataModule  # noqa: E402
-from mpgsam2.benchmarks import benchmark  # noqa: E402
+from mpgsam2.evaluation.benchmarks import benchmark  # noqa: E402
+from mpgsam2.evaluation.runner import PerExpression, model_predictor, predict_to_staging  # noqa: E402
+from mpgsam2.evaluation.staging import StagingArea  # noqa: E402
 from mpgsam2.inference import predict_expression  # noqa: E402
-from mpgsam2.inference.evaluate import eval_targets  # noqa: E402
 from mpgsam2.inference.predictor import expression_text  # noqa: E402
-from mpgsam2.inference.submission import StagingArea, model_predictor, predict_to_staging  # noqa: E402
 
 
 def per_expression(model: torch.nn.Module) -> Any:
@@ -54,7 +54,7 @@ def per_expression(model: torch.nn.Module) -> Any:
             batch.meta[0].orig_size,
         ).logits
 
-    return predict
+    return PerExpression(predict)
 
 
 def stage(predictor: Any, datamodule: SyntheticDataModule, folder: Path) -> float:
@@ -62,7 +62,7 @@ def stage(predictor: Any, datamodule: SyntheticDataModule, folder: Path) -> floa
     start = time.perf_counter()
     predict_to_staging(
         predictor,
-        eval_targets(bench, datamodule, None),
+        datamodule.eval_targets(bench),
         StagingArea(folder),
         bench.mask_format,
         transform=datamodule.eval_transform(),
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             beit_size=BEIT_SIZE,
         )
         datamodule.prepare_data()
-        source = eval_targets(benchmark("ytvos"), datamodule, None)[0].source
+        source = datamodule.eval_targets(benchmark("ytvos"))[0].source
         num_expressions = len(source.expressions)
         print(
             f"torch {torch.__version__}, {args.threads} threads, SAM {args.sam_size}, {args.videos} videos x "

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mpgsam2.data import (
@@ -33,6 +32,9 @@ from mpgsam2.data import (
     ReferringVideoSource,
 )
 from mpgsam2.data.sources import SwappedCaptionSource, VideoSubsetSource, holdout_video_ids
+from mpgsam2.distributed import rank_and_world
+from mpgsam2.evaluation.benchmarks import Benchmark
+from mpgsam2.evaluation.staging import EvalTarget
 from mpgsam2.text.tokenizer import Beit3Tokenizer
 
 __all__ = ["DataConfigError", "HOLDOUT", "ReferringVideoDataModule", "ShardSampler"]
@@ -42,12 +44,6 @@ HOLDOUT = "holdout"  # val_split value: the held-out training videos
 
 class DataConfigError(ValueError):
     """The data configuration cannot work (the message says which key and what to do)."""
-
-
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class ShardSampler(Sampler[int]):
@@ -66,7 +62,7 @@ class ShardSampler(Sampler[int]):
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
-        self.rank, self.world = _rank_and_world()
+        self.rank, self.world = rank_and_world()
         self.loader_generator = torch.Generator()
         self._resume: tuple[int, int] | None = None
         self.set_epoch(0)
@@ -130,7 +126,7 @@ class ReferringVideoDataModule(L.LightningDataModule):
 
     # builds the loaders' collate_fn from the tokenizer (RefCOCO: the image-batch variant)
     collate_class: type[ReferringCollate] = ReferringCollate
-    # the row of mpgsam2.benchmarks.BENCHMARKS this dataset is evaluated by (every subclass names its own)
+    # the row of mpgsam2.evaluation.benchmarks.BENCHMARKS this dataset is evaluated by (every subclass names its own)
     benchmark: str
 
     def __init__(
@@ -230,10 +226,35 @@ class ReferringVideoDataModule(L.LightningDataModule):
 
     def make_val_dataset(self) -> Dataset:
         """The validation / prediction set: whole videos of ``val_source()`` (captions swapped on request)."""
-        source = self.val_source()
-        if self.swap_expressions:
-            source = SwappedCaptionSource(source, seed=self.seed)
-        return ReferringVideoEvalDataset(source, self.eval_transform(), self.val_max_frames)
+        return ReferringVideoEvalDataset(
+            self.evaluated(self.val_source()), self.eval_transform(), self.val_max_frames
+        )
+
+    def evaluated(self, source: ReferringVideoSource) -> ReferringVideoSource:
+        """``source`` as it is evaluated: each caption swapped for another object's of the same video when
+        ``swap_expressions`` asks (a check that the model reads the sentence), else unchanged."""
+        return SwappedCaptionSource(source, seed=int(self.seed)) if self.swap_expressions else source
+
+    def eval_targets(self, bench: Benchmark, split: str | None = None) -> list[EvalTarget]:
+        """What ``eval.py`` predicts or scores on ``bench``: ``split``'s reader, or with ``split=None`` the
+        validation source, or, where the config validates on nothing (the Ref-YouTube-VOS recipes), the
+        benchmark's default split; captions swapped on request (:meth:`evaluated`).
+
+        Raises:
+            DataConfigError: the benchmark scores annotator sets this dataset does not have.
+        """
+        if bench.annotator_sets:
+            raise DataConfigError(
+                f"{type(self).__name__} has no annotator sets; the {bench.title} benchmark scores "
+                f"{bench.annotator_sets} (use data=davis)"
+            )
+        if split is None and self.val_split is None:
+            source = self.split_source(bench.default_split)
+        elif split is None:
+            source = self.val_source()
+        else:
+            source = self.split_source(split)
+        return [EvalTarget(self.evaluated(source))]
 
     # ------------------------------------------------------------------ Lightning hooks
     @property
@@ -320,5 +341,5 @@ class ReferringVideoDataModule(L.LightningDataModule):
     def steps_per_epoch(self) -> int:
         """Training steps per epoch on one process (after ``setup('fit')``)."""
         assert self.train_dataset is not None
-        _, world = _rank_and_world()
+        _, world = rank_and_world()
         return math.floor(len(self.train_dataset) // world / self.batch_size)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from data_modules.base import ReferringVideoDataModule
 from mpgsam2.data import RefDAVISSource, ReferringVideoSource
+from mpgsam2.evaluation.benchmarks import Benchmark
+from mpgsam2.evaluation.staging import EvalTarget
 
 __all__ = ["RefDAVISDataModule"]
 
@@ -27,3 +29,18 @@ class RefDAVISDataModule(ReferringVideoDataModule):
 
     def split_source(self, split: str) -> ReferringVideoSource:
         return RefDAVISSource(self.root, split, self.annotator)
+
+    def eval_targets(self, bench: Benchmark, split: str | None = None) -> list[EvalTarget]:
+        """One target per annotator set (all of the benchmark's, the protocol, or ``annotator``), each of
+        ``split`` (default: ``val_split``, else the benchmark's default split), staged under ``anno_<k>``;
+        captions swapped on request."""
+        if not bench.annotator_sets:
+            return super().eval_targets(bench, split)
+        split = split or self.val_split or bench.default_split
+        annotators = bench.annotators if self.annotator is None else [int(self.annotator)]
+        return [
+            EvalTarget(
+                self.evaluated(RefDAVISSource(self.root, split, annotator=k)), f"anno_{k}", annotator=k
+            )
+            for k in annotators
+        ]

@@ -17,7 +17,7 @@ class MeViSDataModule(ReferringVideoDataModule):
     None (detected from the expressions files, see :func:`mpgsam2.data.mevis.mevis_expressions_file`); **kwargs:
     see ReferringVideoDataModule (``val_split`` "valid_u" by default; MeViS trains on ``num_frames=8`` clips).
 
-    The benchmark row (:mod:`mpgsam2.benchmarks`) follows the version: ``mevis`` (v1, CodaLab 15094) or
+    The benchmark row (:mod:`mpgsam2.evaluation.benchmarks`) follows the version: ``mevis`` (v1, CodaLab 15094) or
     ``mevis_v2`` (v2, Codabench 11420)."""
 
     def __init__(

@@ -17,6 +17,7 @@ from mpgsam2.data import (
     ReferringImageDataset,
     ReferringImageEvalDataset,
 )
+from mpgsam2.evaluation.benchmarks import Benchmark
 
 __all__ = ["RefCOCODataModule"]
 
@@ -76,6 +77,14 @@ class RefCOCODataModule(ReferringVideoDataModule):
 
     def make_val_dataset(self) -> ReferringImageEvalDataset:
         # every item has T = 1 and the same view sizes, so validation batches may hold several images
+        return self._image_eval_dataset(self.val_source())
+
+    def image_eval_dataset(self, bench: Benchmark, split: str | None = None) -> ReferringImageEvalDataset:
+        """What ``eval.py`` predicts or scores: ``split`` (default: ``val_split``, else the benchmark's default
+        split) of the validation dataset (``val_name``), captions swapped on request (``swap_expressions``)."""
+        return self._image_eval_dataset(self.split_source(split or self.val_split or bench.default_split))
+
+    def _image_eval_dataset(self, source: RefCOCOSource) -> ReferringImageEvalDataset:
         return ReferringImageEvalDataset(
-            self.val_source(), self.eval_transform(), swap_captions=self.swap_expressions, seed=self.seed
+            source, self.eval_transform(), swap_captions=bool(self.swap_expressions), seed=int(self.seed)
         )

@@ -20,8 +20,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from mpgsam2.benchmarks import benchmark
 from mpgsam2.data.batch import ReferringBatch
+from mpgsam2.distributed import rank_and_world
+from mpgsam2.evaluation.benchmarks import benchmark
 from mpgsam2.inference.predictor import (
     ExpressionPrediction,
     apply_existence,
@@ -117,7 +118,8 @@ class RVOSLitModule(L.LightningModule):
         scheduler_interval: "step" or "epoch".
         param_groups: ``[{pattern, lr}, ...]`` (see :func:`build_param_groups`).
         eval_chunk_size: frames per independent inference chunk in validation/prediction (None = whole video;
-            "auto" = the protocol of the data module's benchmark, :mod:`mpgsam2.benchmarks`, resolved at setup).
+            "auto" = the protocol of the data module's benchmark, :mod:`mpgsam2.evaluation.benchmarks`, resolved at
+            setup).
         existence_threshold: at validation/prediction, empty every frame of an expression judged absent
             (:func:`~mpgsam2.inference.apply_existence`): a probability, None (off) or "auto" (the benchmark's, MeViS
             v2: on; resolved at setup). A benchmark with no-target expressions (MeViS v2) also logs ``val/n_acc``,
@@ -230,10 +232,11 @@ class RVOSLitModule(L.LightningModule):
     def _num_valid(self, valid: Tensor) -> Tensor:
         # parity: the original divides by the valid-frame count averaged over processes (spec §2.5)
         count = valid.sum().to(torch.float32)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        world = rank_and_world()[1]
+        if world > 1:
             count = count.clone()
             dist.all_reduce(count)
-            count = count / dist.get_world_size()
+            count = count / world
         return count.clamp(min=1)
 
     def _clip_logits(self, batch: ReferringBatch) -> tuple[Tensor, Tensor, Tensor]:

@@ -17,6 +17,7 @@ PARTS = {
     "metrics": ["mpgsam2/metrics", "mpgsam2/losses.py"],
     "weights": ["mpgsam2/weights"],
     "inference": ["mpgsam2/inference"],
+    "evaluation": ["mpgsam2/evaluation", "mpgsam2/distributed.py"],
 }
 # part -> import prefixes it must never use, and why
 NEVER = {
@@ -47,6 +48,19 @@ NEVER = {
         "loading needs no Lightning",
     ),
     "inference": (["lightning", "hydra", "data_modules", "callbacks", "mpgsam2.lit_module"], "plain PyTorch"),
+    "evaluation": (
+        [
+            "lightning",
+            "hydra",
+            "omegaconf",
+            "data_modules",
+            "callbacks",
+            "mpgsam2.lit_module",
+            "train",
+            "eval",
+        ],
+        "evaluation reads a data module through its protocol (eval_targets), never the Lightning layer",
+    ),
 }
 
 
@@ -99,3 +113,20 @@ def test_the_reader_of_imports_sees_imports_inside_functions(tmp_path: Path) -> 
     probe.write_text("def f():\n    import lightning\n    from ..data import sources\n")
     modules = [m for _, m in imported_modules(probe, tmp_path)]
     assert "lightning" in modules and "mpgsam2.data.sources" in modules
+
+
+def test_the_process_group_is_asked_for_rank_and_world_in_one_place() -> None:
+    """``rank_and_world`` (mpgsam2/distributed.py) is the one reader of ``torch.distributed``'s rank and size."""
+    callers = []
+    for path in sorted(
+        [
+            *REPO.glob("*.py"),
+            *(REPO / "mpgsam2").rglob("*.py"),
+            *(REPO / "data_modules").rglob("*.py"),
+            *(REPO / "callbacks").rglob("*.py"),
+        ]
+    ):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr in ("get_rank", "get_world_size"):
+                callers.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert callers and all(c.startswith("mpgsam2/distributed.py:") for c in callers), callers

@@ -143,7 +143,8 @@ def test_ytvos_valid_writes_the_submission_zip_and_resumes(released: Path, tmp_p
 def test_interrupted_eval_finishes_with_the_same_zip(released: Path, tmp_path: Path, monkeypatch) -> None:
     root = _ytvos_valid(tmp_path)
     clean = eval_entry.run(_cfg(tmp_path / "clean", f"ckpt={released}", "data=ytvos", f"data.root={root}"))
-    import mpgsam2.inference.evaluate as evaluate
+    import mpgsam2.evaluation.evaluate as evaluate
+    from mpgsam2.evaluation.runner import PerExpression
 
     real = evaluate.model_predictor
     calls = []
@@ -157,7 +158,7 @@ def test_interrupted_eval_finishes_with_the_same_zip(released: Path, tmp_path: P
             calls.append(batch.meta[0].video)
             return predict(batch)
 
-        return wrapped
+        return PerExpression(wrapped)  # one call per expression, so the crash falls between two videos
 
     cfg = _cfg(tmp_path / "b", f"ckpt={released}", "data=ytvos", f"data.root={root}")
     monkeypatch.setattr(evaluate, "model_predictor", crashing)
@@ -515,7 +516,7 @@ def test_precision_reaches_the_engine_and_a_run_folder_keeps_its_precision(
     seen, compiled = [], []
     real = predictor_module.predict_video
     monkeypatch.setattr(
-        "mpgsam2.inference.submission.predict_video",
+        "mpgsam2.evaluation.runner.predict_video",
         lambda *a, **k: seen.append((k["precision"], k["compile"])) or real(*a, **k),
     )
     monkeypatch.setattr(torch, "compile", lambda fn: compiled.append(type(fn.__self__).__name__) or fn)

@@ -206,7 +206,7 @@ def test_eval_of_images_resumes_and_refuses_other_weights(tmp_path, refcoco_ckpt
     assert predicted == [2] and again == first and (staging / "1.png").stat().st_mtime_ns == kept
 
     # other weights (their hash) in the same run folder: refused (naming the manifest), or restart=true
-    monkeypatch.setattr("mpgsam2.inference.evaluate.weights_digest", lambda model: "other weights")
+    monkeypatch.setattr("mpgsam2.evaluation.evaluate.weights_digest", lambda model: "other weights")
     with pytest.raises(ValueError, match="staging.json: this run folder holds predictions of another"):
         eval_entry.run(compose_config("eval", [f"ckpt={ckpt}"], tmp_path))
     predicted.clear()

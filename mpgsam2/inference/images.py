@@ -4,7 +4,7 @@ scoring them in memory.
 Predictions go through the model's batched image path (spec §1.7) and are resized bilinearly to each image's
 original size, foreground where the logit is > 0 (sigmoid > 0.5). :func:`predict_images_to_staging` writes one
 0/255 ``L`` PNG per referring expression, ``<staging>/<sample_id>.png`` (the ``refcoco`` row of
-:mod:`mpgsam2.benchmarks`), each atomically (:meth:`~mpgsam2.inference.submission.StagingArea.write_png`); a rerun
+:mod:`mpgsam2.evaluation.benchmarks`), each atomically (:meth:`~mpgsam2.evaluation.staging.StagingArea.write_png`); a rerun
 skips the files already there. The scores (mIoU, cIoU and the J&F of 1-frame videos) are
 :class:`~mpgsam2.metrics.ImageIoU`'s, whether in memory (:func:`evaluate_images`) or from the PNGs
 (:func:`mpgsam2.metrics.scoring.score_images`).
@@ -21,12 +21,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-from mpgsam2.benchmarks import benchmark
 from mpgsam2.data.batch import ReferringBatch, ReferringItem
 from mpgsam2.data.errors import DatasetError
 from mpgsam2.data.image_dataset import ReferringImageEvalDataset
+from mpgsam2.distributed import shard
+from mpgsam2.evaluation.benchmarks import benchmark
+from mpgsam2.evaluation.staging import StagingArea
 from mpgsam2.inference.predictor import PRECISIONS, resize_logits
-from mpgsam2.inference.submission import StagingArea, shard
 from mpgsam2.metrics import ImageIoU
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
 

@@ -1,6 +1,6 @@
 """Scoring folders of predicted PNGs against a source with ground truth (any method's output, or ours).
 
-Three layouts, by the benchmark's ``scoring`` (:mod:`mpgsam2.benchmarks`, whose rows name the files):
+Three layouts, by the benchmark's ``scoring`` (:mod:`mpgsam2.evaluation.benchmarks`, whose rows name the files):
 
 - ``"expressions"`` (Ref-YouTube-VOS, MeViS): ``<pred>/<video>/<exp_id>/<frame>.png``, optionally under a top
   ``Annotations/`` folder (the Ref-YouTube-VOS zip). Any non-zero grey value is foreground. Each expression is
@@ -43,10 +43,10 @@ import numpy as np
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
-from mpgsam2.benchmarks import Benchmark, benchmark
 from mpgsam2.data.errors import DatasetError
 from mpgsam2.data.records import ExpressionRecord, VideoRecord
 from mpgsam2.data.sources import ReferringVideoSource, image_size
+from mpgsam2.evaluation.benchmarks import Benchmark, Scoring, benchmark
 from mpgsam2.metrics import ImageIoU, JFMetric, NoTargetJFMetric, boundary_f_measure, region_similarity
 from mpgsam2.metrics.jf import DEFAULT_BOUND_TH
 from mpgsam2.utils import PIL_ERRORS
@@ -257,7 +257,7 @@ def score_images(
     """RefCOCO/+/g: mIoU, cIoU and J&F of ``<pred>/<sample_id>.png`` over the samples of ``source``.
 
     Args:
-        pred: the folder (or zip) of PNGs (file names: the ``refcoco`` row of :mod:`mpgsam2.benchmarks`).
+        pred: the folder (or zip) of PNGs (file names: the ``refcoco`` row of :mod:`mpgsam2.evaluation.benchmarks`).
         source: a :class:`~mpgsam2.data.RefCOCOSource` (``sample(i)``, ``read_mask(sample)``, ``len``).
         samples: the sample indices to score (default: all, in order).
         bound_th: boundary tolerance of F.
@@ -464,12 +464,12 @@ def score_predictions(
         ValueError: an unknown benchmark, or one scored in no way known here.
     """
     bench = benchmark(bench) if isinstance(bench, str) else bench
-    if bench.scoring == "davis":
+    if bench.scoring is Scoring.DAVIS:
         return score_davis(pred, source, annotators=annotators, max_frames=max_frames, bound_th=bound_th)
-    if bench.scoring == "images":
+    if bench.scoring is Scoring.IMAGES:
         return score_images(pred, source, samples=samples, bound_th=bound_th)
-    if bench.scoring != "expressions":
-        raise ValueError(f"{bench.title}: no scorer for {bench.scoring!r} predictions")
+    if bench.scoring is not Scoring.EXPRESSIONS:
+        raise ValueError(f"{bench.title}: no scorer for {bench.scoring.value!r} predictions")
     return score_expressions(
         pred, source, max_frames=max_frames, bound_th=bound_th, no_target_scores=bench.no_target_scores
     )

@@ -125,8 +125,8 @@ def chunk_bounds(num_frames: int, chunk_size: int | None) -> Iterator[tuple[int,
 @torch.no_grad()
 def predict_expression(
     model: MPGSAM2,
-    sam_frames: Tensor,
-    beit_frames: Tensor,
+    sam_frames: FrameSequence,
+    beit_frames: FrameSequence,
     text_ids: Tensor,
     text_padding_mask: Tensor | None,
     orig_size: tuple[int, int],
@@ -140,7 +140,8 @@ def predict_expression(
 
     Args:
         model: the model (its current train/eval mode is used as is).
-        sam_frames: (T, 3, S, S) SAM view. beit_frames: (T, 3, Hb, Wb) BEiT-3 view.
+        sam_frames: (T, 3, S, S) SAM view. beit_frames: (T, 3, Hb, Wb) BEiT-3 view (or lazy frame sequences, as
+            :func:`predict_video` takes).
         text_ids: (L,) token ids. text_padding_mask: (L,) bool, True = padding, or None.
         orig_size: (H, W) of the original frames.
         chunk_size: frames per independent chunk (24 for MeViS, spec §3.2), or None for the whole video.
@@ -148,8 +149,6 @@ def predict_expression(
     Returns:
         The logits at the original size, on the CPU.
     """
-    if beit_frames.shape[0] != sam_frames.shape[0]:
-        raise ValueError(f"{sam_frames.shape[0]} SAM frames but {beit_frames.shape[0]} BEiT-3 frames")
     return predict_video(
         model, sam_frames, beit_frames, [(text_ids, text_padding_mask)], orig_size, chunk_size
     )[0]

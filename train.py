@@ -115,6 +115,21 @@ def finish_loggers(trainer: L.Trainer) -> None:
             experiment.finish()
 
 
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint ``trainer.fit`` resumes from: ``ckpt_path`` as given, or for ``ckpt_path=auto`` this run
+    folder's own ``checkpoints/last.ckpt`` when it exists (a requeued SLURM job, a restarted command) and
+    nothing otherwise (a first start)."""
+    value = cfg.get("ckpt_path")
+    if value != "auto":
+        return value
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if last.exists():
+        log.info("ckpt_path=auto: resuming from %s", last)
+        return str(last)
+    log.info("ckpt_path=auto: no %s yet, starting from step 0", last)
+    return None
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train and/or validate as configured; returns the final validation metrics (empty when not validated)."""
     L.seed_everything(cfg.seed, workers=True)
@@ -136,7 +151,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         for lg in trainer.loggers:
             lg.log_hyperparams(hparams)
         if cfg.train:
-            trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+            trainer.fit(system, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg), weights_only=True)
             if trainer.interrupted:  # e.g. Ctrl-C or SIGTERM: no final checkpoint of an unfinished run
                 raise SystemExit(
                     f"training was interrupted at step {trainer.global_step}; resume from last.ckpt"

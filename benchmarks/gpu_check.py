@@ -54,7 +54,7 @@ def build(smoke: bool, device: torch.device, activation_checkpointing: tuple[str
     options = {"activation_checkpointing": list(activation_checkpointing)} if activation_checkpointing else {}
     with torch.device(device):
         if smoke:
-            from framework_helpers import tiny_config
+            from helpers.tiny import tiny_config
 
             model = MPGSAM2(tiny_config(**options))
         else:

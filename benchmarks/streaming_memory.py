@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from framework_helpers import random_clip, tiny_config  # noqa: E402
+from helpers.tiny import random_clip, tiny_config  # noqa: E402
 
 from mpgsam2.modeling.mpgsam2 import MPGSAM2  # noqa: E402
 from mpgsam2.modeling.sam2.memory_bank import TrackingState  # noqa: E402

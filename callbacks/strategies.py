@@ -63,8 +63,8 @@ class ShardedStrategy(ModelParallelStrategy):
 
     Checkpoints are full and single-file (``save_distributed_checkpoint=False``: the model and optimizer states
     gathered on rank 0), written through the trainer's checkpoint IO (atomic) and read with
-    ``weights_only=True`` (:meth:`load_checkpoint`). A sharded ``torch.distributed.checkpoint`` folder is not offered: its metadata is a
-    pickle that loading would execute.
+    ``weights_only=True`` (:meth:`load_checkpoint`). A sharded ``torch.distributed.checkpoint`` folder is not
+    offered: its metadata is a pickle that loading would execute.
 
     Args:
         **kwargs: ``ModelParallelStrategy``'s (``process_group_backend``, ``timeout``); its data- and

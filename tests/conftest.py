@@ -20,7 +20,7 @@ def fixture_dir() -> Path:
 @pytest.fixture(scope="session")
 def tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The synthetic dataset's word tokenizer (a sentencepiece model), for data modules that need one."""
-    from data_helpers import synthetic_tokenizer
+    from helpers.datasets import synthetic_tokenizer
 
     return synthetic_tokenizer(tmp_path_factory.mktemp("tok"))
 
@@ -28,7 +28,7 @@ def tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory):
     """A tiny demo model after 2 steps: its checkpoint and its (validation-ready) data module."""
-    from framework_helpers import TINY_SYNTHETIC, compose_config
+    from helpers.configs import TINY_SYNTHETIC, compose_config
 
     import train as train_entry
 

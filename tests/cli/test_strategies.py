@@ -1,0 +1,286 @@
+"""The multi-device switches of conf/trainer/ (fsdp, fsdp_cpu, deepspeed) and the recipes' global batch, run as the
+user runs them: `python train.py experiment=ytvos_large trainer=fsdp_cpu ...` in real processes (gloo on the CPU),
+killed with SIGKILL and resumed, the final checkpoint evaluated by `python eval.py`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers.configs import TINY_RECIPE
+from helpers.datasets import synthetic_tokenizer, write_ytvos_dataset
+
+from callbacks.strategies import SHARDED_BLOCKS, gradient_accumulation, publish_checkpoint_folder
+from mpgsam2.weights import load_model
+
+REPO = Path(__file__).resolve().parents[2]
+ON_CPU = [
+    o for o in TINY_RECIPE if not o.startswith("trainer=")
+]  # the tiny model; the trainer is chosen here
+
+
+def _run(script: str, run_dir: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, script, *overrides, f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    rows = csv.DictReader((run_dir / "csv" / "version_0" / "metrics.csv").open())
+    return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
+
+
+# ------------------------------------------------------------------------------------------------ global batch
+
+
+def test_the_accumulation_keeps_the_global_batch_and_an_explicit_one_wins() -> None:
+    assert gradient_accumulation(8, 8, 1) == (1, "global batch 8 = 8 devices x 1 clip x 1 accumulation")
+    assert gradient_accumulation(8, 2, 1) == (4, "global batch 8 = 2 devices x 1 clip x 4 accumulation")
+    assert gradient_accumulation(64, 4, 8)[0] == 2  # RefCOCO: 8 images per device
+    assert gradient_accumulation(None, 3, 2) == (1, "global batch 6 = 3 devices x 2 clips x 1 accumulation")
+    steps, message = gradient_accumulation(8, 2, 1, explicit=2)
+    assert steps == 2 and message.startswith("global batch 4 = 2 devices x 1 clip x 2 accumulation")
+    assert "the recipe's global batch is 8" in message
+    with pytest.raises(ValueError, match=r"global_batch_size=8 is not a multiple of 3 device\(s\) x 1 clip"):
+        gradient_accumulation(8, 3, 1)
+    with pytest.raises(ValueError, match=r"global_batch_size=8 is not a multiple of 16 device"):
+        gradient_accumulation(8, 16, 1)  # more clips per step than the global batch
+
+
+def _four_clips(root: Path) -> dict[str, Path]:
+    """Two videos of two frames, two expressions each, the object in every frame: four training clips of two
+    frames with the same valid-frame count (the loss normaliser), so that the clips' grouping into processes and
+    micro-steps changes nothing but float rounding."""
+    videos = {
+        name: {
+            "num_frames": 2,
+            "objects": {1: None, 2: None},
+            "expressions": {"0": (f"the red square {name}", 1), "1": (f"the blue square {name}", 2)},
+        }
+        for name in ("vid_a", "vid_b")
+    }
+    return {
+        "data": write_ytvos_dataset(root / "ytvos", "train", videos),
+        "tok": synthetic_tokenizer(root / "tok"),
+    }
+
+
+def test_two_processes_accumulating_two_clips_update_as_four_processes(tmp_path: Path) -> None:
+    """Reason for its length (60-110 s on the shared 2-core machine, mostly process start-up): two real train.py
+    runs, of 4 and of 2 gloo processes."""
+    data = _four_clips(tmp_path)
+    common = [
+        "experiment=ytvos_large",
+        *ON_CPU,
+        "global_batch_size=4",
+        "trainer=ddp_cpu",
+        f"data.root={data['data']}",
+        f"data.tokenizer_path={data['tok']}",
+        "data.num_frames=2",
+        "data.num_workers=0",
+        # no dropout anywhere (MPG modules, SAM 2 memory attention): the comparison is of the arithmetic only
+        "model.dropout=0.0",
+        *(
+            f"++model.sam2.settings.memory_attention.layer.{k}dropout=0.0"
+            for k in ("", "self_attention.", "cross_attention.")
+        ),
+        # plain SGD: the update is the gradient (AdamW's first step is about lr * sign(gradient))
+        "system.optimizer._target_=torch.optim.SGD",
+        "system.optimizer.lr=0.5",
+        "system.optimizer.weight_decay=0.0",
+        "system.param_groups=[]",
+        "trainer.max_steps=1",
+        "logger=none",
+        "~callbacks.rich_progress_bar",
+        "~callbacks.mask_overlay",
+        "~callbacks.lr_monitor",
+    ]
+    states = {}
+    for devices in (4, 2):
+        run = _run("train.py", tmp_path / f"d{devices}", *common, f"trainer.devices={devices}")
+        assert run.returncode == 0, run.stderr[-3000:]
+        expected = f"global batch 4 = {devices} devices x 1 clip x {4 // devices} accumulation"
+        assert expected in (tmp_path / f"d{devices}" / "train.log").read_text()
+        final = torch.load(tmp_path / f"d{devices}" / "checkpoints" / "final.ckpt", weights_only=True)
+        assert final["global_step"] == 1
+        states[devices] = final["state_dict"]
+    initial = load_model(tmp_path / "d4" / "checkpoints" / "final.ckpt").model  # only for the names
+    trainable = [f"model.{n}" for n, p in initial.named_parameters() if p.requires_grad]
+    largest_update = 0.0
+    for name in trainable:
+        torch.testing.assert_close(states[2][name], states[4][name], rtol=1e-5, atol=1e-6, msg=name)
+    # the step moved the weights far more than the tolerance (the same seed built the same initial weights)
+    reference = _run_initial_weights(tmp_path, common)
+    for name in trainable:
+        largest_update = max(largest_update, float((states[4][name] - reference[name]).abs().max()))
+    assert largest_update > 1e-2
+
+
+def _run_initial_weights(tmp_path: Path, common: list[str]) -> dict[str, torch.Tensor]:
+    """The weights the runs started from: the same seed and config, built in this process."""
+    from helpers.configs import compose_config
+
+    import train as train_entry
+
+    overrides = [o for o in common if not o.startswith("~")]
+    cfg = compose_config("train", overrides, tmp_path / "initial")
+    import lightning as L
+
+    L.seed_everything(cfg.seed, workers=True)
+    system, _ = train_entry.build_components(cfg)
+    return {k: v.detach().clone() for k, v in system.state_dict().items()}
+
+
+# --------------------------------------------------------------------------------------------------------- fsdp
+
+
+def test_fsdp_recipe_trains_resumes_after_a_kill_with_the_same_losses_and_evaluates(tmp_path: Path) -> None:
+    """`train.py experiment=ytvos_large trainer=fsdp_cpu` at tiny size, 2 gloo processes (100-220 s on the shared
+    2-core machine: four real multi-process runs, a SIGKILL, an eval.py run): the killed run resumes from
+    last.ckpt with the per-step losses of the uninterrupted one, the frozen image encoder stays as it was and
+    holds no optimizer state, and eval.py reads final.ckpt and reproduces train.py's final J&F."""
+    # three videos of two expressions: one held out for validation (an expression per process), the other two
+    # give 8 two-frame clips, 4 steps per epoch on 2 processes: the 6 steps cross an epoch boundary
+    videos = {
+        f"vid_{i}": {
+            "num_frames": 4,
+            "objects": {1: None, 2: None},
+            "expressions": {"0": ("the red square", 1), "1": ("the blue square", 2)},
+        }
+        for i in range(3)
+    }
+    root = write_ytvos_dataset(tmp_path / "ytvos", "train", videos)
+    tokenizer = synthetic_tokenizer(tmp_path / "tok")
+    common = [
+        "experiment=ytvos_large",
+        *ON_CPU,
+        "trainer=fsdp_cpu",
+        f"data.root={root}",
+        f"data.tokenizer_path={tokenizer}",
+        "data.num_frames=2",
+        "data.num_workers=0",
+        "data.val_split=holdout",
+        "data.holdout_videos=1",
+        "data.val_max_frames=3",
+        "global_batch_size=2",
+        "logger=csv",
+        "trainer.log_every_n_steps=1",
+        "trainer.max_steps=6",
+        "callbacks.last_checkpoint.every_n_train_steps=2",
+        "~callbacks.rich_progress_bar",
+        "~callbacks.mask_overlay",
+    ]
+    full = _run("train.py", tmp_path / "full", *common)
+    assert full.returncode == 0, full.stderr[-3000:]
+    reference = _losses(tmp_path / "full")
+    assert sorted(reference) == list(range(6))
+    metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
+
+    killed = _run(
+        "train.py",
+        tmp_path / "killed",
+        *common,
+        "+callbacks.kill._target_=helpers.kill.KillAtStep",
+        "+callbacks.kill.step=3",
+    )
+    assert killed.returncode == -9  # SIGKILL at step 3 (both processes): last.ckpt is from step 2, mid-epoch
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "last.ckpt"
+    ]  # a single file, nothing half-written
+    last = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 2 and last["RefYTVOSDataModule"]["batches_done"] == 2
+    assert len(last["callbacks"]["RandomStateCheckpoint"]["ranks"]) == 2  # both processes' states
+
+    resumed = _run("train.py", tmp_path / "resumed", *common, f"ckpt_path={checkpoints / 'last.ckpt'}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = _losses(tmp_path / "resumed")
+    assert sorted(after) == list(range(2, 6))
+    for step, loss in after.items():
+        assert loss == pytest.approx(reference[step], abs=1e-6), (step, loss, reference[step])
+
+    # the full model in one file, keyed as a DDP run's: frozen image encoder unchanged, no optimizer state for it
+    final = torch.load(tmp_path / "resumed" / "checkpoints" / "final.ckpt", weights_only=True)
+    model = load_model(tmp_path / "resumed" / "checkpoints" / "final.ckpt").model
+    assert set(final["state_dict"]) == {f"model.{k}" for k in model.state_dict()}
+    frozen = [k for k in final["state_dict"] if k.startswith("model.sam.image_encoder.")]
+    assert frozen and all(torch.equal(final["state_dict"][k], last["state_dict"][k]) for k in frozen)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = final["optimizer_states"][0]
+    assert sum(len(g["params"]) for g in optimizer["param_groups"]) == len(trainable)
+    assert len(optimizer["state"]) <= len(trainable)
+
+    evaluation = _run(
+        "eval.py", tmp_path / "eval", f"ckpt={tmp_path / 'resumed' / 'checkpoints' / 'final.ckpt'}"
+    )
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    resumed_metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert resumed_metrics["jf"] == pytest.approx(metrics["jf"], abs=1e-6)  # the same training, resumed
+    assert evaluation.stdout.strip().splitlines()[-1] == (
+        f"j={resumed_metrics['j']:.4f} f={resumed_metrics['f']:.4f} jf={resumed_metrics['jf']:.4f}"
+    )
+
+
+def test_the_sharded_units_are_the_models_repeated_blocks() -> None:
+    from helpers.tiny import tiny_config
+
+    from mpgsam2.modeling.mpgsam2 import MPGSAM2
+
+    model = MPGSAM2(tiny_config())
+    units = [m for m in model.modules() if isinstance(m, SHARDED_BLOCKS)]
+    unit_params = {id(p) for u in units for p in u.parameters()}
+    beit3 = [p for n, p in model.named_parameters() if ".layers." in n and n.startswith("beit3.")]
+    encoder = list(model.sam.image_encoder.parameters())
+    assert beit3 and all(id(p) in unit_params for p in beit3 + encoder)
+
+
+# ---------------------------------------------------------------------------------------------------- deepspeed
+
+
+def test_deepspeed_is_refused_without_cuda_before_anything_is_read(tmp_path: Path) -> None:
+    assert not torch.cuda.is_available()
+    data_dir = tmp_path / "data"
+    run = _run(
+        "train.py",
+        tmp_path / "run",
+        "experiment=demo",
+        "trainer=deepspeed",
+        "logger=csv",
+        f"paths.data_dir={data_dir}",
+        timeout=120,
+    )
+    assert run.returncode != 0
+    assert "trainer=deepspeed needs CUDA GPUs (torch.cuda.is_available() is False" in run.stderr
+    assert "nothing was built or read" in run.stderr
+    assert not data_dir.exists()  # the synthetic dataset was not generated
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_checkpoint_folder_is_published_whole_or_not_at_all(tmp_path: Path) -> None:
+    target = tmp_path / "last.ckpt"
+
+    def staged(step: int) -> Path:
+        folder = tmp_path / f".last.ckpt.step{step}.d"
+        (folder / "checkpoint").mkdir(parents=True)
+        (folder / "checkpoint" / "state.pt").write_text(str(step))
+        return folder
+
+    publish_checkpoint_folder(staged(1), target)
+    assert (target / "checkpoint" / "state.pt").read_text() == "1"
+    staged(2)  # a save killed before publishing: the target still names the complete previous checkpoint
+    assert (target / "checkpoint" / "state.pt").read_text() == "1"
+    publish_checkpoint_folder(staged(3), target)
+    assert (target / "checkpoint" / "state.pt").read_text() == "3"
+    # the previous folder and the killed save's are gone; the link is relative (the run folder may move)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".last.ckpt.step3.d", "last.ckpt"]
+    assert os.readlink(target) == ".last.ckpt.step3.d"
+    real = tmp_path / "other.ckpt"
+    real.mkdir()
+    with pytest.raises(IsADirectoryError, match=r"other\.ckpt: a folder not written by this run"):
+        publish_checkpoint_folder(staged(4), real)

@@ -1,0 +1,53 @@
+"""The one tiny MPG-SAM 2 of the tests, the benchmarks and the demo (`conf/model/{beit3,sam2}/tiny.yaml`: BEiT-3
+width 64, SAM width 32, 64 px SAM input), and random inputs for it."""
+
+from __future__ import annotations
+
+import torch
+
+from helpers.configs import CONF_DIR
+from mpgsam2.build import model_config
+from mpgsam2.modeling.config import MPGSAM2Config
+from mpgsam2.modeling.mpgsam2 import MPGSAM2
+from mpgsam2.modeling.sam2.presets import merge_settings
+
+
+def tiny_preset() -> tuple[dict, dict]:
+    """(beit3, sam2) of ``conf/model/{beit3,sam2}/tiny.yaml``: the one tiny model of the tests, the benchmarks
+    and the demo."""
+    from omegaconf import OmegaConf
+
+    beit3 = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "beit3" / "tiny.yaml"))
+    sam2 = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "sam2" / "tiny.yaml"))
+    return beit3, sam2
+
+
+def tiny_config(sam2_settings: dict | None = None, **options) -> MPGSAM2Config:
+    """The tiny preset (``conf/model/{beit3,sam2}/tiny.yaml``: BEiT-3 width 64, SAM width 32, 64 px SAM input),
+    with ``sam2_settings`` merged over its SAM 2 settings and ``options`` set."""
+    beit3, sam2 = tiny_preset()
+    sam2["settings"] = merge_settings(sam2["settings"], sam2_settings or {})
+    return model_config(beit3, sam2, **options)
+
+
+def random_clip(model: MPGSAM2, frames: int, batch: int = 1, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    s = model.sam.image_size
+    hb = model.input_sizes["beit_size"]
+    sam = torch.randn(batch, frames, 3, s, s, generator=g)
+    beit = torch.randn(batch, frames, 3, hb, hb, generator=g)
+    ids = torch.randint(4, 40, (batch, 7), generator=g)
+    ids[:, 0], ids[:, -1] = 0, 2
+    return sam, beit, ids, torch.zeros_like(ids, dtype=torch.bool)
+
+
+def tiny_video_model():
+    """The tiny MPG-SAM 2 of ``conf/model/{beit3,sam2}/tiny.yaml`` (random weights, seed 0, image encoder
+    trainable); its views are ``model.input_sizes``."""
+    import torch
+
+    from mpgsam2.build import build_model
+
+    beit3, sam2 = tiny_preset()
+    torch.manual_seed(0)
+    return build_model(beit3=beit3, sam2=sam2, freeze_image_encoder=False)

@@ -70,6 +70,7 @@ def _table(out: str) -> dict[str, list[str]]:
 
 
 def test_train_memory_measures_a_step_with_and_without_checkpointing(capsys: pytest.CaptureFixture) -> None:
+    # two fresh processes, as the script measures (about 10 s on a quiet 2-core machine)
     args = ["--preset", "tiny", "--sam-size", "64", "--frames", "2", "--repeats", "1", "--threads", "1"]
     assert _load("train_memory").main(args) == 0
     out = capsys.readouterr().out

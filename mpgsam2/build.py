@@ -96,6 +96,7 @@ def build_model(
     sam2: Mapping[str, object],
     weights: Mapping[str, str | None] | None = None,
     hf_gamma_compat: bool = False,
+    compile: bool = False,
     **options: object,
 ) -> MPGSAM2:
     """Build MPG-SAM 2 and optionally initialise it from checkpoints.
@@ -111,6 +112,8 @@ def build_model(
             the original's training start (official BEiT-3 ``.pth`` and SAM 2 ``.pt``). Each is loaded by
             ``mpgsam2.weights.load_weights``, strictly.
         hf_gamma_compat: passed to the MPG-SAM 2 converter (see ``mpgsam2.weights.convert_mpgsam2``).
+        compile: run the image encoder and memory attention through ``torch.compile``
+            (:meth:`MPGSAM2.compile_for_inference`; a build option, not part of the model's config).
         **options: any other ``MPGSAM2Config`` field (``dropout``, the ``use_*`` ablation switches,
             ``freeze_image_encoder`` ...).
 
@@ -123,6 +126,8 @@ def build_model(
     except TypeError as err:  # a nested SAM 2 setting no module takes, e.g. memory_attention.layer.d_modle
         raise ConfigError(f"model.sam2.settings: a key no SAM 2 module takes ({err})") from None
     _load_weights(model, dict(weights or {}), hf_gamma_compat)
+    if compile:
+        model.compile_for_inference()
     return model
 
 

@@ -147,7 +147,11 @@ class LoadedModel:
 
 
 def load_model(
-    path: str | Path, hf_gamma_compat: bool = False, *, config_path: str | Path | None = None
+    path: str | Path,
+    hf_gamma_compat: bool = False,
+    compile: bool = False,
+    *,
+    config_path: str | Path | None = None,
 ) -> LoadedModel:
     """The model in ``path``: a ``train.py`` checkpoint (rebuilt from its stored ``model_config``), our export
     folder or a released MPG-SAM 2 folder (``config.json`` + weights, with ``sentencepiece.bpe.model``). The
@@ -160,6 +164,8 @@ def load_model(
             1e-6 (released folders only; see :func:`mpgsam2.weights.convert_mpgsam2`).
         config_path: the ``config.json`` of a single weights file (a DeepSpeed ``zero_to_fp32`` export, keys
             ``module.evf_model.``, or a ``pytorch_model.bin``) given as ``path``.
+        compile: run the model's image encoder and memory attention through ``torch.compile``
+            (:meth:`~mpgsam2.MPGSAM2.compile_for_inference`; compiled on the first call).
 
     Raises:
         CheckpointError: the path is neither, a stored value is invalid, or the weights do not fit (the message
@@ -171,6 +177,8 @@ def load_model(
     path = Path(path)
     if path.is_dir() or config_path is not None:
         model = read_model_folder(path, config_path=config_path, hf_gamma_compat=hf_gamma_compat)
+        if compile:
+            model.compile_for_inference()
         return LoadedModel(model, folder_tokenizer(path) if path.is_dir() else None, None, path)
     ckpt = read_train_checkpoint(path)
     stored_config = ckpt.require("model_config")
@@ -182,6 +190,8 @@ def load_model(
     except (TypeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{path}: invalid '{TRAIN_CHECKPOINT_KEY}.model_config': {err}") from err
     logger.info("%s", load_into(model, ckpt.state_dict, source=str(path)))
+    if compile:
+        model.compile_for_inference()
     run_config = ckpt.stored.get("config")
     # checkpoints written before 2026-12-06 also stored the tokenizer beside the run config
     tokenizer = ckpt.stored.get("tokenizer_path")

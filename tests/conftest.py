@@ -22,7 +22,7 @@ def fixture_dir() -> Path:
 
 @pytest.fixture
 def tiny_model():
-    """The one tiny model (``conf/model/{beit3,sam2}/tiny.yaml``), random weights of seed 0, in eval mode, built
+    """The one test model (``conf/model/{beit3,sam2}/test.yaml``), random weights of seed 0, in eval mode, built
     for each test (a test may train or change it); ``helpers.tiny.make_tiny_model`` builds it with options."""
     from helpers.tiny import make_tiny_model
 

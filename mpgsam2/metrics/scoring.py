@@ -208,7 +208,8 @@ def score_expressions(
         source: the split with ground truth.
         max_frames: score only the first N frames of each video (when only those were predicted).
         bound_th: boundary tolerance of F.
-        no_target_scores: also score the no-target expressions (MeViS v2, :class:`NoTargetJFMetric`).
+        no_target_scores: also score the no-target expressions (MeViS v2, :class:`NoTargetJFMetric`); a source
+            with no-target expressions (the synthetic demo's) is always scored so.
 
     Returns:
         ``{"j", "f", "jf", "num_expressions"}``; with ``no_target_scores`` also ``"j_target", "f_target",
@@ -220,6 +221,7 @@ def score_expressions(
     """
     _require_masks(source)
     # one process scores the whole folder: no synchronisation with other ranks
+    no_target_scores = no_target_scores or any(getattr(e, "no_target", False) for e in source.expressions)
     metric_class = NoTargetJFMetric if no_target_scores else JFMetric
     metric = metric_class(bound_th=bound_th, sync_on_compute=False)
     sizes: dict[str, tuple[int, int]] = {}

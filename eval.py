@@ -131,13 +131,30 @@ def tokenizer_path(loaded: LoadedModel, given: Any) -> Any:
     return str(own)
 
 
+def benchmark_name(cfg: DictConfig) -> str | None:
+    """``benchmark=``, or its deprecated name ``dataset=`` (kept for one release, with a warning); None: neither.
+
+    Raises:
+        ValueError: both are given, naming different benchmarks.
+    """
+    name, old = cfg.get("benchmark"), cfg.get("dataset")
+    if old is None:
+        return name
+    log.warning("dataset=%s is deprecated (kept for one release): use benchmark=%s", old, old)
+    if name is not None and name != old:
+        raise ValueError(
+            f"benchmark={name} and its deprecated name dataset={old} disagree: give benchmark= only"
+        )
+    return old
+
+
 def benchmark_of(datamodule: Any, name: str | None) -> Benchmark:
-    """The benchmark ``name`` if given (``dataset=``), else the one the data module names."""
+    """The benchmark ``name`` if given (``benchmark=``), else the one the data module names."""
     if name is None:
         name = getattr(datamodule, "benchmark", None)
         if name is None:
             raise ValueError(
-                f"{type(datamodule).__name__} names no benchmark; pass dataset=<ytvos|mevis|davis|refcoco>"
+                f"{type(datamodule).__name__} names no benchmark; pass benchmark=<ytvos|mevis|davis|refcoco>"
             )
     return benchmark(str(name))
 
@@ -256,7 +273,7 @@ def _score_folder(cfg: DictConfig, out_dir: Path, rank: int) -> dict[str, Any]:
     if cfg.get("ckpt") and Path(cfg.ckpt).is_file():
         run_config = stored_run_config(cfg.ckpt, read_train_checkpoint(cfg.ckpt).stored.get("config"))
     datamodule = _datamodule(cfg, run_config, None)
-    bench = benchmark_of(datamodule, cfg.get("dataset"))
+    bench = benchmark_of(datamodule, benchmark_name(cfg))
     if rank != 0:
         return {}
     return score_folder(cfg.predictions, datamodule, bench, out_dir, None)  # the split: data.val_split
@@ -268,7 +285,7 @@ def _evaluate_model(
     loaded = load_model(cfg.ckpt, bool(cfg.model.hf_gamma_compat))
     run_config = None if loaded.path.is_dir() else stored_run_config(loaded.path, loaded.run_config)
     datamodule = _datamodule(cfg, run_config, loaded)
-    bench = benchmark_of(datamodule, cfg.get("dataset"))
+    bench = benchmark_of(datamodule, benchmark_name(cfg))
     from_checkpoint = "_target_" not in cfg.data
     return evaluate_model(
         loaded.model.to(device),

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,6 +31,27 @@ from mpgsam2.evaluation.benchmarks import benchmark
 from mpgsam2.utils import parameter_counts, write_json_atomic
 
 log = logging.getLogger("train")
+
+# config group options kept for one release under their old names: (group, old name) -> new name
+DEPRECATED_CHOICES = {
+    # `tiny` also named the paper's size (size=tiny: BEiT-3 base + Hiera-T); the random test model is `test`
+    ("model/beit3", "tiny"): "test",
+    ("model/sam2", "tiny"): "test",
+}
+
+
+def warn_deprecated_choices(choices: Mapping[str, Any]) -> list[str]:
+    """Logs a warning for each deprecated config option chosen (``choices``: Hydra's ``runtime.choices``, group ->
+    option) and returns the warnings."""
+    messages = [
+        f"{group}={old} is deprecated (kept for one release): use {group}={new}, the same config"
+        for (group, old), new in DEPRECATED_CHOICES.items()
+        if choices.get(group) == old
+    ]
+    for message in messages:
+        log.warning("%s", message)
+    return messages
+
 
 # Lightning 2.6 on torch >= 2.13 warns about its own use of a deprecated torch pytree API at every fit
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
@@ -191,6 +214,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    warn_deprecated_choices(HydraConfig.get().runtime.choices)
     metrics = run(cfg)
     if "jf" in metrics:
         # the last line of a run (and Hydra multirun / sweep objective)

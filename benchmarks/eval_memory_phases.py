@@ -41,9 +41,9 @@ def phases(model: torch.nn.Module, frames: int, k: int) -> list[tuple[str, float
     decoder = model.sam.sam_mask_decoder
     context_from_tokens, context_cache = model.context_from_tokens, decoder.context_cache
 
-    def timed_context(tokens):  # noqa: ANN001, ANN202
+    def timed_context(tokens, **options):  # noqa: ANN001, ANN003, ANN202
         marks.append(("BEiT-3 calls", time.perf_counter()))
-        out = context_from_tokens(tokens)
+        out = context_from_tokens(tokens, **options)
         marks.append(("context (mask prior)", time.perf_counter()))
         return out
 

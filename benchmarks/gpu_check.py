@@ -8,7 +8,8 @@ memory: once as configured by default and once with activation checkpointing of 
 ``--checkpoint-blocks`` (a fresh model built with ``MPGSAM2Config.activation_checkpointing``; the row reads "n/a"
 where this version's config has no such field). Sized to finish within 8 minutes on an H100 (``gpu_check.sh``
 enforces it; a section that would start after ``--budget-s`` prints a "skipped" row instead, so the table always
-comes out). ``--smoke`` runs the same code on a tiny model on the CPU (checks the script, measures nothing).
+comes out). ``--smoke`` runs the same code on the test model (``conf/model/{beit3,sam2}/test.yaml``) on the CPU
+(checks the script, measures nothing).
 
     bash benchmarks/gpu_check.sh            # on the GPU machine
     python benchmarks/gpu_check.py --smoke  # anywhere
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU")
+    parser.add_argument("--smoke", action="store_true", help="the test model on the CPU")
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--train-frames", type=int, default=5)
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device (use --smoke to check the script on the CPU)")
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke)"
-    print(f"# {name}, torch {torch.__version__}, {'tiny' if args.smoke else 'large'} model, random weights")
+    print(f"# {name}, torch {torch.__version__}, {'test' if args.smoke else 'large'} model, random weights")
 
     args.deadline = start + args.budget_s
     args.over_budget = over = f"skipped: past --budget-s {args.budget_s:.0f}"

@@ -4,8 +4,8 @@ Every measurement runs in a fresh subprocess and reports the peak RSS growth ove
 2 ms. The subprocess runs with ``MALLOC_MMAP_THRESHOLD_=65536``: every allocation above 64 KiB is its own mapping,
 returned to the system when freed, so the RSS follows the live tensors (no freed heap kept from earlier work).
 
-``--preset mid`` (or ``tiny``): one training step (forward, loss, backward, AdamW step) of the mid-size preset of
-``eval_throughput.py`` (BEiT-3 width 384 x 6 layers, Hiera-T trunk, full-size SAM 2 heads) at SAM ``--sam-size``
+``--preset mid`` (or ``test``, the test model): one training step (forward, loss, backward, AdamW step) of the
+mid-size preset of ``eval_throughput.py`` (BEiT-3 width 384 x 6 layers, Hiera-T trunk, full-size SAM 2 heads) at SAM ``--sam-size``
 px, one clip of ``--frames`` frames, with ``model.activation_checkpointing`` empty and with every block, the
 two alternating over ``--repeats`` rounds. Each process first runs one step on a 1-frame clip (kernels, the AdamW
 state), then the measured step; its growth is gradients + activations + the step's temporaries.
@@ -97,8 +97,8 @@ def preset_model(preset: str, sam_size: int) -> MPGSAM2:
     from mpgsam2.build import model_config
 
     conf = ROOT / "conf" / "model"
-    beit3 = OmegaConf.to_container(OmegaConf.load(conf / "beit3" / "tiny.yaml"))
-    sam2 = OmegaConf.to_container(OmegaConf.load(conf / "sam2" / "tiny.yaml"))
+    beit3 = OmegaConf.to_container(OmegaConf.load(conf / "beit3" / "test.yaml"))
+    sam2 = OmegaConf.to_container(OmegaConf.load(conf / "sam2" / "test.yaml"))
     sam2["settings"]["image_size"] = sam_size
     torch.manual_seed(0)
     return MPGSAM2(model_config(beit3, sam2))
@@ -358,7 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", choices=["mid", "tiny"], help="measure one training step of this preset")
+    parser.add_argument(
+        "--preset",
+        choices=["mid", "test", "tiny"],
+        help="measure one training step of this preset (tiny: deprecated name of test, the test model)",
+    )
     parser.add_argument("--sam-size", type=int, default=512)
     parser.add_argument("--frames", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
@@ -381,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    # deprecated for one release: tiny is also the paper's size; test is the random test model
+    if args.preset == "tiny":
+        print("--preset tiny is deprecated: use --preset test (the same model)", file=sys.stderr)
+        args.preset = "test"
     torch.set_num_threads(args.threads)
     if args.child:
         spec = json.loads(args.child)
@@ -390,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         return recipes_main(args)
     if args.preset:
         return preset_main(args)
-    parser.error("give --preset mid|tiny or --recipes")
+    parser.error("give --preset mid|test or --recipes")
     return 2
 
 

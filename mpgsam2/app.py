@@ -536,10 +536,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local tool: nothing sent anywhere
-    from mpgsam2.predict import load_model_for_inference
+    from mpgsam2.weights import load_model
 
-    model, own_tokenizer = load_model_for_inference(args.ckpt)
-    tokenizer_path = args.tokenizer or own_tokenizer
+    loaded = load_model(args.ckpt)
+    model, tokenizer_path = loaded.model, args.tokenizer or loaded.tokenizer_path
     if tokenizer_path is None:
         parser.error(f"{args.ckpt} names no tokenizer: pass --tokenizer <beit3.spm>")
     store = ResultStore(

@@ -44,7 +44,7 @@ def sam2_config_name(size: str, version: str) -> str:
 def beit3_config(beit3: Mapping[str, Any]) -> dict[str, Any]:
     """BEiT-3 constructor arguments: ``{"preset": "base"|"large", ...}`` is the preset's numbers
     (``BEIT3_PRESETS``, the one place they are stated) with the other keys over them; without ``preset``, the
-    mapping as given (e.g. the tiny test model).
+    mapping as given (e.g. the test model, ``conf/model/beit3/test.yaml``).
 
     Raises:
         ConfigError: an unknown preset.
@@ -96,6 +96,7 @@ def build_model(
     sam2: Mapping[str, object],
     weights: Mapping[str, str | None] | None = None,
     hf_gamma_compat: bool = False,
+    compile: bool = False,
     **options: object,
 ) -> MPGSAM2:
     """Build MPG-SAM 2 and optionally initialise it from checkpoints.
@@ -104,13 +105,15 @@ def build_model(
         beit3: ``BEiT3`` constructor arguments (embed_dim, num_heads, ffn_dim, num_layers, vocab_size,
             img_size, patch_size), or ``{"preset": "base"|"large", ...}`` (see :func:`beit3_config`).
         sam2: ``{"size": "t"|"s"|"b+"|"l", "version": "2.0"|"2.1", "settings": {nested mapping}}``: the official
-            config of that size and version with ``settings`` deep-merged over it (e.g. the tiny test size, or
+            config of that size and version with ``settings`` deep-merged over it (e.g. the test model, or
             ``model.sam2.settings.memory_attention.num_layers=2``; see ``presets.merge_settings``).
         weights: ``{"mpgsam2": path, "beit3": path, "sam2": path}``, each optional. ``mpgsam2`` (a full model:
-            a train.py ``.ckpt``, our export or a released MPG-SAM 2 checkpoint) excludes the other two, which are the original's
-            training start (official BEiT-3 ``.pth`` and SAM 2 ``.pt``). Loading is strict: see
-            ``mpgsam2.weights``.
+            a train.py ``.ckpt``, our export or a released MPG-SAM 2 checkpoint) excludes the other two, which are
+            the original's training start (official BEiT-3 ``.pth`` and SAM 2 ``.pt``). Each is loaded by
+            ``mpgsam2.weights.load_weights``, strictly.
         hf_gamma_compat: passed to the MPG-SAM 2 converter (see ``mpgsam2.weights.convert_mpgsam2``).
+        compile: run the image encoder and memory attention through ``torch.compile``
+            (:meth:`MPGSAM2.compile_for_inference`; a build option, not part of the model's config).
         **options: any other ``MPGSAM2Config`` field (``dropout``, the ``use_*`` ablation switches,
             ``freeze_image_encoder`` ...).
 
@@ -123,14 +126,9 @@ def build_model(
     except TypeError as err:  # a nested SAM 2 setting no module takes, e.g. memory_attention.layer.d_modle
         raise ConfigError(f"model.sam2.settings: a key no SAM 2 module takes ({err})") from None
     _load_weights(model, dict(weights or {}), hf_gamma_compat)
+    if compile:
+        model.compile_for_inference()
     return model
-
-
-def _load_lightning_checkpoint(model: MPGSAM2, path: Path) -> object:
-    from mpgsam2.weights import load_into
-    from mpgsam2.weights.checkpoints import read_train_checkpoint
-
-    return load_into(model, read_train_checkpoint(path).state_dict, source=str(path))
 
 
 def _load_weights(model: MPGSAM2, weights: dict[str, str | None], hf_gamma_compat: bool) -> None:
@@ -140,14 +138,12 @@ def _load_weights(model: MPGSAM2, weights: dict[str, str | None], hf_gamma_compa
     given = {k: Path(v) for k, v in weights.items() if v}
     if "mpgsam2" in given and len(given) > 1:
         raise ConfigError("model.weights.mpgsam2 is a full model: leave model.weights.beit3/sam2 empty")
-    from mpgsam2.weights import load_checkpoint
+    from mpgsam2.weights import load_weights
 
-    if "mpgsam2" in given and given["mpgsam2"].suffix == ".ckpt":
-        # a train.py (Lightning) checkpoint, e.g. the RefCOCO stage that initialises the video stages
-        logger.info("%s", _load_lightning_checkpoint(model, given["mpgsam2"]))
-        return
     for kind in _WEIGHT_KINDS:  # full model first; BEiT-3 and SAM 2 fill disjoint parts
         if kind in given:
+            # a full model is a train.py checkpoint (.ckpt, e.g. the RefCOCO stage that initialises the video
+            # stages), our export or a released checkpoint: load_weights tells them apart
             fmt = "auto" if kind == "mpgsam2" else kind
             compat = hf_gamma_compat and kind == "mpgsam2"
-            logger.info("%s", load_checkpoint(model, given[kind], fmt=fmt, hf_gamma_compat=compat))
+            logger.info("%s", load_weights(model, given[kind], fmt=fmt, hf_gamma_compat=compat))

@@ -42,9 +42,11 @@ __all__ = ["latest_demo_checkpoint", "load_model_for_inference", "main", "read_s
 logger = logging.getLogger(__name__)
 
 
-def load_model_for_inference(path: str | Path, hf_gamma_compat: bool = False) -> tuple[MPGSAM2, Path | None]:
-    """The model in ``path`` and the tokenizer file it names or ships (see :func:`mpgsam2.weights.load_model`)."""
-    loaded = load_model(path, hf_gamma_compat=hf_gamma_compat)
+def load_model_for_inference(
+    path: str | Path, hf_gamma_compat: bool = False, compile: bool = False
+) -> tuple[MPGSAM2, Path | None]:
+    """Deprecated alias (kept for one release) of ``mpgsam2.load_model``: its model and tokenizer path."""
+    loaded = load_model(path, hf_gamma_compat=hf_gamma_compat, compile=compile)
     return loaded.model, loaded.tokenizer_path
 
 
@@ -165,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     reader = open_frames(source, selection, fps=args.fps)  # before loading the model: bad input fails fast
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
-    model, own_tokenizer = load_model_for_inference(ckpt)
-    tokenizer_path = args.tokenizer or own_tokenizer
+    loaded = load_model(ckpt, compile=args.compile)
+    model, tokenizer_path = loaded.model, args.tokenizer or loaded.tokenizer_path
     if tokenizer_path is None:
         parser.error(f"{ckpt} names no tokenizer: pass --tokenizer <beit3.spm>")
     with _progress_bar(reader, not args.no_progress) as progress:
@@ -182,7 +184,6 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             progress=progress,
             precision=args.precision,
-            compile=args.compile,
         )
     print(out)
     return 0

@@ -72,7 +72,7 @@ class Benchmark:
     """One benchmark's evaluation protocol.
 
     Attributes:
-        name: the key in :data:`BENCHMARKS` (``eval.py dataset=<name>``).
+        name: the key in :data:`BENCHMARKS` (``eval.py benchmark=<name>``).
         title: how papers name it.
         mask_format: the staged PNGs (:class:`MaskFormat`; a row may be written with the value's string).
         prediction_file: where one prediction PNG sits in a staging or scored folder, a ``str.format`` template

@@ -21,7 +21,7 @@ import torch
 from mpgsam2.data import ClipTransform, ReferringBatch, ReferringItem
 from mpgsam2.data.image_dataset import ReferringImageEvalDataset
 from mpgsam2.distributed import barrier
-from mpgsam2.evaluation.benchmarks import Benchmark, benchmark
+from mpgsam2.evaluation.benchmarks import Benchmark
 from mpgsam2.evaluation.runner import model_predictor, predict_to_staging
 from mpgsam2.evaluation.staging import EvalTarget, StagingArea, check_manifest
 from mpgsam2.evaluation.zips import write_submission_zip
@@ -103,8 +103,8 @@ def score_folder(
         return _record(
             out_dir,
             metrics,
+            bench,
             predictions=str(predictions),
-            dataset=bench.name,
             source=_image_source_name(datamodule, dataset),
         )
     targets = datamodule.eval_targets(bench, split)
@@ -115,9 +115,7 @@ def score_folder(
         max_frames=datamodule.val_max_frames,
         annotators=target_annotators(targets),
     )
-    return _record(
-        out_dir, metrics, predictions=str(predictions), dataset=bench.name, source=targets[0].source.name
-    )
+    return _record(out_dir, metrics, bench, predictions=str(predictions), source=targets[0].source.name)
 
 
 def evaluate_model(
@@ -246,8 +244,8 @@ def evaluate_model(
     return _record(
         out_dir,
         metrics,
+        bench,
         checkpoint=checkpoint,
-        dataset=bench.name,
         sources=[t.source.name for t in targets],
         chunk_size=chunk_size,
         existence_threshold=existence_threshold,
@@ -273,7 +271,7 @@ def _open_staging(
         manifest = {
             "checkpoint": str(Path(checkpoint).resolve()),
             "weights": weights_digest(model),
-            "dataset": bench.name,
+            "dataset": bench.name,  # the benchmark; staging.json keeps this key so that older runs resume
             "mask_format": bench.mask_format.value,
             "tokenizer": str(datamodule.tokenizer_path),
             **settings,
@@ -283,10 +281,12 @@ def _open_staging(
     return staging
 
 
-def _record(out_dir: Path, metrics: dict[str, Any], **context: Any) -> dict[str, Any]:
-    """Writes ``<out_dir>/metrics.json``: the metrics and what they are of (with the dataset's release where it
-    has several, e.g. MeViS v1 / v2: their scores are not comparable); returns the metrics."""
-    version = benchmark(context["dataset"]).dataset_version if "dataset" in context else None
+def _record(out_dir: Path, metrics: dict[str, Any], bench: Benchmark, **context: Any) -> dict[str, Any]:
+    """Writes ``<out_dir>/metrics.json``: the metrics and what they are of: the benchmark (under ``benchmark``, and
+    under its deprecated name ``dataset`` for one release), with the dataset's release where it has several (e.g.
+    MeViS v1 / v2: their scores are not comparable); returns the metrics."""
+    context = {"benchmark": bench.name, "dataset": bench.name, **context}
+    version = bench.dataset_version
     if version is not None:
         context["dataset_version"] = version
     write_json_atomic(out_dir / "metrics.json", {**metrics, **context})
@@ -345,6 +345,6 @@ def _evaluate_images(
         return {}
     staging.remove_partials()
     metrics = score_predictions(staging.root, dataset.source, bench, samples=dataset.sample_indices)
-    _record(out_dir, metrics, checkpoint=checkpoint, dataset=bench.name, sources=[source_name])
+    _record(out_dir, metrics, bench, checkpoint=checkpoint, sources=[source_name])
     log.info("mIoU=%.4f cIoU=%.4f over %d samples", metrics["miou"], metrics["ciou"], metrics["num_samples"])
     return metrics

@@ -11,26 +11,26 @@ emptied. SAM 2 already empties each frame with ``s_t <= 0`` (its hard gate), so 
 anything: it also drops expressions whose object is found weakly on a few frames. A deviation from the original
 (which has no such decision), used where the benchmark asks for it (``system.existence_threshold``).
 
-``predict_expression`` is the simple reference (one expression, ``MPGSAM2.start_video`` / ``track``);
-``predict_video``, evaluation's unit of work, runs a video's K expressions as one batch and is tested to give the
-reference's masks (tests/inference/test_predict_video.py; throughput in benchmarks/README.md).
+``predict_video``, evaluation's unit of work, runs a video's K expressions as one batch; ``predict_expression``
+is its K = 1 case. Both are tested to give the masks of the model's plain streaming API (``MPGSAM2.start_video``
+/ ``VideoSession.track``, one expression, no sharing, no context cache; tests/inference/test_predict_video.py;
+throughput in benchmarks/README.md). The per-frame loop itself is the model's (``VideoSession.propagate``); here
+are the chunks, the batching of BEiT-3 calls, the frames read lazily and the resize to the original size.
 """
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from mpgsam2.data.batch import ReferringBatch
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
-from mpgsam2.modeling.sam2.tracker import NO_OBJ_SCORE, FrameFeatures
+from mpgsam2.modeling.sam2.tracker import NO_OBJ_SCORE
+from mpgsam2.modeling.sam2.tracker_types import FrameFeatures
 
 __all__ = [
     "EMPTY_LOGIT",
@@ -125,14 +125,14 @@ def chunk_bounds(num_frames: int, chunk_size: int | None) -> Iterator[tuple[int,
 @torch.no_grad()
 def predict_expression(
     model: MPGSAM2,
-    sam_frames: Tensor,
-    beit_frames: Tensor,
+    sam_frames: FrameSequence,
+    beit_frames: FrameSequence,
     text_ids: Tensor,
     text_padding_mask: Tensor | None,
     orig_size: tuple[int, int],
     chunk_size: int | None = None,
 ) -> ExpressionPrediction:
-    """Segment the referred object in every frame of one video.
+    """Segment the referred object in every frame of one video: :func:`predict_video` with one expression.
 
     Each chunk (the whole video when ``chunk_size`` is None) is an independent run: its own multimodal context
     over the chunk's frames, its own SAM 2 state with the chunk's first frame as the conditioning frame. Frames
@@ -140,7 +140,8 @@ def predict_expression(
 
     Args:
         model: the model (its current train/eval mode is used as is).
-        sam_frames: (T, 3, S, S) SAM view. beit_frames: (T, 3, Hb, Wb) BEiT-3 view.
+        sam_frames: (T, 3, S, S) SAM view. beit_frames: (T, 3, Hb, Wb) BEiT-3 view (or lazy frame sequences, as
+            :func:`predict_video` takes).
         text_ids: (L,) token ids. text_padding_mask: (L,) bool, True = padding, or None.
         orig_size: (H, W) of the original frames.
         chunk_size: frames per independent chunk (24 for MeViS, spec §3.2), or None for the whole video.
@@ -148,18 +149,9 @@ def predict_expression(
     Returns:
         The logits at the original size, on the CPU.
     """
-    num_frames = sam_frames.shape[0]
-    if beit_frames.shape[0] != num_frames:
-        raise ValueError(f"{num_frames} SAM frames but {beit_frames.shape[0]} BEiT-3 frames")
-    out = torch.empty((num_frames, *orig_size), dtype=torch.float32)
-    scores = torch.empty(num_frames, dtype=torch.float32)
-    for start, end in chunk_bounds(num_frames, chunk_size):
-        session = model.start_video(beit_frames[start:end], text_ids, text_padding_mask)
-        for t in range(end - start):
-            frame = session.track(t, sam_frames[start + t])
-            out[start + t] = resize_logits(frame.high_res_logits, orig_size)[0, 0]  # [1, 1, S, S] -> (H, W)
-            scores[start + t] = frame.object_score_logits[0, 0].float()
-    return ExpressionPrediction(logits=out, object_scores=scores)
+    return predict_video(
+        model, sam_frames, beit_frames, [(text_ids, text_padding_mask)], orig_size, chunk_size
+    )[0]
 
 
 def _frames(frames: FrameSequence, start: int, end: int) -> Tensor:
@@ -184,27 +176,6 @@ def expression_text(batch: ReferringBatch, row: int = 0) -> tuple[Tensor, Tensor
 
 # inference precisions: fp32, or autocast to a 16-bit type (the weights stay float32)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-# compiled forwards of (image encoder, memory attention) per model, made on first use and kept with the model
-_COMPILED: weakref.WeakKeyDictionary[nn.Module, tuple[Callable[..., Any], ...]] = weakref.WeakKeyDictionary()
-
-
-@contextmanager
-def _compiled(model: MPGSAM2, enabled: bool) -> Iterator[None]:
-    """Within the block, the image encoder and memory attention run through ``torch.compile``."""
-    if not enabled:
-        yield
-        return
-    modules = (model.sam.image_encoder, model.sam.memory_attention)
-    if model not in _COMPILED:
-        _COMPILED[model] = tuple(torch.compile(m.forward) for m in modules)
-    for module, forward in zip(modules, _COMPILED[model]):
-        module.forward = forward  # an instance attribute: parameters and state-dict keys are untouched
-    try:
-        yield
-    finally:
-        for module in modules:
-            del module.forward
 
 
 def _pad_expressions(
@@ -252,18 +223,27 @@ def predict_video(
 ) -> list[ExpressionPrediction]:
     """Segment each of K expressions in one video; the unit of work of evaluation and ``mpgsam2.predict``.
 
-    The K expressions run as one batch: BEiT-3 and the mask-prior generator see them padded to a common length
-    (padding masked wherever words are read, so each gets the masks it gets alone), and SAM 2 tracks the K
-    targets together (each with its own memory bank and object pointers). What reads only the frame is computed
-    once per frame and shared by the K: the Hiera features, BEiT-3's patch embedding and first-layer image
-    projections, the memory attention's first self-attention, the memory encoder's projection of the frame. What
-    reads only the clip context is computed once per chunk (the decoder's ``ContextCache``; the raw context is
-    then released). Frames are read from the sequences as they are needed: BEiT-3 in groups of ``beit_batch``
-    (expression, frame) pairs at a time, SAM frames one at a time, so memory grows with T only by the clip
-    context and the returned logits.
+    The path of a chunk (the whole video when ``chunk_size`` is None; chunks are independent runs):
+
+    1. BEiT-3 and the mask-prior generator (``MPGSAM2.encode_tokens`` with ``frames_shared=True``,
+       ``context_from_tokens``): the K expressions padded to a common length (padding masked wherever words are
+       read, so each gets the masks it gets alone), each frame embedded once for the K, in calls of at most
+       ``beit_batch`` (expression, frame) sequences.
+    2. ``MPGSAM2.start_tracking(context, frames_shared=True, cache_context=True)``: the K targets tracked
+       together (each its own memory bank and object pointers); what the decoder reads from the clip context is
+       computed once (``ContextCache``) and the raw context released.
+    3. ``VideoSession.propagate``, the model's one per-frame loop: per frame, the Hiera features once
+       (``MPGSAM2.image_features``), shared by the K (the memory attention's first self-attention and the memory
+       encoder's projection of the frame run once), the frame's prompts, SAM 2's ``track_step``.
+    4. Each frame's K logits resized to ``orig_size`` as they come.
+
+    Frames are read from the sequences as they are needed (BEiT-3 groups, then SAM frames one at a time), so
+    memory grows with T only by the clip context and the returned logits. :func:`predict_expression` is the
+    K = 1 case.
 
     Args:
-        model: the model (its current train/eval mode is used as is).
+        model: the model (its current train/eval mode is used as is; in train mode nothing is cached or
+            shared).
         sam_frames: (T, 3, S, S) SAM view, or a sequence of T (3, S, S) frames.
         beit_frames: (T, 3, Hb, Wb) BEiT-3 view, or a sequence of T (3, Hb, Wb) frames.
         expressions: K pairs ``(text_ids (L,), text_padding_mask (L,) bool | None)``, of any lengths.
@@ -271,16 +251,16 @@ def predict_video(
         chunk_size: frames per independent chunk (24 for MeViS, spec §3.2), or None for the whole video.
         precision: ``"fp32"``, or ``"bf16"`` / ``"fp16"``: autocast on the model's device (meant for CUDA;
             masks then differ from fp32 where logits are near 0, and memories are stored as configured).
-        compile: run the Hiera image encoder and the memory attention through ``torch.compile`` (compiled on the
-            first call, kept for the model; the memory attention recompiles while the memory bank fills up).
-            The same computation, so the masks agree up to float rounding.
+        compile: kept for old callers: compiles the model in place first (``MPGSAM2.compile_for_inference``,
+            the build / load option ``compile=True`` of ``mpgsam2.build_model`` / ``mpgsam2.load_model``; it
+            stays compiled). The same computation, so the masks agree up to float rounding.
         beit_batch: (expression, frame) sequences per BEiT-3 call: a group of frames for a group of expressions. It
             bounds BEiT-3's activation memory and sets its speed, not its result. None: 8 on the CPU, where
             larger calls run slower per sequence (29 ms at 8 sequences, 41 ms at 128 on the mid-size model,
             ``benchmarks/README.md``), 64 elsewhere (not measured: no GPU was lent).
 
     Returns:
-        K predictions, in the order of ``expressions``: each gives the masks of :func:`predict_expression`.
+        K predictions, in the order of ``expressions``: each gives the masks of that expression alone.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -289,6 +269,8 @@ def predict_video(
         raise ValueError(f"{num_frames} SAM frames but {len(beit_frames)} BEiT-3 frames")
     if not expressions:
         return []
+    if compile:
+        model.compile_for_inference()
     device = _model_device(model)
     ids, text_pad, word_mask = _pad_expressions(expressions, device)
     k = ids.shape[0]
@@ -296,7 +278,6 @@ def predict_video(
     scores = torch.empty((k, num_frames), dtype=torch.float32)
     dtype = PRECISIONS[precision]
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-    cfg = model.config
     if beit_batch is None:
         beit_batch = 8 if device.type == "cpu" else 64
     if beit_batch < 1:
@@ -304,47 +285,38 @@ def predict_video(
     # each BEiT-3 call: a group of frames for a group of expressions, at most beit_batch sequences
     expressions_per_call = min(k, beit_batch)
     frames_per_call = max(1, beit_batch // expressions_per_call)
-    with autocast, _compiled(model, compile):
+    with autocast:
         for start, end in chunk_bounds(num_frames, chunk_size):
             # each call's tokens are written into one preallocated [K, T, 1 + P + L, D] tensor: concatenating the
             # calls' tokens would hold them twice
             tokens: Tensor | None = None
             for g0, g1 in chunk_bounds(end - start, frames_per_call):
-                group = _frames(beit_frames, start + g0, start + g1).to(device)
+                group = _frames(beit_frames, start + g0, start + g1).to(device).unsqueeze(0)
                 for e0, e1 in chunk_bounds(k, expressions_per_call):
                     part = model.encode_tokens(
-                        group.unsqueeze(0).expand(e1 - e0, *group.shape),
+                        group,
                         ids[e0:e1],
                         None if text_pad is None else text_pad[e0:e1],
+                        frames_shared=True,
+                        fused_attention=True,
                     )
                     if tokens is None:
                         tokens = part.new_empty((k, end - start, *part.shape[2:]))
                     tokens[e0:e1, g0:g1] = part
                     del part
-            context = model.context_from_tokens(tokens)
+            context = model.context_from_tokens(tokens, clip_at_a_time=True)
             del tokens
-            # what the decoder reads from the clip context, once per chunk instead of once per frame
-            cache = (
-                None if model.training else model.sam.sam_mask_decoder.context_cache(context.global_context)
+            session = model.start_tracking(
+                context, frames_shared=True, text_key_padding_mask=word_mask, cache_context=True
             )
-            if cache is not None:
-                # the decoder reads only the cache from here on: the raw context is not held while tracking
-                context.global_context = context.prior.global_context = None
-            state = model.sam.new_state(num_frames=end - start)
-            for t in range(end - start):
-                frame = _frames(sam_frames, start + t, start + t + 1).to(device)
-                shared = model._image_features(frame)  # once per frame, whatever K
-                feats = FrameFeatures(
-                    top=shared.top.expand(k, -1, -1, -1),
-                    top_pos=shared.top_pos.expand(k, -1, -1, -1),
-                    high_res=None
-                    if shared.high_res is None
-                    else [x.expand(k, -1, -1, -1) for x in shared.high_res],
-                )
-                prompts = context.frame_prompts(t, cfg.use_dense_prior, cfg.use_sparse_token)
-                prompts.text_key_padding_mask = word_mask
-                prompts.context_cache = cache
-                frame_out = model.sam.track_step(state, t, feats, prompts)
-                out[:, start + t] = resize_logits(frame_out.high_res_logits, orig_size)[:, 0]  # [K, 1, S, S]
-                scores[:, start + t] = frame_out.object_score_logits[:, 0].float().cpu()
+            del context  # the session holds what tracking reads (the raw global context is released)
+
+            def frame_features(t: int, start: int = start) -> FrameFeatures:
+                """Frame ``t`` of the chunk: its SAM view read now, when it is tracked, and its features."""
+                return model.image_features(_frames(sam_frames, start + t, start + t + 1).to(device))
+
+            for frame in session.propagate(frame_features):
+                t = start + frame.frame_idx
+                out[:, t] = resize_logits(frame.high_res_logits, orig_size)[:, 0]  # [K, 1, S, S] -> (K, H, W)
+                scores[:, t] = frame.object_score_logits[:, 0].float().cpu()
     return [ExpressionPrediction(logits=logits, object_scores=s) for logits, s in zip(out, scores)]

@@ -25,8 +25,8 @@ from mpgsam2.modeling.checkpointing import run_block
 
 __all__ = ["BEIT3_PRESETS", "BEiT3"]
 
-# Official BEiT-3 sizes (unilm beit3 modeling_utils). The MPG-SAM 2 "tiny" model uses BEiT-3 *base*; the tiny
-# random model of the tests and the demo is conf/model/beit3/tiny.yaml.
+# Official BEiT-3 sizes (unilm beit3 modeling_utils). The MPG-SAM 2 "tiny" model uses BEiT-3 *base*; the small
+# random test model of the tests and the demo is conf/model/beit3/test.yaml.
 BEIT3_PRESETS: dict[str, dict[str, int]] = {
     "base": {"embed_dim": 768, "num_heads": 12, "ffn_dim": 3072, "num_layers": 12, "vocab_size": 64010},
     "large": {"embed_dim": 1024, "num_heads": 16, "ffn_dim": 4096, "num_layers": 24, "vocab_size": 64010},
@@ -120,7 +120,11 @@ class MultiwaySelfAttention(nn.Module):
         self.inner_attn_ln = _multiway_layernorm(embed_dim, layernorm_eps)
 
     def forward(
-        self, vision: Tensor, text: Tensor, key_padding_mask: Tensor | None = None
+        self,
+        vision: Tensor,
+        text: Tensor,
+        key_padding_mask: Tensor | None = None,
+        fused_attention: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """Self-attention over all tokens of each joint sequence.
 
@@ -128,6 +132,8 @@ class MultiwaySelfAttention(nn.Module):
             vision: (M, Sv, C) normalised vision tokens; text: (N, St, C) normalised text tokens, N a multiple of M
                 (sequence n is vision row n mod M, then text row n).
             key_padding_mask: (N, Sv + St) bool, True = key ignored; or None.
+            fused_attention: one fused kernel (``scaled_dot_product_attention``) instead of torchscale's
+                scaled q, bmm and float32 softmax (see ``BEiT3.forward``).
 
         Returns:
             The vision (N, Sv, C) and text (N, St, C) outputs.
@@ -139,7 +145,7 @@ class MultiwaySelfAttention(nn.Module):
         q = _join(*self.q_proj(vision, text))
         k = _join(*self.k_proj(vision, text))
         v = _join(*self.v_proj(vision, text))
-        if not torch.is_grad_enabled():
+        if fused_attention:
             # deviation: inference runs the fused kernel (2-3x faster attention on the CPU, less memory on
             # GPUs): the same softmax(q k^T / sqrt(d)) v up to float rounding. Training keeps torchscale's form.
             heads = [t.view(n, s, h, d).transpose(1, 2) for t in (q, k, v)]
@@ -181,11 +187,18 @@ class EncoderLayer(nn.Module):
         self.final_layer_norm = _multiway_layernorm(embed_dim, layernorm_eps)
 
     def forward(
-        self, vision: Tensor, text: Tensor, key_padding_mask: Tensor | None = None
+        self,
+        vision: Tensor,
+        text: Tensor,
+        key_padding_mask: Tensor | None = None,
+        fused_attention: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """Args: vision (M, Sv, C), text (N, St, C), N a multiple of M (see ``MultiwaySelfAttention``);
-        key_padding_mask (N, Sv + St) bool or None. Returns vision (N, Sv, C) and text (N, St, C)."""
-        attn_vision, attn_text = self.self_attn(*self.self_attn_layer_norm(vision, text), key_padding_mask)
+        key_padding_mask (N, Sv + St) bool or None; fused_attention (see ``BEiT3.forward``). Returns vision
+        (N, Sv, C) and text (N, St, C)."""
+        attn_vision, attn_text = self.self_attn(
+            *self.self_attn_layer_norm(vision, text), key_padding_mask, fused_attention
+        )
         # parity: torchscale computes residual * alpha + x with alpha = 1 (no DeepNorm).
         vision, text = _add_shared(vision, attn_vision), text + attn_text
         ffn_vision, ffn_text = self.ffn(*self.final_layer_norm(vision, text))
@@ -251,7 +264,13 @@ class Encoder(nn.Module):
         idx = torch.arange(_POSITION_OFFSET, length + _POSITION_OFFSET, device=device).unsqueeze(0)
         return table(idx)  # (1, length, C)
 
-    def forward(self, vision: Tensor, text: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        vision: Tensor,
+        text: Tensor,
+        padding_mask: Tensor | None = None,
+        fused_attention: bool = False,
+    ) -> Tensor:
         """Runs the encoder on embedded tokens.
 
         Args:
@@ -259,6 +278,7 @@ class Encoder(nn.Module):
             text: (N, St, C) text token embeddings, N a multiple of M: sequence n is vision row n mod M followed by
                 text row n (M = N: one image per sequence).
             padding_mask: (N, Sv + St) bool, True = padded token (zeroed and ignored as key); or None.
+            fused_attention: see ``BEiT3.forward``.
 
         Returns:
             (N, Sv + St, C) after the final multiway layer norm, vision tokens first.
@@ -270,7 +290,9 @@ class Encoder(nn.Module):
             # (vision tokens are never padded).
             text = text * (1 - padding_mask[:, vision.size(1) :].unsqueeze(-1).type_as(text))
         for layer in self.layers:
-            vision, text = run_block(layer, self.checkpoint_layers, vision, text, padding_mask)
+            vision, text = run_block(
+                layer, self.checkpoint_layers, vision, text, padding_mask, fused_attention
+            )
         if vision.size(0) != text.size(0):  # only without layers: the layers repeat shared rows themselves
             vision = vision.repeat(text.size(0) // vision.size(0), 1, 1)
         return torch.cat(self.layer_norm(vision, text), dim=1)
@@ -372,6 +394,7 @@ class BEiT3(nn.Module):
         text_padding_mask: Tensor | None = None,
         *,
         image_repeats: int = 1,
+        fused_attention: bool | None = None,
     ) -> Tensor:
         """Encodes each image jointly with its token sequence.
 
@@ -382,6 +405,9 @@ class BEiT3(nn.Module):
             image_repeats: how many token sequences read each image: sequence n reads image n mod M. The images'
                 embedding and the first layer's image projections, which do not depend on the text yet, are
                 then computed once per image (e.g. one video's frames for each of its expressions).
+            fused_attention: the attention as one fused kernel (inference: faster, less memory, the same values
+                up to float rounding) instead of torchscale's explicit form (training, parity of gradients).
+                None, the documented default: fused exactly when autograd is off.
 
         Returns:
             (N, 1 + P + L, D): [CLS], P patch tokens (row-major grid), then L text tokens, after the final
@@ -410,4 +436,6 @@ class BEiT3(nn.Module):
             # Vision tokens are never padded.
             vision_pad = text_padding_mask.new_zeros(n, vision.size(1), dtype=torch.bool)
             padding_mask = torch.cat([vision_pad, text_padding_mask.bool()], dim=1)
-        return self.encoder(vision, text, padding_mask)
+        if fused_attention is None:
+            fused_attention = not torch.is_grad_enabled()
+        return self.encoder(vision, text, padding_mask, fused_attention)

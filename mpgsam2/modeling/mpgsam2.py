@@ -5,11 +5,15 @@ Three entry points:
 - ``MPGSAM2.start_video`` -> ``VideoSession.track``: streaming inference (the global context is computed once
   from all frames, then SAM 2 runs frame by frame holding only its memory window);
 - ``MPGSAM2.forward_images``: single images (RefCOCO pre-training).
+
+The per-frame tracking loop is defined once, :meth:`VideoSession.propagate` (frame features -> prompts ->
+``track_step``): ``forward`` runs it over B clips, ``mpgsam2.inference.predict_video`` over one video's frames for
+K expressions (``MPGSAM2.start_tracking(..., frames_shared=True, cache_context=True)``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +24,7 @@ from torch.nn import functional as F
 from mpgsam2.modeling.beit3 import BEiT3
 from mpgsam2.modeling.checkpointing import checkpointing_blocks, run_block
 from mpgsam2.modeling.config import MPGSAM2Config
+from mpgsam2.modeling.sam2.mask_decoder import ContextCache
 from mpgsam2.modeling.sam2.position_encoding import get_1d_sine_pe
 from mpgsam2.modeling.sam2.tracker import (
     FrameFeatures,
@@ -195,13 +200,28 @@ class ClipContext:
     global_context: Tensor | None
     sentence_scores: Tensor
 
-    def frame_prompts(self, t: int, use_dense_prior: bool, use_sparse_token: bool) -> FramePrompts:
+    def frame_prompts(
+        self,
+        t: int,
+        use_dense_prior: bool,
+        use_sparse_token: bool,
+        *,
+        text_key_padding_mask: Tensor | None = None,
+        context_cache: ContextCache | None = None,
+    ) -> FramePrompts:
+        """Frame ``t``'s prompts (``text_key_padding_mask`` / ``context_cache``: see :class:`FramePrompts`)."""
         return FramePrompts(
             mask_prior=self.priors[:, t] if use_dense_prior else None,
             sparse_token=self.sparse_tokens[:, t] if use_sparse_token else None,
             text_feat=self.text_feat[:, t],
             global_context=self.global_context,
+            text_key_padding_mask=text_key_padding_mask,
+            context_cache=context_cache,
         )
+
+    def release_global_context(self) -> None:
+        """Drop the raw clip context (both references), once the decoder reads only its ``ContextCache``."""
+        self.global_context = self.prior.global_context = None
 
 
 @dataclass
@@ -317,37 +337,55 @@ class MPGSAM2(nn.Module):
         return self.context_from_tokens(self.encode_tokens(beit_frames, text_ids, text_padding_mask))
 
     def encode_tokens(
-        self, beit_frames: Tensor, text_ids: Tensor, text_padding_mask: Tensor | None
+        self,
+        beit_frames: Tensor,
+        text_ids: Tensor,
+        text_padding_mask: Tensor | None,
+        *,
+        frames_shared: bool = False,
+        fused_attention: bool | None = None,
     ) -> Tensor:
         """BEiT-3 over every frame of B clips: beit_frames [B, T, 3, H, W], text [B, L] -> [B, T, 1 + P + L, D].
 
-        Frames are independent here, so a caller may run groups of frames and concatenate along T. When the B
-        clips are the same frames expanded over B (stride 0: one video's frames for B expressions), BEiT-3 embeds
-        each frame once for all B.
+        Frames are independent here, so a caller may run groups of frames and concatenate along T.
+
+        Args:
+            frames_shared: the B clips are one video's frames for B expressions (``beit_frames`` [1, T, ...] or
+                those frames expanded over B): only row 0 is read, and BEiT-3 embeds each frame once for all B.
+            fused_attention: BEiT-3's attention kernel (see :meth:`BEiT3.forward`; None: fused without autograd).
         """
-        b, t = beit_frames.shape[:2]
+        b, t = text_ids.shape[0], beit_frames.shape[1]
+        if not frames_shared and beit_frames.shape[0] != b:
+            raise ValueError(f"{beit_frames.shape[0]} clips of frames for {b} texts (frames_shared=False)")
         ids = text_ids.repeat_interleave(t, dim=0)
         pad = None if text_padding_mask is None else text_padding_mask.repeat_interleave(t, dim=0)
-        if b > 1 and beit_frames.stride(0) == 0:
-            tokens = self.beit3(beit_frames[0], ids, pad, image_repeats=b)
+        if frames_shared:
+            tokens = self.beit3(beit_frames[0], ids, pad, image_repeats=b, fused_attention=fused_attention)
         else:
-            tokens = self.beit3(beit_frames.flatten(0, 1), ids, pad)
+            tokens = self.beit3(beit_frames.flatten(0, 1), ids, pad, fused_attention=fused_attention)
         return tokens.unflatten(0, (b, t))
 
-    def context_from_tokens(self, tokens: Tensor) -> ClipContext:
-        """The clip context from BEiT-3's tokens [B, T, 1 + P + L, D] (P = G*G patches)."""
+    def context_from_tokens(self, tokens: Tensor, *, clip_at_a_time: bool | None = None) -> ClipContext:
+        """The clip context from BEiT-3's tokens [B, T, 1 + P + L, D] (P = G*G patches).
+
+        clip_at_a_time: run the mask-prior generator one clip at a time into preallocated outputs, so its
+        clip-wide activations exist for one clip at once (inference; clips are independent). None, the
+        documented default: so exactly when autograd is off.
+        """
+        if clip_at_a_time is None:
+            clip_at_a_time = not torch.is_grad_enabled()
         b, t = tokens.shape[:2]
         tokens = tokens.flatten(0, 1)
         num_patches = self.grid[0] * self.grid[1]
         cls_token = tokens[:, 0].unflatten(0, (b, t))
         patches = tokens[:, 1 : 1 + num_patches].unflatten(0, (b, t))
         words = tokens[:, 1 + num_patches :]
-        if torch.is_grad_enabled() or b == 1:
+        if not clip_at_a_time or b == 1:
             prior = self.mask_prior(cls_token, patches, self.grid)
         else:
-            # one clip at a time without autograd (e.g. K expressions of one video): the clip-wide attention's
-            # activations (T x G*G tokens each) then exist for one clip at once; clips are independent. Each
-            # clip's results are written into preallocated outputs, so no clip's context is held twice.
+            # one clip at a time (e.g. K expressions of one video): the clip-wide attention's activations
+            # (T x G*G tokens each) then exist for one clip at once; clips are independent. Each clip's results
+            # are written into preallocated outputs, so no clip's context is held twice.
             prior = None
             for i in range(b):
                 part = self.mask_prior(cls_token[i : i + 1], patches[i : i + 1], self.grid)
@@ -375,8 +413,20 @@ class MPGSAM2(nn.Module):
             sentence_scores=sentence,
         )
 
-    def _image_features(self, sam_frames: Tensor) -> FrameFeatures:
+    def image_features(self, sam_frames: Tensor) -> FrameFeatures:
+        """SAM 2's features of N frames: sam_frames [N, 3, S, S] -> :class:`FrameFeatures` of batch N (the
+        frozen image encoder runs without autograd)."""
         return self.sam.forward_image(sam_frames, encoder_no_grad=self.config.freeze_image_encoder)
+
+    def compile_for_inference(self) -> MPGSAM2:
+        """Run the Hiera image encoder and the memory attention through ``torch.compile`` from now on
+        (``nn.Module.compile``: parameters and state-dict names unchanged; idempotent). The build / load option
+        ``compile=True`` of ``mpgsam2.build_model`` / ``mpgsam2.load_model``; the same computation, so the
+        masks agree up to float rounding (the memory attention recompiles while the memory bank fills up)."""
+        for module in (self.sam.image_encoder, self.sam.memory_attention):
+            if getattr(module, "_compiled_call_impl", None) is None:
+                module.compile()
+        return self
 
     # ------------------------------------------------------------------ clips
     def forward(
@@ -392,13 +442,10 @@ class MPGSAM2(nn.Module):
         """
         b, t = sam_frames.shape[:2]
         context = self.encode_context(beit_frames, text_ids, text_padding_mask)
-        feats = self._image_features(sam_frames.flatten(0, 1))
-        state = self.sam.new_state(num_frames=t)
-        frames = []
-        for i in range(t):
-            frame_feats = feats.select(torch.arange(b, device=sam_frames.device) * t + i)
-            prompts = context.frame_prompts(i, self.config.use_dense_prior, self.config.use_sparse_token)
-            frames.append(self.sam.track_step(state, i, frame_feats, prompts))
+        feats = self.image_features(sam_frames.flatten(0, 1))  # all frames of all clips in one call
+        first_frames = torch.arange(b, device=sam_frames.device) * t  # row of each clip's frame 0
+        session = self.start_tracking(context)
+        frames = list(session.propagate(lambda i: feats.select(first_frames + i)))
         pred = torch.stack([f.high_res_logits for f in frames], dim=1)
         return ClipOutput(
             pred_masks=pred, sentence_scores=context.sentence_scores, context=context, frames=frames
@@ -414,7 +461,43 @@ class MPGSAM2(nn.Module):
             text_ids.unsqueeze(0),
             None if text_padding_mask is None else text_padding_mask.unsqueeze(0),
         )
-        return VideoSession(self, context, self.sam.new_state(num_frames=beit_frames.shape[0]))
+        return self.start_tracking(context)
+
+    def start_tracking(
+        self,
+        context: ClipContext,
+        *,
+        frames_shared: bool = False,
+        text_key_padding_mask: Tensor | None = None,
+        cache_context: bool = False,
+    ) -> VideoSession:
+        """A tracking run over the clip of ``context`` (B rows, T frames): an empty memory bank and the options
+        every frame is tracked with (see :class:`VideoSession`).
+
+        Args:
+            context: the clip context (:meth:`encode_context` / :meth:`context_from_tokens`), [B, T, ...].
+            frames_shared: the B rows are one video's frames for B expressions: each frame's features are
+                computed once and given for all B (``VideoSession.step`` takes one row and expands it).
+            text_key_padding_mask: [B, L] bool, True = a word the decoder does not attend (expressions batched
+                at a common length), or None.
+            cache_context: compute what the decoder reads from the clip context once now (``ContextCache``) and
+                release the raw context (inference, eval mode; ignored in train mode, where dropout differs
+                per frame).
+        """
+        cache = None
+        if cache_context and not self.training:
+            if context.global_context is None:
+                raise ValueError("cache_context needs the clip's global context (already released)")
+            cache = self.sam.sam_mask_decoder.context_cache(context.global_context)
+            context.release_global_context()  # the decoder reads only the cache from here on
+        return VideoSession(
+            self,
+            context,
+            self.sam.new_state(num_frames=context.priors.shape[1]),
+            frames_shared=frames_shared,
+            text_key_padding_mask=text_key_padding_mask,
+            context_cache=cache,
+        )
 
     # ------------------------------------------------------------------ images
     def forward_images(
@@ -426,7 +509,7 @@ class MPGSAM2(nn.Module):
     ) -> ImageOutput:
         """Single-image path (RefCOCO): sam_images [B, 3, S, S], beit_images [B, 3, Hb, Wb], text [B, L]."""
         context = self.encode_context(beit_images.unsqueeze(1), text_ids, text_padding_mask)
-        feats = self._image_features(sam_images)
+        feats = self.image_features(sam_images)
         prompts = context.frame_prompts(0, self.config.use_dense_prior, self.config.use_sparse_token)
         out = self.sam.forward_image_batch(feats, prompts)
         return ImageOutput(
@@ -437,26 +520,75 @@ class MPGSAM2(nn.Module):
 
 
 class VideoSession:
-    """Streaming inference: call ``track(frame_idx, sam_frame)`` for frames 0, 1, 2, ... in order.
+    """One tracking run over a clip of B rows (clips, or one video for B expressions): the per-frame step and the
+    per-frame loop of every video path (training's ``MPGSAM2.forward``, ``predict_video``, streaming).
 
-    Only the SAM 2 memory window and the pointer window are held between calls; the multimodal context of the
-    whole video was computed once by ``MPGSAM2.start_video``.
+    Streaming: call ``track(frame_idx, sam_frame)`` for frames 0, 1, 2, ... in order. Only the SAM 2 memory
+    window and the pointer window are held between calls; the multimodal context of the whole clip was computed
+    once (``MPGSAM2.start_video`` / ``start_tracking``).
+
+    Args:
+        model: the model. context: the clip context [B, T, ...]. state: an empty memory bank of T frames.
+        frames_shared: the B rows share each frame (one video, B expressions): :meth:`step` takes that frame's
+            features once (batch 1) and gives them to the B rows, marked shared (eval mode) so that what reads
+            only the frame runs once.
+        text_key_padding_mask: [B, L] decoder word mask, or None (see :class:`FramePrompts`).
+        context_cache: the decoder's per-clip cache, or None (see ``MPGSAM2.start_tracking``).
     """
 
-    def __init__(self, model: MPGSAM2, context: ClipContext, state: TrackingState) -> None:
+    def __init__(
+        self,
+        model: MPGSAM2,
+        context: ClipContext,
+        state: TrackingState,
+        *,
+        frames_shared: bool = False,
+        text_key_padding_mask: Tensor | None = None,
+        context_cache: ContextCache | None = None,
+    ) -> None:
         self.model = model
         self.context = context
         self.state = state
+        self.frames_shared = frames_shared
+        self.text_key_padding_mask = text_key_padding_mask
+        self.context_cache = context_cache
 
     @property
     def num_frames(self) -> int:
         return self.state.num_frames
 
-    def track(self, frame_idx: int, sam_frame: Tensor) -> FrameOutput:
-        """sam_frame: [3, S, S] -> this frame's output (``high_res_logits`` [1, 1, S, S])."""
+    @property
+    def batch(self) -> int:
+        """B: the rows tracked together."""
+        return self.context.priors.shape[0]
+
+    def step(self, frame_idx: int, feats: FrameFeatures) -> FrameOutput:
+        """Track frame ``frame_idx`` of the B rows from its SAM 2 features (B rows, or one row when
+        ``frames_shared``) -> its output (``high_res_logits`` [B, 1, S, S])."""
         if not 0 <= frame_idx < self.num_frames:
             raise IndexError(f"frame {frame_idx} outside the video's {self.num_frames} frames")
-        feats = self.model._image_features(sam_frame.unsqueeze(0))
+        if self.frames_shared:
+            # one frame for the B rows; shared (computed once) only in eval mode: dropout differs per row
+            feats = feats.expand(self.batch, shared=not self.model.training)
         cfg = self.model.config
-        prompts = self.context.frame_prompts(frame_idx, cfg.use_dense_prior, cfg.use_sparse_token)
+        prompts = self.context.frame_prompts(
+            frame_idx,
+            cfg.use_dense_prior,
+            cfg.use_sparse_token,
+            text_key_padding_mask=self.text_key_padding_mask,
+            context_cache=self.context_cache,
+        )
         return self.model.sam.track_step(self.state, frame_idx, feats, prompts)
+
+    def track(self, frame_idx: int, sam_frame: Tensor) -> FrameOutput:
+        """sam_frame: [3, S, S] -> this frame's output (``high_res_logits`` [B, 1, S, S]); B = 1, or the B rows
+        of a ``frames_shared`` run."""
+        if self.batch > 1 and not self.frames_shared:
+            raise ValueError(f"track takes one frame; this run tracks {self.batch} clips: use step()")
+        return self.step(frame_idx, self.model.image_features(sam_frame.unsqueeze(0)))
+
+    def propagate(self, frame_features: Callable[[int], FrameFeatures]) -> Iterator[FrameOutput]:
+        """The per-frame tracking loop: frames 0 .. T - 1 in order, each from ``frame_features(t)`` (the
+        features :meth:`step` takes), yielded as they are tracked (so a caller can stream the outputs)."""
+        for frame_idx in range(self.num_frames):
+            yield self.step(frame_idx, frame_features(frame_idx))

@@ -1,8 +1,9 @@
 """The one reader of ``train.py`` (Lightning) checkpoints, and the one loader of a model from any path.
 
-``eval.py``, ``python -m mpgsam2.predict`` and ``build_model(weights={"mpgsam2": "x.ckpt"})`` all read
-checkpoints through :func:`read_train_checkpoint`, so the three agree on what a valid file is and on the errors;
-``eval.py`` and ``predict`` turn a path into a model with :func:`load_model`.
+``eval.py``, ``python -m mpgsam2.predict`` and ``build_model(weights={"mpgsam2": "x.ckpt"})`` (through
+``load_weights``) all read checkpoints through :func:`read_train_checkpoint`, so the three agree on what a valid
+file is and on the errors; ``eval.py`` and ``predict`` turn a path into a model with :func:`load_model`, the
+front door (``mpgsam2.load_model``).
 
 A checkpoint is data, never code: the model is rebuilt from the stored ``MPGSAM2Config`` values by the project's
 own classes (no ``_target_`` or other name in the file is imported or instantiated), and the stored run config
@@ -145,25 +146,40 @@ class LoadedModel:
     path: Path
 
 
-def load_model(path: str | Path, hf_gamma_compat: bool = False) -> LoadedModel:
+def load_model(
+    path: str | Path,
+    hf_gamma_compat: bool = False,
+    compile: bool = False,
+    *,
+    config_path: str | Path | None = None,
+) -> LoadedModel:
     """The model in ``path``: a ``train.py`` checkpoint (rebuilt from its stored ``model_config``), our export
-    folder or a released MPG-SAM 2 folder (``config.json`` + weights, with ``sentencepiece.bpe.model``).
+    folder or a released MPG-SAM 2 folder (``config.json`` + weights, with ``sentencepiece.bpe.model``). The
+    front door for a model from a path (``mpgsam2.load_model``); weights into a model built already:
+    :func:`mpgsam2.weights.load_weights`.
 
     Args:
         path: the file or folder.
-        hf_gamma_compat: see :func:`mpgsam2.weights.load_mpgsam2` (released folders only).
+        hf_gamma_compat: reproduce the original's from_pretrained, which left the memory-encoder layer scales at
+            1e-6 (released folders only; see :func:`mpgsam2.weights.convert_mpgsam2`).
+        config_path: the ``config.json`` of a single weights file (a DeepSpeed ``zero_to_fp32`` export, keys
+            ``module.evf_model.``, or a ``pytorch_model.bin``) given as ``path``.
+        compile: run the model's image encoder and memory attention through ``torch.compile``
+            (:meth:`~mpgsam2.MPGSAM2.compile_for_inference`; compiled on the first call).
 
     Raises:
         CheckpointError: the path is neither, a stored value is invalid, or the weights do not fit (the message
             names the file and the key).
     """
     from mpgsam2.weights.loader import load_into
-    from mpgsam2.weights.pretrained import load_mpgsam2
+    from mpgsam2.weights.pretrained import read_model_folder
 
     path = Path(path)
-    if path.is_dir():
-        model = load_mpgsam2(path, hf_gamma_compat=hf_gamma_compat)
-        return LoadedModel(model, folder_tokenizer(path), None, path)
+    if path.is_dir() or config_path is not None:
+        model = read_model_folder(path, config_path=config_path, hf_gamma_compat=hf_gamma_compat)
+        if compile:
+            model.compile_for_inference()
+        return LoadedModel(model, folder_tokenizer(path) if path.is_dir() else None, None, path)
     ckpt = read_train_checkpoint(path)
     stored_config = ckpt.require("model_config")
     if not isinstance(stored_config, Mapping):
@@ -174,6 +190,8 @@ def load_model(path: str | Path, hf_gamma_compat: bool = False) -> LoadedModel:
     except (TypeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{path}: invalid '{TRAIN_CHECKPOINT_KEY}.model_config': {err}") from err
     logger.info("%s", load_into(model, ckpt.state_dict, source=str(path)))
+    if compile:
+        model.compile_for_inference()
     run_config = ckpt.stored.get("config")
     # checkpoints written before 2026-12-06 also stored the tokenizer beside the run config
     tokenizer = ckpt.stored.get("tokenizer_path")

@@ -42,6 +42,7 @@ __all__ = [
     "load_into",
     "check_keys",
     "load_checkpoint",
+    "load_weights",
     "SAM2_CHECKPOINT_GAPS",
     "BEIT3_CHECKPOINT_GAPS",
 ]
@@ -333,7 +334,7 @@ def load_into(
     return report
 
 
-def load_checkpoint(
+def load_weights(
     module: nn.Module,
     path: str | os.PathLike[str],
     *,
@@ -343,13 +344,18 @@ def load_checkpoint(
     allow_missing: AllowArg = (),
     allow_unexpected: AllowArg = (),
 ) -> LoadReport:
-    """Read, convert and strictly load a checkpoint file or HF folder.
+    """Weights from a path into a model built already: read, convert and strictly load a ``train.py`` checkpoint,
+    a checkpoint file or an HF folder. The one verb for it (a model *from* a path: :func:`mpgsam2.load_model`).
 
     Args:
         module: the full MPG-SAM 2 model, or a sub-module together with ``prefix``.
-        path: checkpoint file or HF folder (see :func:`~mpgsam2.weights.io.read_state_dict`).
-        fmt: "mpgsam2", "sam2", "beit3", "native" (already our names) or "auto" (guessed from the keys).
-        hf_gamma_compat: MPG-SAM 2 only; see :func:`~mpgsam2.weights.convert.convert_mpgsam2`.
+        path: a ``train.py`` checkpoint (``.ckpt``), a checkpoint file or an HF folder (see
+            :func:`~mpgsam2.weights.io.read_state_dict`).
+        fmt: "train" (a ``train.py`` checkpoint), "mpgsam2", "sam2", "beit3", "native" (already our names) or
+            "auto" (a ``.ckpt`` file is a ``train.py`` checkpoint, anything else is guessed from the keys).
+        hf_gamma_compat: released MPG-SAM 2 checkpoints only; see
+            :func:`~mpgsam2.weights.convert.convert_mpgsam2`. Ignored for a ``train.py`` checkpoint (its layer
+            scales are the trained ones), as ``build_model`` always did.
         prefix: load into a sub-module: strip this prefix (e.g. ``"sam."``) from every converted key.
         allow_missing: extra declared missing keys. For "sam2" and "beit3" the gaps of a full model
             (:data:`SAM2_CHECKPOINT_GAPS`, :data:`BEIT3_CHECKPOINT_GAPS`) are declared already.
@@ -359,7 +365,12 @@ def load_checkpoint(
         The :class:`LoadReport`.
     """
     source = os.fspath(path)
-    raw = read_state_dict(path)
+    if fmt == "train" or (fmt == "auto" and source.endswith(".ckpt")):
+        from mpgsam2.weights.checkpoints import read_train_checkpoint  # it imports this module
+
+        raw, fmt, hf_gamma_compat = read_train_checkpoint(path).state_dict, "native", False
+    else:
+        raw = read_state_dict(path)
     if fmt == "auto":
         fmt = detect_format(raw)
         log.info("%s: detected checkpoint format %r", source, fmt)
@@ -377,7 +388,7 @@ def load_checkpoint(
     else:
         raise CheckpointError(
             f"{source}: cannot tell which model these {len(raw)} keys belong to (first: {next(iter(raw), None)!r});"
-            f" pass fmt='mpgsam2' | 'sam2' | 'beit3' | 'native'"
+            f" pass fmt='train' | 'mpgsam2' | 'sam2' | 'beit3' | 'native'"
         )
     if prefix:
         converted = strip_prefix(converted, prefix, source=source)
@@ -387,5 +398,27 @@ def load_checkpoint(
         converted,
         source=source,
         allow_missing=[*defaults, *user_missing],
+        allow_unexpected=allow_unexpected,
+    )
+
+
+def load_checkpoint(
+    module: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    fmt: str = "auto",
+    hf_gamma_compat: bool = False,
+    prefix: str = "",
+    allow_missing: AllowArg = (),
+    allow_unexpected: AllowArg = (),
+) -> LoadReport:
+    """Deprecated alias of :func:`load_weights` (the same arguments), kept for one release."""
+    return load_weights(
+        module,
+        path,
+        fmt=fmt,
+        hf_gamma_compat=hf_gamma_compat,
+        prefix=prefix,
+        allow_missing=allow_missing,
         allow_unexpected=allow_unexpected,
     )

@@ -1,11 +1,13 @@
-"""Building models from weights a user has: released MPG-SAM 2 folders, our exports, or BEiT-3 + SAM 2 files.
+"""Our export format (:func:`save_mpgsam2`) and the reader of model folders behind :func:`mpgsam2.load_model`.
 
-    model = load_mpgsam2("path/to/MPG-SAM2-ytvos")            # released HF folder (config.json + weights)
-    model = load_mpgsam2("runs/x/export")                     # our export (config.json + model.safetensors)
+    model = mpgsam2.load_model("path/to/MPG-SAM2-ytvos").model   # released HF folder (config.json + weights)
+    model = mpgsam2.load_model("runs/x/export").model            # our export (config.json + model.safetensors)
     model = MPGSAM2(MPGSAM2Config.from_presets("large", "sam2_hiera_l.yaml"))
-    init_from_components(model, beit3="beit3_large_patch16_224.pth", sam2="sam2_hiera_large.pt")
+    load_weights(model, "beit3_large_patch16_224.pth", fmt="beit3")  # the original's training start
+    load_weights(model, "sam2_hiera_large.pt", fmt="sam2")
 
-Nothing is downloaded: every path is the user's.
+``load_mpgsam2`` and ``init_from_components`` are deprecated aliases of those (kept for one release). Nothing is
+downloaded: every path is the user's.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from safetensors.torch import save_file
 
 from mpgsam2.modeling.config import load_config_file
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
-from mpgsam2.weights.convert import convert_beit3, convert_mpgsam2, convert_sam2
+from mpgsam2.weights.convert import convert_mpgsam2
 from mpgsam2.weights.io import CheckpointError, read_state_dict
-from mpgsam2.weights.loader import BEIT3_CHECKPOINT_GAPS, SAM2_CHECKPOINT_GAPS, LoadReport, load_into
+from mpgsam2.weights.loader import LoadReport, load_into, load_weights
 
 EXPORT_WEIGHTS = "model.safetensors"
 EXPORT_CONFIG = "config.json"
@@ -44,16 +46,15 @@ def save_mpgsam2(model: MPGSAM2, directory: str | os.PathLike[str]) -> Path:
     return directory
 
 
-def load_mpgsam2(
+def read_model_folder(
     path: str | os.PathLike[str],
     *,
     config_path: str | os.PathLike[str] | None = None,
     hf_gamma_compat: bool = False,
-    map_location: str | torch.device = "cpu",
 ) -> MPGSAM2:
     """Build and load a model from a folder holding ``config.json`` and weights (ours or a released MPG-SAM 2
     folder, single or sharded), or from a single weights file (a DeepSpeed ``module.evf_model.`` export or a
-    ``pytorch_model.bin``) together with ``config_path``.
+    ``pytorch_model.bin``) together with ``config_path``. Called through :func:`mpgsam2.load_model`.
 
     hf_gamma_compat: reproduce the original's from_pretrained, which left the memory-encoder layer scales at
     1e-6 (see ``convert_mpgsam2``). Off by default: the checkpoint's values are loaded.
@@ -71,7 +72,20 @@ def load_mpgsam2(
     state = state if ours else convert_mpgsam2(state, hf_gamma_compat=hf_gamma_compat)
     model = MPGSAM2(config)
     load_into(model, state, source=str(path))
-    return model.to(map_location)
+    return model
+
+
+def load_mpgsam2(
+    path: str | os.PathLike[str],
+    *,
+    config_path: str | os.PathLike[str] | None = None,
+    hf_gamma_compat: bool = False,
+    map_location: str | torch.device = "cpu",
+) -> MPGSAM2:
+    """Deprecated alias (kept for one release): the model of ``mpgsam2.load_model(path, hf_gamma_compat,
+    config_path=config_path)`` for a folder or a single weights file (:func:`read_model_folder`, which it calls),
+    moved to ``map_location``."""
+    return read_model_folder(path, config_path=config_path, hf_gamma_compat=hf_gamma_compat).to(map_location)
 
 
 def init_from_components(
@@ -80,14 +94,7 @@ def init_from_components(
     beit3: str | os.PathLike[str] | None = None,
     sam2: str | os.PathLike[str] | None = None,
 ) -> list[LoadReport]:
-    """Initialise a fresh model from the official BEiT-3 ``.pth`` and/or SAM 2 ``.pt`` (the original's training
-    start). Every key of the file must land in the model and vice versa, except the parts the other file or the
-    new MPG-SAM 2 modules provide; anything else is an error naming the file."""
-    reports = []
-    if beit3 is not None:
-        state = convert_beit3(read_state_dict(beit3))
-        reports.append(load_into(model, state, source=str(beit3), allow_missing=BEIT3_CHECKPOINT_GAPS))
-    if sam2 is not None:
-        state = convert_sam2(read_state_dict(sam2))
-        reports.append(load_into(model, state, source=str(sam2), allow_missing=SAM2_CHECKPOINT_GAPS))
-    return reports
+    """Deprecated alias (kept for one release) of ``load_weights(model, beit3, fmt="beit3")`` then
+    ``load_weights(model, sam2, fmt="sam2")``: a fresh model from the official BEiT-3 ``.pth`` and / or SAM 2
+    ``.pt`` (the original's training start), each file's gaps of a full model declared."""
+    return [load_weights(model, path, fmt=fmt) for path, fmt in ((beit3, "beit3"), (sam2, "sam2")) if path]

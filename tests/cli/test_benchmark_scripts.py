@@ -1,5 +1,5 @@
-"""The benchmark scripts still run: each at its smallest size, checking what it checks (masks of the two paths
-agree, files staged alike) and printing its table. They are run by hand for figures; this keeps them from
+"""The speed and memory scripts (benchmarks/) still run: each at its smallest size, checking what it checks (masks of
+the two paths agree, files staged alike) and printing its table. They are run by hand for figures; this keeps them from
 rotting when the code they call changes (a renamed argument broke ``eval_throughput.py`` once unnoticed)."""
 
 from __future__ import annotations
@@ -12,18 +12,18 @@ from types import ModuleType
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+SCRIPTS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _load(name: str) -> ModuleType:
-    sys.path.insert(0, str(BENCHMARKS))
+    sys.path.insert(0, str(SCRIPTS))
     try:
-        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", SCRIPTS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
     finally:
-        sys.path.remove(str(BENCHMARKS))
+        sys.path.remove(str(SCRIPTS))
 
 
 def test_eval_throughput_compares_masks_and_prints_the_table(capsys: pytest.CaptureFixture) -> None:
@@ -70,7 +70,8 @@ def _table(out: str) -> dict[str, list[str]]:
 
 
 def test_train_memory_measures_a_step_with_and_without_checkpointing(capsys: pytest.CaptureFixture) -> None:
-    args = ["--preset", "tiny", "--sam-size", "64", "--frames", "2", "--repeats", "1", "--threads", "1"]
+    # two fresh processes, as the script measures (about 10 s on a quiet 2-core machine)
+    args = ["--preset", "test", "--sam-size", "64", "--frames", "2", "--repeats", "1", "--threads", "1"]
     assert _load("train_memory").main(args) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| `[")]

@@ -181,7 +181,8 @@ def test_mevis_valid_u_scores_and_valid_writes_a_root_level_zip(released: Path, 
     )
     metrics = eval_entry.run(cfg)
     record = json.loads((tmp_path / "u" / "run" / "metrics.json").read_text())
-    assert record["chunk_size"] == 24 and record["dataset"] == "mevis" and record["num_expressions"] == 3
+    assert record["chunk_size"] == 24 and record["benchmark"] == "mevis" and record["num_expressions"] == 3
+    assert record["dataset"] == "mevis"  # the deprecated name of the key, kept for one release
     assert {k: record[k] for k in ("j", "f", "jf")} == {k: metrics[k] for k in ("j", "f", "jf")}
     assert (
         eval_entry.final_line(metrics) == f"j={metrics['j']:.4f} f={metrics['f']:.4f} jf={metrics['jf']:.4f}"
@@ -312,10 +313,25 @@ def test_configuration_errors_are_explained(released: Path, tmp_path: Path) -> N
                 "submission=false",
             )
         )
-    with pytest.raises(ValueError, match="unknown benchmark 'coco'"):
-        eval_entry.run(
-            _cfg(tmp_path / "d", f"ckpt={released}", "data=mevis", f"data.root={root}", "dataset=coco")
-        )
+    for key in ("benchmark", "dataset"):  # dataset=: the deprecated name of benchmark=
+        with pytest.raises(ValueError, match="unknown benchmark 'coco'"):
+            eval_entry.run(
+                _cfg(tmp_path / key, f"ckpt={released}", "data=mevis", f"data.root={root}", f"{key}=coco")
+            )
+
+
+def test_benchmark_is_the_key_and_dataset_its_deprecated_alias(tmp_path: Path, caplog) -> None:
+    def name(*overrides: str) -> str | None:
+        return eval_entry.benchmark_name(compose_config("eval", list(overrides), tmp_path))
+
+    assert name() is None  # the data module's own row
+    assert name("benchmark=mevis_v2") == "mevis_v2"
+    with caplog.at_level("WARNING", logger="eval"):
+        assert name("dataset=davis") == "davis"
+        assert name("benchmark=davis", "dataset=davis") == "davis"
+    assert caplog.messages == ["dataset=davis is deprecated (kept for one release): use benchmark=davis"] * 2
+    with pytest.raises(ValueError, match="benchmark=ytvos and its deprecated name dataset=davis disagree"):
+        name("benchmark=ytvos", "dataset=davis")
 
 
 def test_torchrun_shards_the_videos_and_prints_the_zip(released: Path, tmp_path: Path) -> None:

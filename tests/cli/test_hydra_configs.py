@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers.configs import CONF_DIR, EXPERIMENTS, TINY_RECIPE, compose_config
+from helpers.configs import CONF_DIR, EXPERIMENTS, TINY_RECIPE, compose_config, hydra_config_dir
+from hydra import compose
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from lightning.pytorch import Trainer
@@ -104,8 +105,33 @@ def test_every_group_option_composes_over_the_demo(group, option, tmp_path):
             assert cfg.trainer.fast_dev_run is True and cfg.logger is None and cfg.callbacks is None
         else:
             assert cfg.trainer.overfit_batches == 4 and cfg.trainer.max_epochs == 50
-    else:
+    else:  # a deprecated option is the config it names now
+        option = train_entry.DEPRECATED_CHOICES.get((group, option), option)
         assert cfg.model[group.split("/")[1]] == OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
+
+
+def test_the_test_model_keeps_its_old_name_tiny_for_a_release_with_a_warning(tmp_path, caplog):
+    """model/{beit3,sam2}=tiny (the test model's old name, not the paper's size=tiny) is the same config as
+    model/{beit3,sam2}=test, and train.py names the new option when the old one is chosen."""
+    old = ["experiment=demo", "model/beit3=tiny", "model/sam2=tiny"]
+    assert OmegaConf.to_container(compose_config("train", old, tmp_path)) == OmegaConf.to_container(
+        compose_config("train", ["experiment=demo"], tmp_path)
+    )
+    assert (
+        compose_config("train", ["experiment=demo"], tmp_path).model.beit3.embed_dim == 64
+    )  # demo: test model
+    with hydra_config_dir():
+        choices = compose(config_name="train", overrides=old, return_hydra_config=True).hydra.runtime.choices
+    with caplog.at_level("WARNING", logger="train"):
+        messages = train_entry.warn_deprecated_choices(choices)
+    assert messages == [
+        "model/beit3=tiny is deprecated (kept for one release): use model/beit3=test, the same config",
+        "model/sam2=tiny is deprecated (kept for one release): use model/sam2=test, the same config",
+    ]
+    assert caplog.messages == messages
+    with hydra_config_dir():
+        choices = compose(config_name="train", overrides=["experiment=demo"], return_hydra_config=True)
+    assert train_entry.warn_deprecated_choices(choices.hydra.runtime.choices) == []
 
 
 @pytest.mark.parametrize(

@@ -38,8 +38,8 @@ from mpgsam2.modeling.mpgsam2 import ImageOutput
 from mpgsam2.weights import load_model
 
 TINY_MODEL = [
-    "model/beit3=tiny",
-    "model/sam2=tiny",
+    "model/beit3=test",
+    "model/sam2=test",
     "model.weights.beit3=null",
     "model.weights.sam2=null",
     "trainer=cpu",

@@ -1,5 +1,5 @@
-"""Compose the Hydra configs in-process (tiny size, outputs under a temporary folder), and the resolved config
-trees that a config refactor must not change."""
+"""Compose the Hydra configs in-process (the test model, outputs under a temporary folder), and the resolved
+config trees that a config refactor must not change."""
 
 from __future__ import annotations
 
@@ -43,10 +43,10 @@ def compose_config(
     return cfg
 
 
-# a paper recipe at tiny size on the CPU: the tiny model, no weight files
+# a paper recipe on the CPU with the test model (model/{beit3,sam2}=test), no weight files
 TINY_RECIPE = [
-    "model/beit3=tiny",
-    "model/sam2=tiny",
+    "model/beit3=test",
+    "model/sam2=test",
     "model.weights.mpgsam2=null",
     "model.weights.beit3=null",
     "model.weights.sam2=null",

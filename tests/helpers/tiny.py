@@ -1,5 +1,5 @@
-"""The one tiny MPG-SAM 2 of the tests, the benchmarks and the demo (`conf/model/{beit3,sam2}/tiny.yaml`: BEiT-3
-width 64, SAM width 32, 64 px SAM input), and random inputs for it."""
+"""The one test model of the tests, ``benchmarks/`` and the demo (`conf/model/{beit3,sam2}/test.yaml`, random weights:
+BEiT-3 width 64, SAM width 32, 64 px SAM input; not the paper's tiny size), and random inputs for it."""
 
 from __future__ import annotations
 
@@ -13,17 +13,16 @@ from mpgsam2.modeling.sam2.presets import merge_settings
 
 
 def tiny_preset() -> tuple[dict, dict]:
-    """(beit3, sam2) of ``conf/model/{beit3,sam2}/tiny.yaml``: the one tiny model of the tests, the benchmarks
-    and the demo."""
+    """(beit3, sam2) of ``conf/model/{beit3,sam2}/test.yaml``: the test model."""
     from omegaconf import OmegaConf
 
-    beit3 = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "beit3" / "tiny.yaml"))
-    sam2 = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "sam2" / "tiny.yaml"))
+    beit3 = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "beit3" / "test.yaml"))
+    sam2 = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "sam2" / "test.yaml"))
     return beit3, sam2
 
 
 def tiny_config(sam2_settings: dict | None = None, **options) -> MPGSAM2Config:
-    """The tiny preset (``conf/model/{beit3,sam2}/tiny.yaml``: BEiT-3 width 64, SAM width 32, 64 px SAM input),
+    """The test model's config (``conf/model/{beit3,sam2}/test.yaml``: BEiT-3 width 64, SAM width 32, 64 px),
     with ``sam2_settings`` merged over its SAM 2 settings and ``options`` set."""
     beit3, sam2 = tiny_preset()
     sam2["settings"] = merge_settings(sam2["settings"], sam2_settings or {})
@@ -42,7 +41,7 @@ def random_clip(model: MPGSAM2, frames: int, batch: int = 1, seed: int = 0):
 
 
 def tiny_video_model():
-    """The tiny MPG-SAM 2 of ``conf/model/{beit3,sam2}/tiny.yaml`` (random weights, seed 0, image encoder
+    """The test MPG-SAM 2 of ``conf/model/{beit3,sam2}/test.yaml`` (random weights, seed 0, image encoder
     trainable); its views are ``model.input_sizes``."""
     import torch
 

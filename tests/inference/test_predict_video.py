@@ -1,4 +1,5 @@
-"""``predict_video``: K expressions of one video give the masks of ``predict_expression`` called once each."""
+"""``predict_video``: K expressions of one video give the masks of ``predict_expression`` called once each, and of
+the model's plain streaming API (``start_video`` / ``track``: one expression, no sharing, no context cache)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import pytest
 import torch
 from helpers.tiny import random_clip, tiny_config
 
-from mpgsam2.inference import ExpressionPrediction, predict_expression, predict_video
+from mpgsam2.inference import (
+    ExpressionPrediction,
+    chunk_bounds,
+    predict_expression,
+    predict_video,
+    resize_logits,
+)
 from mpgsam2.modeling.mpgsam2 import MPGSAM2, PostNormEncoderLayer
 
 SIZE = (20, 30)
@@ -73,14 +80,26 @@ def expressions_of(ids: torch.Tensor, lengths: list[int], own_padding: bool = Tr
     return out
 
 
+@torch.no_grad()
+def streamed(model, sam, beit, text_ids, mask, chunk_size=None) -> ExpressionPrediction:
+    """The reference: each chunk through ``MPGSAM2.start_video`` and ``VideoSession.track`` frame by frame."""
+    out = torch.empty((sam.shape[0], *SIZE))
+    for start, end in chunk_bounds(sam.shape[0], chunk_size):
+        session = model.start_video(beit[start:end], text_ids, mask)
+        for t in range(end - start):
+            out[start + t] = resize_logits(session.track(t, sam[start + t]).high_res_logits, SIZE)[0, 0]
+    return ExpressionPrediction(logits=out)
+
+
 def check(model, sam, beit, expressions, chunk_size=None, **options) -> list[ExpressionPrediction]:
     out = predict_video(model, sam, beit, expressions, SIZE, chunk_size=chunk_size, **options)
     assert len(out) == len(expressions)
     sam_t = sam.frames if isinstance(sam, LazyFrames) else sam
     beit_t = beit.frames if isinstance(beit, LazyFrames) else beit
     for (text_ids, mask), prediction in zip(expressions, out):
-        reference = predict_expression(model, sam_t, beit_t, text_ids, mask, SIZE, chunk_size=chunk_size)
-        assert_same_masks(prediction, reference)
+        alone = predict_expression(model, sam_t, beit_t, text_ids, mask, SIZE, chunk_size=chunk_size)
+        assert_same_masks(prediction, alone)
+        assert_same_masks(prediction, streamed(model, sam_t, beit_t, text_ids, mask, chunk_size))
     return out
 
 
@@ -104,15 +123,20 @@ def test_beit3_calls_of_any_size_give_the_same_masks(model, beit_batch, monkeypa
     of 5 frames: one sequence per call, 2 expressions per call, 3 expressions then 1, and all 20 in one)."""
     calls = []
     original = MPGSAM2.encode_tokens
-    monkeypatch.setattr(
-        MPGSAM2, "encode_tokens", lambda self, f, *a: calls.append(f.shape[:2]) or original(self, f, *a)
-    )
+
+    def counting(self, frames, text_ids, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        calls.append((text_ids.shape[0], frames.shape[1]))  # (expressions, frames) of the call
+        return original(self, frames, text_ids, *args, **kwargs)
+
     sam, beit, ids, _ = random_clip(model, frames=5, seed=4)
     ids = torch.randint(4, 40, (1, 12), generator=torch.Generator().manual_seed(5))
-    check(model, sam[0], beit[0], expressions_of(ids, [12, 5, 9, 3]), beit_batch=beit_batch)
-    engine_calls = calls[: len(calls) - 4]  # then predict_expression's own call per expression (4 x 5 frames)
-    assert all(k * t <= beit_batch for k, t in engine_calls)
-    assert sum(k * t for k, t in engine_calls) == 4 * 5
+    expressions = expressions_of(ids, [12, 5, 9, 3])
+    with monkeypatch.context() as patch:
+        patch.setattr(MPGSAM2, "encode_tokens", counting)
+        predict_video(model, sam[0], beit[0], expressions, SIZE, beit_batch=beit_batch)
+    assert all(k * t <= beit_batch for k, t in calls)
+    assert sum(k * t for k, t in calls) == 4 * 5
+    check(model, sam[0], beit[0], expressions, beit_batch=beit_batch)
     with pytest.raises(ValueError, match="beit_batch"):
         predict_video(model, sam[0], beit[0], expressions_of(ids, [3]), SIZE, beit_batch=0)
 
@@ -232,13 +256,34 @@ def test_predict_video_releases_the_global_context_while_tracking(model, monkeyp
     track_step = model.sam.track_step
 
     def spy(state, t, feats, prompts):  # noqa: ANN001, ANN202
-        seen.append((prompts.global_context, prompts.context_cache))
+        seen.append((prompts.global_context, prompts.context_cache, feats.shared, feats.top.shape[0]))
         return track_step(state, t, feats, prompts)
 
     monkeypatch.setattr(model.sam, "track_step", spy)
     sam, beit, ids, pad = random_clip(model, frames=3, seed=11)
-    predict_video(model, sam[0], beit[0], [(ids[0], pad[0])], SIZE)
-    assert len(seen) == 3 and all(context is None and cache is not None for context, cache in seen)
+    predict_video(model, sam[0], beit[0], [(ids[0], pad[0]), (ids[0, :4], None)], SIZE)
+    assert len(seen) == 3 and all(context is None and cache is not None for context, cache, _, _ in seen)
+    # one frame's features for the 2 expressions, declared shared (not inferred from strides)
+    assert all(shared and batch == 2 for _, _, shared, batch in seen)
+
+
+def test_predict_video_in_train_mode_shares_and_caches_nothing(model, monkeypatch):
+    """Train mode (dropout draws per target): the K targets get the frame's features unshared and the raw
+    context, no cache; the masks still come out for each expression."""
+    seen = []
+    track_step = model.sam.track_step
+
+    def spy(state, t, feats, prompts):  # noqa: ANN001, ANN202
+        seen.append((feats.shared, prompts.global_context is not None, prompts.context_cache))
+        return track_step(state, t, feats, prompts)
+
+    monkeypatch.setattr(model.sam, "track_step", spy)
+    sam, beit, ids, pad = random_clip(model, frames=2, seed=12)
+    try:
+        out = predict_video(model.train(), sam[0], beit[0], [(ids[0], pad[0]), (ids[0, :4], None)], SIZE)
+    finally:
+        model.eval()
+    assert len(out) == 2 and seen == [(False, True, None)] * 2
 
 
 def test_bad_inputs_are_refused(model):
@@ -250,10 +295,15 @@ def test_bad_inputs_are_refused(model):
     assert predict_video(model, sam[0], beit[0], [], SIZE) == []
 
 
-def test_compile_flag_runs_encoder_and_memory_attention_compiled(model, monkeypatch):
-    compiled = []
+def test_compile_is_a_model_option_that_runs_encoder_and_memory_attention_compiled(model, monkeypatch):
+    """``compile_for_inference`` (the build / load option ``compile=True``; ``predict_video(compile=True)`` calls it
+    for old callers) compiles the image encoder and memory attention once, in place, with the same masks and
+    state-dict names, and no ``forward`` swapped."""
+    compiled, made = [], []
 
     def fake_compile(fn):  # torch.compile itself takes minutes on this machine; check the wiring
+        made.append(fn.__self__)
+
         def run(*args, **kwargs):
             compiled.append(fn.__self__)
             return fn(*args, **kwargs)
@@ -261,10 +311,15 @@ def test_compile_flag_runs_encoder_and_memory_attention_compiled(model, monkeypa
         return run
 
     monkeypatch.setattr(torch, "compile", fake_compile)
+    fresh = MPGSAM2(tiny_config()).eval()
+    fresh.load_state_dict(model.state_dict())
     sam, beit, ids, pad = random_clip(model, frames=3, seed=9)
-    plain = predict_video(model, sam[0], beit[0], [(ids[0], pad[0])], SIZE)[0]
-    out = predict_video(model, sam[0], beit[0], [(ids[0], pad[0])], SIZE, compile=True)[0]
-    assert {id(m) for m in compiled} == {id(model.sam.image_encoder), id(model.sam.memory_attention)}
+    plain = predict_video(fresh, sam[0], beit[0], [(ids[0], pad[0])], SIZE)[0]
+    assert not compiled
+    out = predict_video(fresh, sam[0], beit[0], [(ids[0], pad[0])], SIZE, compile=True)[0]
+    assert {id(m) for m in compiled} == {id(fresh.sam.image_encoder), id(fresh.sam.memory_attention)}
     torch.testing.assert_close(out.logits, plain.logits)
-    assert "forward" not in vars(model.sam.image_encoder)  # restored afterwards
-    assert not any("_orig_mod" in key for key in model.state_dict())
+    fresh.compile_for_inference()  # already compiled: nothing compiled again
+    assert len(made) == 2
+    assert "forward" not in vars(fresh.sam.image_encoder)
+    assert list(fresh.state_dict()) == list(model.state_dict())

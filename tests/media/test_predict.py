@@ -112,5 +112,5 @@ def _tiny_model_config() -> dict:
 
     conf = Path(__file__).resolve().parents[2] / "conf" / "model"
     return {
-        part: OmegaConf.to_container(OmegaConf.load(conf / part / "tiny.yaml")) for part in ("beit3", "sam2")
+        part: OmegaConf.to_container(OmegaConf.load(conf / part / "test.yaml")) for part in ("beit3", "sam2")
     }

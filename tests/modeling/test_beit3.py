@@ -165,8 +165,9 @@ def test_beit3_image_repeats_must_match_the_sequences() -> None:
 
 
 def test_clip_encoding_shares_frames_expanded_over_clips(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``MPGSAM2.encode_tokens`` on one video's frames expanded over B expressions (stride 0) passes the frames
-    once to BEiT-3, and gives the tokens of the frames copied per clip."""
+    """``MPGSAM2.encode_tokens(..., frames_shared=True)`` on one video's frames for B expressions passes the
+    frames once to BEiT-3, and gives the tokens of the frames copied per clip; without the flag, frames expanded
+    over B (stride 0) are embedded per clip."""
     torch.manual_seed(5)
     model = MPGSAM2(tiny_config()).eval()
     size = model.input_sizes["beit_size"]
@@ -183,9 +184,10 @@ def test_clip_encoding_shares_frames_expanded_over_clips(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(model.beit3, "forward", counting)
     with torch.no_grad():
-        shared = model.encode_tokens(frames.unsqueeze(0).expand(2, *frames.shape), ids, pad)
+        shared = model.encode_tokens(frames.unsqueeze(0), ids, pad, frames_shared=True)
         copied = model.encode_tokens(frames.unsqueeze(0).repeat(2, 1, 1, 1, 1), ids, pad)
-    assert images_seen == [3, 6]
+        model.encode_tokens(frames.unsqueeze(0).expand(2, *frames.shape), ids, pad)
+    assert images_seen == [3, 6, 6]
     torch.testing.assert_close(shared, copied, atol=1e-5, rtol=1e-5)
 
 

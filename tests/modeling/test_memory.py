@@ -312,8 +312,9 @@ def test_builders_ignore_targets() -> None:
 
 
 def test_one_frame_for_several_targets_self_attends_once() -> None:
-    """Inference with curr / curr_pos one frame expanded over the batch (predict_video's K expressions): the first
-    layer's self-attention runs on one row, and the output equals the batch computed row by row."""
+    """Inference with ``shared_frame``: curr / curr_pos one frame for the batch (predict_video's K expressions):
+    the first layer's self-attention runs on one row, and the output equals the batch computed row by row. Without
+    the flag nothing is shared, whatever the strides; in train mode the flag is refused."""
     cfg = _fixture()["cfg"]
     att = build_memory_attention(cfg["memory_attention"]).eval()
     d = cfg["memory_attention"]["d_model"]
@@ -325,29 +326,28 @@ def test_one_frame_for_several_targets_self_attends_once() -> None:
     att.layers[0].self_attn.register_forward_hook(lambda m, args, out: batches.append(out.shape[0]))
     with torch.no_grad():
         shared = att(
-            frame.expand(-1, 3, -1), memory, frame_pos.expand(-1, 3, -1), memory_pos, num_obj_ptr_tokens=8
+            frame.expand(-1, 3, -1),
+            memory,
+            frame_pos.expand(-1, 3, -1),
+            memory_pos,
+            num_obj_ptr_tokens=8,
+            shared_frame=True,
         )
         assert batches == [1]
-        plain = att(
-            frame.expand(-1, 3, -1).contiguous(),
-            memory,
-            frame_pos.expand(-1, 3, -1).contiguous(),
-            memory_pos,
-            8,
-        )
-        assert batches == [1, 3]
+        plain = att(frame.expand(-1, 3, -1), memory, frame_pos.expand(-1, 3, -1), memory_pos, 8)
+        assert batches == [1, 3]  # expanded (stride 0) but not declared shared: computed per row
         rows = [att(frame, memory[:, i : i + 1], frame_pos, memory_pos[:, i : i + 1], 8) for i in range(3)]
-        batches.clear()
-        att.train()(frame.expand(-1, 3, -1), memory, frame_pos.expand(-1, 3, -1), memory_pos, 8)
-        assert batches == [3]  # train mode: dropout draws per row, so nothing is shared
+        with pytest.raises(ValueError, match="shared_frame is for inference"):
+            # train mode: dropout draws per row, so nothing may be shared
+            att.train()(frame.expand(-1, 3, -1), memory, frame_pos.expand(-1, 3, -1), memory_pos, 8, True)
         att.eval()
     torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(shared, torch.cat(rows, dim=1), atol=1e-5, rtol=1e-5)
 
 
 def test_one_frame_for_several_masks_projects_the_frame_once() -> None:
-    """The memory encoder on one frame's feature expanded over B masks (predict_video's K expressions) projects
-    the feature once and gives the memories of the feature copied per row."""
+    """The memory encoder on one frame's feature for B masks (``shared_frame``, predict_video's K expressions)
+    projects the feature once and gives the memories of the feature copied per row."""
     enc, _ = _modules()
     cfg = _fixture()["cfg"]
     size, c = cfg["image_size"], cfg["memory_encoder"]["in_dim"]
@@ -358,7 +358,8 @@ def test_one_frame_for_several_masks_projects_the_frame_once() -> None:
     rows = []
     enc.pix_feat_proj.register_forward_hook(lambda m, args, out: rows.append(out.shape[0]))
     with torch.no_grad():
-        shared = enc(pix.expand(3, -1, -1, -1), masks)["vision_features"]
+        shared = enc(pix.expand(3, -1, -1, -1), masks, shared_frame=True)["vision_features"]
         copied = enc(pix.repeat(3, 1, 1, 1), masks)["vision_features"]
-    assert rows == [1, 3]
+        enc(pix.expand(3, -1, -1, -1), masks)  # not declared shared: projected per row, whatever the strides
+    assert rows == [1, 3, 3]
     torch.testing.assert_close(shared, copied, atol=1e-5, rtol=1e-5)

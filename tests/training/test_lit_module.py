@@ -210,8 +210,8 @@ def test_build_model_starts_from_a_train_checkpoint(tmp_path):
 
     from mpgsam2.build import build_model
 
-    conf = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[2] / "conf/model/beit3/tiny.yaml"))
-    sam2 = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[2] / "conf/model/sam2/tiny.yaml"))
+    conf = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[2] / "conf/model/beit3/test.yaml"))
+    sam2 = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[2] / "conf/model/sam2/test.yaml"))
     torch.manual_seed(0)
     source = build_model(conf, sam2)
     path = tmp_path / "stage1.ckpt"

@@ -11,7 +11,14 @@ from helpers.tiny import random_clip, tiny_config
 from safetensors.torch import load_file
 
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
-from mpgsam2.weights import convert_mpgsam2_to_original, init_from_components, load_mpgsam2, save_mpgsam2
+from mpgsam2.weights import (
+    convert_mpgsam2_to_original,
+    init_from_components,
+    load_model,
+    load_mpgsam2,
+    load_weights,
+    save_mpgsam2,
+)
 from mpgsam2.weights.io import CheckpointError
 
 
@@ -26,9 +33,10 @@ def test_export_round_trip(tmp_path):
     model = MPGSAM2(tiny_config(use_object_historical_fusion=False))
     save_mpgsam2(model, tmp_path / "export")
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["config.json", "model.safetensors"]
-    loaded = load_mpgsam2(tmp_path / "export")
-    assert loaded.config == model.config
-    assert _same_outputs(model, loaded)
+    loaded = load_model(tmp_path / "export")
+    assert loaded.model.config == model.config and loaded.tokenizer_path is None and loaded.run_config is None
+    assert _same_outputs(model, loaded.model)
+    assert _same_outputs(model, load_mpgsam2(tmp_path / "export"))  # the deprecated name, kept for a release
 
 
 def test_released_folder_and_deepspeed_file(fixture_dir, tmp_path):
@@ -38,18 +46,21 @@ def test_released_folder_and_deepspeed_file(fixture_dir, tmp_path):
     meta = json.loads((fixture_dir / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps(meta["hf_config_json"]))
     shutil.copy(fixture_dir / "state_dict.safetensors", folder / "model.safetensors")
-    model = load_mpgsam2(folder)
+    model = load_model(folder).model
 
     original = load_file(str(fixture_dir / "state_dict.safetensors"))
     deepspeed = tmp_path / "pytorch_model.bin"
     torch.save({f"module.evf_model.{k}": v for k, v in original.items()}, deepspeed)
-    from_deepspeed = load_mpgsam2(deepspeed, config_path=folder / "config.json")
-    for (name, a), b in zip(model.state_dict().items(), from_deepspeed.state_dict().values()):
-        assert torch.equal(a, b), name
+    from_deepspeed = load_model(deepspeed, config_path=folder / "config.json").model
+    alias = load_mpgsam2(deepspeed, config_path=folder / "config.json")  # the deprecated name
+    for (name, a), b, c in zip(
+        model.state_dict().items(), from_deepspeed.state_dict().values(), alias.state_dict().values()
+    ):
+        assert torch.equal(a, b) and torch.equal(a, c), name
     with pytest.raises(CheckpointError, match="config_path"):
         load_mpgsam2(deepspeed)
 
-    compat = load_mpgsam2(folder, hf_gamma_compat=True)
+    compat = load_model(folder, hf_gamma_compat=True).model
     gamma = compat.sam.memory_encoder.fuser.layers[0].gamma
     assert torch.all(gamma == 1e-6)
     assert not torch.equal(gamma, model.sam.memory_encoder.fuser.layers[0].gamma)
@@ -70,9 +81,14 @@ def test_init_from_official_component_files(tmp_path):
 
     torch.manual_seed(1)
     fresh = MPGSAM2(tiny_config())
+    load_weights(fresh, tmp_path / "beit3_base_patch16_224.pth", fmt="beit3")
+    load_weights(fresh, tmp_path / "sam2_hiera_tiny.pt", fmt="sam2")
+    torch.manual_seed(1)
+    by_alias = MPGSAM2(tiny_config())  # init_from_components: the deprecated name, kept for a release
     init_from_components(
-        fresh, beit3=tmp_path / "beit3_base_patch16_224.pth", sam2=tmp_path / "sam2_hiera_tiny.pt"
+        by_alias, beit3=tmp_path / "beit3_base_patch16_224.pth", sam2=tmp_path / "sam2_hiera_tiny.pt"
     )
+    assert all(torch.equal(v, by_alias.state_dict()[k]) for k, v in fresh.state_dict().items())
     donor_state = donor.state_dict()
     new_modules = (
         "pixel_global_fusion",
@@ -95,7 +111,7 @@ def test_init_from_official_component_files(tmp_path):
         CheckpointError,
         match=r"(?s)sam2\.1_hiera_tiny\.pt.*no_obj_embed_spatial",
     ):
-        init_from_components(fresh, sam2=tmp_path / "sam2.1_hiera_tiny.pt")
+        load_weights(fresh, tmp_path / "sam2.1_hiera_tiny.pt", fmt="sam2")
 
 
 def test_export_is_atomic(tmp_path, monkeypatch):

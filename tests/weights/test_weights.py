@@ -25,6 +25,7 @@ from mpgsam2.weights import (
     detect_format,
     load_checkpoint,
     load_into,
+    load_weights,
     original_name,
     our_name,
     read_state_dict,
@@ -339,7 +340,7 @@ def test_beit3_official_checkpoint(full_size: dict) -> None:
 # ------------------------------------------------------------------------------------------------------ loader
 
 
-def test_load_checkpoint_copies_and_casts(tmp_path: Path) -> None:
+def test_load_into_copies_and_casts(tmp_path: Path) -> None:
     sd = _tiny_sd()
     path = tmp_path / "tiny.pt"
     torch.save({"model": {k: v.double() for k, v in sd.items()}}, path)
@@ -363,13 +364,29 @@ def test_missing_extra_and_wrong_shape_fail_naming_file_and_keys(tmp_path: Path)
     m = Tiny()
     before = {k: v.clone() for k, v in m.state_dict().items()}
     with pytest.raises(CheckpointError) as e:
-        load_checkpoint(m, path, fmt="native")
+        load_weights(m, path, fmt="native")
     msg = str(e.value)
     assert str(path) in msg and "Tiny" in msg
     assert "norm.bias" in msg and "head.weight" in msg
     assert "proj.weight: checkpoint [3, 5] vs model [3, 4]" in msg
     assert "1 missing, 1 unexpected, 1 wrong-shape" in msg
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())  # nothing copied
+
+
+def test_load_weights_reads_a_train_checkpoint_and_load_checkpoint_is_its_alias(tmp_path: Path) -> None:
+    """A train.py (Lightning) checkpoint is told apart by its .ckpt name: its ``model.`` weights load (what
+    build_model(weights={"mpgsam2": "x.ckpt"}) uses); load_checkpoint, the deprecated name, does the same."""
+    sd = {k: v + 1 for k, v in _tiny_sd().items()}
+    path = tmp_path / "final.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in sd.items()}, "global_step": 3}, path)
+    for load in (load_weights, load_checkpoint):
+        m = Tiny()
+        report = load(m, path)
+        assert report.ok and sorted(report.loaded) == sorted(sd)
+        assert all(torch.equal(v, sd[k]) for k, v in m.state_dict().items())
+    torch.save({"state_dict": {"model.proj.weight": torch.zeros(3, 4)}}, path)
+    with pytest.raises(CheckpointError, match=r"(?s)final\.ckpt.*norm\.weight"):
+        load_weights(Tiny(), path)
 
 
 def test_declared_gaps_with_reasons(tmp_path: Path) -> None:
@@ -418,7 +435,7 @@ def test_strip_prefix_for_submodules(tmp_path: Path) -> None:
     path = tmp_path / "sub.safetensors"
     save_file(sd, str(path))
     m = Tiny()
-    report = load_checkpoint(m, path, fmt="native", prefix="sam.")
+    report = load_weights(m, path, fmt="native", prefix="sam.")
     assert report.ok and len(report.loaded) == 5
     with pytest.raises(CheckpointError, match="lack the prefix 'sam.'"):
         strip_prefix({**sd, "beit3.x": torch.zeros(1)}, "sam.")
@@ -441,7 +458,7 @@ def test_full_fixture_checkpoint_through_hf_folder(
     ours = convert_mpgsam2(fixture_sd)
     model = _module_from_keys({k: list(v.shape) for k, v in ours.items()})
     model.to_empty(device="cpu")
-    report = load_checkpoint(model, folder, hf_gamma_compat=True)
+    report = load_weights(model, folder, hf_gamma_compat=True)
     assert report.ok and len(report.loaded) == 465
     sdm = model.state_dict()
     assert all(torch.equal(sdm[k], v) for k, v in ours.items() if not k.endswith(".gamma"))

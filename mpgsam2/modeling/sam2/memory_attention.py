@@ -12,7 +12,6 @@ import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -175,6 +174,7 @@ class MemoryAttention(nn.Module):
         curr_pos: Tensor | list[Tensor] | None = None,
         memory_pos: Tensor | None = None,
         num_obj_ptr_tokens: int = 0,
+        shared_frame: bool = False,
     ) -> Tensor:
         """Condition the current frame on the memory (sequence-first tensors).
 
@@ -184,6 +184,10 @@ class MemoryAttention(nn.Module):
             curr_pos: position encoding of ``curr`` [HW, B, C] (same container type as ``curr``).
             memory_pos: position encoding of ``memory`` [M, B, Cm].
             num_obj_ptr_tokens: number of trailing object-pointer tokens in ``memory`` (no RoPE on them).
+            shared_frame: the B columns of ``curr`` / ``curr_pos`` are one frame (e.g. expanded) for B targets
+                with their own memories (predict_video's K expressions): only column 0 is read, and the first
+                layer's self-attention, which reads nothing else, runs once. Inference only (eval mode: dropout
+                would draw each target's own mask).
 
         Returns:
             [HW, B, C].
@@ -195,17 +199,11 @@ class MemoryAttention(nn.Module):
         if curr.shape[1] != memory.shape[1]:
             raise ValueError(f"batch sizes differ: curr {curr.shape[1]} vs memory {memory.shape[1]}")
         batch = curr.shape[1]
-        # One frame for B targets (predict_video's K expressions): curr and curr_pos are the same frame expanded
-        # over the batch, so the first layer's self-attention, which reads nothing else, runs once (inference).
-        shared_frame = (
-            batch > 1
-            and self.batch_first
-            and len(self.layers) > 0
-            and not self.training  # dropout would draw each row's own mask
-            and not torch.is_grad_enabled()
-            and curr.stride(1) == 0
-            and (curr_pos is None or curr_pos.stride(1) == 0)
-        )
+        if shared_frame and self.training:
+            raise ValueError(
+                "shared_frame is for inference: in train mode dropout draws each target's own mask"
+            )
+        shared_frame = shared_frame and batch > 1 and self.batch_first and len(self.layers) > 0
         if shared_frame:
             curr = curr[:, :1]
             curr_pos = None if curr_pos is None else curr_pos[:, :1]

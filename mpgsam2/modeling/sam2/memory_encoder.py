@@ -168,7 +168,9 @@ class MemoryEncoder(nn.Module):
         if out_dim != in_dim:
             self.out_proj = nn.Conv2d(in_dim, out_dim, kernel_size=1)
 
-    def forward(self, pix_feat: Tensor, masks: Tensor, skip_mask_sigmoid: bool = False) -> dict[str, Any]:
+    def forward(
+        self, pix_feat: Tensor, masks: Tensor, skip_mask_sigmoid: bool = False, shared_frame: bool = False
+    ) -> dict[str, Any]:
         """Fuse a frame's feature with its mask.
 
         Args:
@@ -177,6 +179,8 @@ class MemoryEncoder(nn.Module):
                 ``skip_mask_sigmoid=True``, values the caller already mapped (SAM 2 passes
                 ``sigmoid(logits) * 20 - 10``).
             skip_mask_sigmoid: do not apply a sigmoid to ``masks``.
+            shared_frame: the B rows of ``pix_feat`` are one frame (e.g. expanded) for B masks: only row 0 is
+                read and projected, once.
 
         Returns:
             ``{"vision_features": [B, Cm, H, W], "vision_pos_enc": [pos [B, Cm, H, W]]}``.
@@ -185,8 +189,8 @@ class MemoryEncoder(nn.Module):
             masks = torch.sigmoid(masks)
         masks = self.mask_downsampler(masks)
         pix_feat = pix_feat.to(masks.device)
-        if pix_feat.size(0) > 1 and pix_feat.stride(0) == 0:
-            # one frame's feature expanded over B targets (predict_video's K expressions): projected once
+        if shared_frame:
+            # one frame's feature for B targets (predict_video's K expressions): projected once
             pix_feat = pix_feat[:1]
         x = self.pix_feat_proj(pix_feat) + masks
         x = self.fuser(x)

@@ -325,6 +325,7 @@ class SAM2Tracker(nn.Module):
             curr_pos=curr_pos,
             memory_pos=memory_pos,
             num_obj_ptr_tokens=num_ptr_tokens,
+            shared_frame=feats.shared,
         )
         return fused.permute(1, 2, 0).reshape(b, c, h, w)
 
@@ -348,7 +349,8 @@ class SAM2Tracker(nn.Module):
     def encode_memory(
         self, feats: FrameFeatures, high_res_logits: Tensor, object_score_logits: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Memory of a frame from its raw top-level feature and its logits [B, 1, S, S].
+        """Memory of a frame from its raw top-level feature and its logits [B, 1, S, S] (``feats.shared``: one
+        frame for the B masks, projected once).
 
         Returns the memory features [B, Cm, E, E] and their position encoding [B, Cm, E, E].
         """
@@ -357,7 +359,7 @@ class SAM2Tracker(nn.Module):
             mask_for_mem = mask_for_mem * self.memory_settings.sigmoid_scale_for_mem_enc
         if self.memory_settings.sigmoid_bias_for_mem_enc != 0.0:
             mask_for_mem = mask_for_mem + self.memory_settings.sigmoid_bias_for_mem_enc
-        out = self.memory_encoder(feats.top, mask_for_mem, skip_mask_sigmoid=True)
+        out = self.memory_encoder(feats.top, mask_for_mem, skip_mask_sigmoid=True, shared_frame=feats.shared)
         features = out["vision_features"]
         if self.no_obj_embed_spatial is not None:  # SAM 2.1: mark frames where the object is absent
             absent = 1.0 - (object_score_logits > 0).to(features.dtype)
@@ -477,7 +479,8 @@ class SAM2Tracker(nn.Module):
         """Segment frame ``frame_idx`` of B clips and add it to the memory bank.
 
         The first frame given to a fresh state becomes the conditioning frame (no memory); later frames must
-        come in increasing order.
+        come in increasing order. ``feats.shared`` (one frame for the B clips, :meth:`FrameFeatures.expand`)
+        runs what reads only the frame once (eval mode).
         """
         is_init = state.cond_frame_idx is None
         if not is_init and frame_idx <= max([state.cond_frame_idx, *state.memories, *state.obj_ptrs]):

@@ -21,11 +21,27 @@ class FrameFeatures:
     top: [B, C, E, E] stride-16 FPN level, before ``no_mem_embed`` or memory attention.
     top_pos: [B, C, E, E] its sine position encoding.
     high_res: [B, C/8, 4E, 4E] and [B, C/4, 2E, 2E] after the decoder's conv_s0 / conv_s1, or None.
+    shared: every batch entry is the same frame (one video's frame for B targets, see :meth:`expand`): what
+        reads only the frame (the memory attention's first self-attention, the memory encoder's projection of
+        the frame) then runs once for all B (eval mode only). Set by whoever builds the features, never inferred.
     """
 
     top: Tensor
     top_pos: Tensor
     high_res: list[Tensor] | None
+    shared: bool = False
+
+    def expand(self, batch: int, shared: bool = True) -> FrameFeatures:
+        """The features of one frame (batch 1) as the same frame for ``batch`` targets: views, no copies, marked
+        ``shared`` (False: computed per target, as in train mode, where dropout differs per target)."""
+        if self.top.shape[0] != 1:
+            raise ValueError(f"expand takes the features of one frame, got a batch of {self.top.shape[0]}")
+        return FrameFeatures(
+            top=self.top.expand(batch, -1, -1, -1),
+            top_pos=self.top_pos.expand(batch, -1, -1, -1),
+            high_res=None if self.high_res is None else [x.expand(batch, -1, -1, -1) for x in self.high_res],
+            shared=shared,
+        )
 
     def select(self, index: Tensor | slice | int) -> FrameFeatures:
         """The features of some batch entries (``index`` into dim 0)."""
@@ -34,6 +50,7 @@ class FrameFeatures:
             top=pick(self.top),
             top_pos=pick(self.top_pos),
             high_res=None if self.high_res is None else [pick(x) for x in self.high_res],
+            shared=self.shared,
         )
 
 

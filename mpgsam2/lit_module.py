@@ -123,7 +123,7 @@ class RVOSLitModule(L.LightningModule):
         existence_threshold: at validation/prediction, empty every frame of an expression judged absent
             (:func:`~mpgsam2.inference.apply_existence`): a probability, None (off) or "auto" (the benchmark's, MeViS
             v2: on; resolved at setup). A benchmark with no-target expressions (MeViS v2), or a validation split
-            that has some (the synthetic demo's), also logs ``val/n_acc``, ``val/t_acc``, ``val/jf_target`` and
+            that has some under a benchmark of one release (the synthetic demo's), also logs ``val/n_acc``, ``val/t_acc``, ``val/jf_target`` and
             ``val/final`` (:class:`~mpgsam2.metrics.NoTargetJFMetric`); ``val/jf`` stays J&F over all expressions.
         max_nonfinite_steps: how many optimizer steps with a NaN or infinite loss or gradient may be skipped
             (counted, logged as ``train/nonfinite_steps``); the next one stops training with an error naming the
@@ -177,7 +177,11 @@ class RVOSLitModule(L.LightningModule):
         split_has_no_target = any(
             getattr(e, "no_target", False) for e in getattr(val_source, "expressions", ())
         )
-        no_target_scores = split_has_no_target or (row is not None and row.no_target_scores)
+        # as mpgsam2.metrics.scoring.score_predictions: a versioned row (MeViS v1 / v2) states its protocol
+        versioned = row is not None and row.dataset_version is not None
+        no_target_scores = (row is not None and row.no_target_scores) or (
+            split_has_no_target and not versioned
+        )
         if no_target_scores and not isinstance(self.val_jf, NoTargetJFMetric):
             self.val_jf = NoTargetJFMetric()  # the same J, F, J&F, and MeViS v2's no-target scores
         path = getattr(datamodule, "tokenizer_path", None)

@@ -208,8 +208,7 @@ def score_expressions(
         source: the split with ground truth.
         max_frames: score only the first N frames of each video (when only those were predicted).
         bound_th: boundary tolerance of F.
-        no_target_scores: also score the no-target expressions (MeViS v2, :class:`NoTargetJFMetric`); a source
-            with no-target expressions (the synthetic demo's) is always scored so.
+        no_target_scores: also score the no-target expressions (MeViS v2, :class:`NoTargetJFMetric`).
 
     Returns:
         ``{"j", "f", "jf", "num_expressions"}``; with ``no_target_scores`` also ``"j_target", "f_target",
@@ -221,7 +220,6 @@ def score_expressions(
     """
     _require_masks(source)
     # one process scores the whole folder: no synchronisation with other ranks
-    no_target_scores = no_target_scores or any(getattr(e, "no_target", False) for e in source.expressions)
     metric_class = NoTargetJFMetric if no_target_scores else JFMetric
     metric = metric_class(bound_th=bound_th, sync_on_compute=False)
     sizes: dict[str, tuple[int, int]] = {}
@@ -472,6 +470,10 @@ def score_predictions(
         return score_images(pred, source, samples=samples, bound_th=bound_th)
     if bench.scoring is not Scoring.EXPRESSIONS:
         raise ValueError(f"{bench.title}: no scorer for {bench.scoring.value!r} predictions")
+    # a split with no-target expressions (the synthetic demo's) is scored with them where the row has one release;
+    # a versioned row states its protocol (MeViS v1: J&F only, even of a v2 folder)
+    split_has_no_target = any(getattr(e, "no_target", False) for e in source.expressions)
+    no_target_scores = bench.no_target_scores or (bench.dataset_version is None and split_has_no_target)
     return score_expressions(
-        pred, source, max_frames=max_frames, bound_th=bound_th, no_target_scores=bench.no_target_scores
+        pred, source, max_frames=max_frames, bound_th=bound_th, no_target_scores=no_target_scores
     )

@@ -1,6 +1,6 @@
 """MeViS v2's existence decision measured on synthetic data: the demo's synthetic videos in the MeViS v2 layout with
 no-target expressions added, a tiny model trained on them with the object-score loss, and N-acc / T-acc / J&F /
-Final on valid_u for a range of ``system.existence_threshold`` values (README "MeViS v2").
+Final on valid_u for a range of ``system.existence_threshold`` values (docs/evaluation.md, "MeViS v1 and v2").
 
     # 1. the demo's synthetic dataset (generated when missing) as a MeViS v2 folder: train and valid_u, each video
     #    with its one no-target expression (a long caption in a colour the video lacks: it refers to nothing here;

@@ -58,7 +58,7 @@ EXPLAINED = {
         "<absent>",
         1.0,
         "deliberate (issue 19): the demo's synthetic videos have no-target expressions; the object-score loss "
-        "teaches SAM 2's head 'absent' (README 'What the demo reaches' has the demo's new numbers)",
+        "teaches SAM 2's head 'absent' (docs/demo.md 'What the demo reaches' has the demo's new numbers)",
     ),
     ("demo", "system.existence_threshold"): (
         "<absent>",

@@ -25,8 +25,9 @@ tokenizer ``data.tokenizer_path`` (a released folder is evaluated with the ``sen
 
 Predictions are staged per video under ``<run dir>/staging`` (a video appears there only when complete), then
 zipped to ``<run dir>/submission.zip`` (temp name, rename) or scored. A scoring run writes
-``<run dir>/metrics.json`` and prints ``j=<v> f=<v> jf=<v>`` as its last line (MeViS v2: also ``jf_target``,
-``n_acc``, ``t_acc``, ``final`` and ``version=v2``); a submission run prints the zip's path last.
+``<run dir>/metrics.json`` and prints ``j=<v> f=<v> jf=<v>`` as its last line (a split with no-target expressions,
+MeViS v2 and the synthetic demo: also ``jf_target``, ``n_acc``, ``t_acc``, ``final``, and for MeViS v2
+``version=v2``); a submission run prints the zip's path last.
 """
 
 from __future__ import annotations
@@ -314,7 +315,8 @@ def final_line(result: dict[str, Any]) -> str | None:
             f"{key}={'n/a' if result[key] is None else format(result[key], '.4f')}"
             for key in ("j", "f", "jf", "jf_target", "n_acc", "t_acc", "final")
         )
-        return f"{scores} version={result.get('dataset_version', 'v2')}"
+        version = result.get("dataset_version")  # absent: a dataset of one release (the synthetic demo)
+        return scores if version is None else f"{scores} version={version}"
     if "jf" in result:
         return f"j={result['j']:.4f} f={result['f']:.4f} jf={result['jf']:.4f}"
     return None

@@ -13,7 +13,9 @@ __all__ = ["SyntheticDataModule"]
 
 class SyntheticDataModule(ReferringVideoDataModule):
     """Generates the synthetic dataset under ``root`` (deterministic from ``generator``'s seed; skipped when it
-    exists) and reads it with the Ref-YouTube-VOS reader. Its tokenizer is ``root/tokenizer.model``.
+    exists) and reads it with the Ref-YouTube-VOS reader. Its tokenizer is ``root/tokenizer.model``. Every video
+    has a no-target expression (:mod:`mpgsam2.data.synthetic`), so validation and ``eval.py`` also report MeViS v2's
+    N-acc, T-acc and Final (a split with no-target expressions is scored so, whatever the benchmark row).
 
     Args:
         root: dataset folder.

@@ -1,5 +1,7 @@
 """Reference points for the demo's validation J&F: an all-empty prediction and "every object" (the union of all
-objects of the video, i.e. segmenting without reading the sentence).
+objects of the video, i.e. segmenting without reading the sentence), scored as the demo's validation is: J, F and
+J&F over all expressions, J&F over the target expressions, and (each video has a no-target expression) N-acc,
+T-acc and Final (:class:`mpgsam2.metrics.NoTargetJFMetric`).
 
     python experiments/demo_baselines.py [--root data/synthetic_ytvos]
 
@@ -16,7 +18,7 @@ import torch
 
 from mpgsam2.data import RefYTVOSSource
 from mpgsam2.data.synthetic import SyntheticConfig, generate_synthetic_ytvos
-from mpgsam2.metrics import JFMetric
+from mpgsam2.metrics import NoTargetJFMetric
 
 
 def main() -> None:
@@ -25,11 +27,12 @@ def main() -> None:
     args = parser.parse_args()
     root = generate_synthetic_ytvos(Path(args.root), SyntheticConfig())
     source = RefYTVOSSource(root, "valid")
-    empty, union = JFMetric(), JFMetric()
+    empty, union = NoTargetJFMetric(sync_on_compute=False), NoTargetJFMetric(sync_on_compute=False)
     for expr in source.expressions:
         indices = list(range(expr.video.num_frames))
         target = torch.from_numpy(source.read_masks(expr, indices))
-        empty.update(torch.zeros_like(target), target)
+        is_target = not expr.no_target
+        empty.update(torch.zeros_like(target), target, is_target=is_target)
         objects = {
             o for e in source.expressions if e.video.video_id == expr.video.video_id for o in e.obj_ids
         }
@@ -37,10 +40,11 @@ def main() -> None:
         for obj in objects:
             other = expr.__class__(expr.video, expr.exp_id, expr.caption, (obj,))
             everything |= source.read_masks(other, indices)
-        union.update(torch.from_numpy(everything), target)
+        union.update(torch.from_numpy(everything), target, is_target=is_target)
+    keys = ("j", "f", "jf", "jf_target", "n_acc", "t_acc", "final")
     for name, metric in (("all-empty", empty), ("every object", union)):
         r = metric.compute()
-        print(f"{name}: j={r['j']:.4f} f={r['f']:.4f} jf={r['jf']:.4f}")
+        print(f"{name}: " + " ".join(f"{k}={r[k]:.4f}" for k in keys))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """MeViS v2's existence decision measured on synthetic data: the demo's synthetic videos in the MeViS v2 layout with
 no-target expressions added, a tiny model trained on them with the object-score loss, and N-acc / T-acc / J&F /
-Final on valid_u for a range of ``system.existence_threshold`` values (README "MeViS v2").
+Final on valid_u for a range of ``system.existence_threshold`` values (docs/evaluation.md, "MeViS v1 and v2").
 
     # 1. the demo's synthetic dataset (generated when missing) as a MeViS v2 folder: train and valid_u, each video
-    #    with one no-target expression (the long caption of an object of another video, in a colour this video
-    #    lacks: it refers to nothing here)
+    #    with its one no-target expression (a long caption in a colour the video lacks: it refers to nothing here;
+    #    written by the generator since its format 2, carried over with empty obj_id / anno_id lists)
     python experiments/mevis_v2_existence.py convert data/synthetic_ytvos data/synthetic_mevis_v2
     # 2. train the demo model on it, with SAM 2's object-score head and the v2 object-score loss
     python train.py experiment=demo data=mevis data.root=data/synthetic_mevis_v2 data.version=v2 \
@@ -29,17 +29,13 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from mpgsam2.data import ClipTransform, MeViSSource, RefYTVOSSource
-from mpgsam2.data.synthetic import COLOURS, SyntheticConfig, generate_synthetic_ytvos
+from mpgsam2.data.synthetic import SyntheticConfig, generate_synthetic_ytvos
 from mpgsam2.inference import apply_existence, predict_video
 from mpgsam2.metrics import NoTargetJFMetric
 from mpgsam2.text import Beit3Tokenizer
 from mpgsam2.weights import load_model
 
 THRESHOLDS = (None, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
-
-
-def _colour(caption: str) -> str:
-    return next(c for c in COLOURS if f" {c} " in f" {caption} ")
 
 
 def convert(synthetic: Path, out: Path) -> None:
@@ -55,7 +51,7 @@ def convert(synthetic: Path, out: Path) -> None:
         videos = list(by_video)
         meta: dict[str, dict] = {}
         mask_dict: dict[str, list] = {}
-        for v, vid in enumerate(videos):
+        for vid in videos:
             exprs = by_video[vid]
             video = exprs[0].video
             shutil.copytree(video.frame_paths[0].parent, out / target_split / "JPEGImages" / vid)
@@ -74,18 +70,13 @@ def convert(synthetic: Path, out: Path) -> None:
                         None if rle is None else {"size": list(rle["size"]), "counts": rle["counts"].decode()}
                     )
                 mask_dict[key] = rles
+            # the no-target expression (MeViS v2: empty obj_id and anno_id lists) as the generator wrote it
             expressions = {
-                e.exp_id: {"exp": e.caption, "obj_id": [0], "anno_id": [int(anno[e.obj_ids[0]])]}
+                e.exp_id: {"exp": e.caption, "obj_id": [], "anno_id": []}
+                if e.no_target
+                else {"exp": e.caption, "obj_id": [0], "anno_id": [int(anno[e.obj_ids[0]])]}
                 for e in exprs
             }
-            # one no-target expression: the first long caption of a later video in a colour absent from this one
-            here = {_colour(e.caption) for e in exprs}
-            for w in range(1, len(videos)):
-                other = by_video[videos[(v + w) % len(videos)]]
-                caption = next((e.caption for e in other if _colour(e.caption) not in here), None)
-                if caption is not None:
-                    expressions[str(len(expressions))] = {"exp": caption, "obj_id": [], "anno_id": []}
-                    break
             meta[vid] = {"expressions": expressions, "frames": list(video.frame_names)}
         (out / target_split / "meta_expressions_v2.json").write_text(json.dumps({"videos": meta}))
         (out / target_split / "mask_dict.json").write_text(json.dumps(mask_dict))

@@ -122,8 +122,9 @@ class RVOSLitModule(L.LightningModule):
             setup).
         existence_threshold: at validation/prediction, empty every frame of an expression judged absent
             (:func:`~mpgsam2.inference.apply_existence`): a probability, None (off) or "auto" (the benchmark's, MeViS
-            v2: on; resolved at setup). A benchmark with no-target expressions (MeViS v2) also logs ``val/n_acc``,
-            ``val/t_acc``, ``val/jf_target`` and ``val/final`` (:class:`~mpgsam2.metrics.NoTargetJFMetric`).
+            v2: on; resolved at setup). A benchmark with no-target expressions (MeViS v2), or a validation split
+            that has some under a benchmark of one release (the synthetic demo's), also logs ``val/n_acc``, ``val/t_acc``, ``val/jf_target`` and
+            ``val/final`` (:class:`~mpgsam2.metrics.NoTargetJFMetric`); ``val/jf`` stays J&F over all expressions.
         max_nonfinite_steps: how many optimizer steps with a NaN or infinite loss or gradient may be skipped
             (counted, logged as ``train/nonfinite_steps``); the next one stops training with an error naming the
             step and the loss term. 0 (the default): the first one stops training.
@@ -172,7 +173,16 @@ class RVOSLitModule(L.LightningModule):
             self.eval_chunk_size = None if row is None else row.chunk_size
         if self.existence_threshold == "auto":
             self.existence_threshold = None if row is None else row.existence_threshold
-        if row is not None and row.no_target_scores and not isinstance(self.val_jf, NoTargetJFMetric):
+        val_source = getattr(getattr(datamodule, "val_dataset", None), "source", None)
+        split_has_no_target = any(
+            getattr(e, "no_target", False) for e in getattr(val_source, "expressions", ())
+        )
+        # as mpgsam2.metrics.scoring.score_predictions: a versioned row (MeViS v1 / v2) states its protocol
+        versioned = row is not None and row.dataset_version is not None
+        no_target_scores = (row is not None and row.no_target_scores) or (
+            split_has_no_target and not versioned
+        )
+        if no_target_scores and not isinstance(self.val_jf, NoTargetJFMetric):
             self.val_jf = NoTargetJFMetric()  # the same J, F, J&F, and MeViS v2's no-target scores
         path = getattr(datamodule, "tokenizer_path", None)
         if path:

@@ -129,8 +129,9 @@ def swap_captions_within_video(
     clearly worse on the result than on the original expressions.
 
     Expressions for which no such partner exists are DROPPED: those of videos whose expressions all refer to
-    the same object(s), including splits without object ids (all ``obj_ids == ()``). The result therefore may
-    be shorter than the input; its order follows the input.
+    the same object(s), including splits without object ids (all ``obj_ids == ()``), and no-target expressions
+    (which are no partner either: their caption names no object of the video). The result therefore may be
+    shorter than the input; its order follows the input.
 
     The choice is deterministic in ``seed`` and independent per (video, expression): adding or removing other
     videos does not change a video's swaps.
@@ -147,7 +148,10 @@ def swap_captions_within_video(
         by_video.setdefault(expr.video.video_id, []).append(expr)
     swapped = []
     for expr in expressions:
-        others = [o for o in by_video[expr.video.video_id] if o.obj_ids != expr.obj_ids]
+        if expr.no_target:
+            continue  # it names no object of its video: there is no other object's caption to give it
+        # a no-target expression's caption names no object of the video: never a partner either
+        others = [o for o in by_video[expr.video.video_id] if o.obj_ids != expr.obj_ids and not o.no_target]
         if not others:
             continue
         # A string seed is hashed with SHA-512 by `random`, so this is stable across processes and runs.

@@ -6,6 +6,11 @@ others of its video in colour, and each expression names exactly one object::
     "the {size} {colour} {shape} moving {direction}"     (every object)
     "the {colour} {shape}"                                (about half of the objects, a second expression)
 
+and every video has one **no-target** expression, a long caption in a colour none of its objects has (random
+size, shape and direction): it refers to nothing, its target is empty on every frame (MeViS v2's no-target
+expressions; scored with N-acc, T-acc and Final, :class:`mpgsam2.metrics.NoTargetJFMetric`). It is written last,
+with ``"obj_id": []``, which :class:`~mpgsam2.data.ytvos.RefYTVOSSource` reads as ``no_target``.
+
 Objects move in a straight line at constant speed, may leave the frame (no pixels once fully outside) and may be
 occluded (fixed depth order: object 1 is at the back; an occluded object's mask holds only its visible pixels).
 Every object is fully inside frame 0 (the conditioning frame), at least half visible there, and visible in at
@@ -15,6 +20,7 @@ true, so the caption swap of the flip augmentation stays consistent with the vid
 The files are those of the official release, read by :class:`mpgsam2.data.ytvos.RefYTVOSSource`::
 
     <root>/meta_expressions/<split>/meta_expressions.json   {"videos": {vid: {"expressions": {...}, "frames": [...]}}}
+                                                             (no-target expressions: "obj_id": [])
     <root>/<split>/meta.json                                 {"videos": {vid: {"objects": {"1": {"category", "frames"}}}}}
     <root>/<split>/JPEGImages/<vid>/<frame>.jpg              RGB, JPEG quality 95
     <root>/<split>/Annotations/<vid>/<frame>.png             palette PNG, pixel value = object id (0 = background)
@@ -65,7 +71,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Bump whenever the generated content changes for the same parameters (an existing folder then no longer matches).
-FORMAT_VERSION = 1
+# 2: one no-target expression per video (frames, masks and the target expressions are those of version 1).
+FORMAT_VERSION = 2
 
 # Saturated, clearly distinct colours (RGB); the background is dark, so none of them is close to it.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -124,7 +131,8 @@ class SyntheticConfig:
         num_frames: frames per video (named ``00000``, ``00001``, ...).
         image_size: frame height = width in pixels.
         min_objects: fewest objects in a video.
-        max_objects: most objects in a video (at most the number of colours).
+        max_objects: most objects in a video (at most the number of colours - 1: the no-target expression
+            names a colour absent from the video).
 
     Raises:
         ValueError: a field has the wrong type or is out of range.
@@ -149,9 +157,10 @@ class SyntheticConfig:
         for name, low in minimum.items():
             if getattr(self, name) < low:
                 raise ValueError(f"SyntheticConfig.{name} must be >= {low}, got {getattr(self, name)}")
-        if not self.min_objects <= self.max_objects <= len(COLOURS):
+        if not self.min_objects <= self.max_objects < len(COLOURS):
             raise ValueError(
-                f"SyntheticConfig needs 1 <= min_objects <= max_objects <= {len(COLOURS)} (one colour per object),"
+                f"SyntheticConfig needs 1 <= min_objects <= max_objects <= {len(COLOURS) - 1} (one colour per "
+                "object, and one left for the no-target expression),"
                 f" got min_objects={self.min_objects}, max_objects={self.max_objects}"
             )
 
@@ -259,6 +268,7 @@ class _Video:
     ids: np.ndarray  # uint8 (T, S, S)
     frames: np.ndarray  # uint8 (T, S, S, 3)
     short_caption: list[bool]  # per object
+    no_target_caption: str  # names no object of the video (a colour none of them has)
 
 
 def _make_video(config: SyntheticConfig, split: str, index: int) -> _Video:
@@ -280,7 +290,15 @@ def _make_video(config: SyntheticConfig, split: str, index: int) -> _Video:
     frames += rng.normal(0.0, _BACKGROUND_NOISE_STD, size=frames.shape).astype(np.float32)
     frames = np.clip(np.rint(frames), 0, 255).astype(np.uint8)
     short = [bool(rng.random() < _SHORT_CAPTION_P) for _ in objects]
-    return _Video(objects=objects, ids=ids, frames=frames, short_caption=short)
+    # drawn last, so the frames, masks and target expressions stay those of format version 1
+    absent = [c for c in COLOURS if c not in {o.colour for o in objects}]
+    no_target = _long_caption(
+        list(SIZES)[int(rng.integers(len(SIZES)))],
+        absent[int(rng.integers(len(absent)))],
+        SHAPES[int(rng.integers(len(SHAPES)))],
+        list(DIRECTIONS)[int(rng.integers(len(DIRECTIONS)))],
+    )
+    return _Video(objects=objects, ids=ids, frames=frames, short_caption=short, no_target_caption=no_target)
 
 
 def _write_split(out: Path, config: SyntheticConfig, split: str, num_videos: int) -> None:
@@ -316,6 +334,7 @@ def _write_split(out: Path, config: SyntheticConfig, split: str, num_videos: int
                 "category": obj.shape,
                 "frames": [n for n, p in zip(names, present) if p],
             }
+        expressions[str(len(expressions))] = {"exp": video.no_target_caption, "obj_id": []}
         expressions_json[vid] = {"expressions": expressions, "frames": names}
         meta_json[vid] = {"objects": objects_meta}
 
@@ -370,6 +389,14 @@ def _is_up_to_date(root: Path, parameters: dict[str, object], overwrite: bool) -
             found = {"unreadable": str(err)}
         if found == parameters:
             return True
+        older = found.get("format_version")
+        if found.get("config") == parameters["config"] and isinstance(older, int) and older < FORMAT_VERSION:
+            # this generator's own output from an older format (e.g. before the no-target expressions), same
+            # parameters: replaced by the current one, nothing the user chose is lost
+            log.info(
+                "%s: synthetic dataset of format %d, regenerating as format %d", root, older, FORMAT_VERSION
+            )
+            return False
         if not overwrite:
             raise DatasetError(
                 f"{root}: holds a synthetic dataset generated with other parameters ({marker}: {found}; "
@@ -398,7 +425,8 @@ def generate_synthetic_ytvos(
             synthetic dataset (``synthetic.json``).
         config: the generation parameters.
         overwrite: replace a synthetic dataset at ``root`` generated with other parameters. A folder without
-            ``synthetic.json`` is never replaced.
+            ``synthetic.json`` is never replaced; one of an older ``FORMAT_VERSION`` with the same parameters
+            always is (the demo's data folder follows the generator).
 
     Returns:
         ``root`` as a Path.

@@ -7,7 +7,9 @@ Layout (the official release)::
     <root>/<split>/JPEGImages/<vid>/<name>.jpg
     <root>/<split>/Annotations/<vid>/<name>.png     palette PNG, object k = pixels of index k (train only)
 
-``<root>/<split>/meta.json`` (object categories) is not needed and not read. For ``split="valid"`` the official
+``"obj_id": []`` (an empty list; the release has none) marks a no-target expression: it refers to nothing in its
+video and its target is empty on every frame (:attr:`ExpressionRecord.no_target`, as MeViS v2's; the synthetic
+demo writes them). ``<root>/<split>/meta.json`` (object categories) is not needed and not read. For ``split="valid"`` the official
 202-video set is the valid json minus the videos of ``meta_expressions/test/meta_expressions.json`` (spec §3.1);
 the valid json carries no ``obj_id``.
 
@@ -55,14 +57,14 @@ class RefYTVOSSource(PaletteMaskSource):
             ``inference_ytvos.py`` sorts the video list), expressions in json order.
         videos: the videos, same order.
         has_masks: True iff ``<root>/<split>/Annotations`` exists and every expression has an ``obj_id``
-            (the released valid split has neither).
+            (the released valid split has neither; a no-target expression's ``[]`` counts).
         expressions_file: the json that was read.
 
     Raises:
         ValueError: unknown split.
         DatasetError: naming the json (and the video / expression) when it is missing, not JSON, lacks
             ``videos`` / ``frames`` / ``expressions`` / ``exp``, has an ``obj_id`` that is not a positive integer
-            (string), an unsafe video id, expression id or frame name, or no ``obj_id`` in the train split.
+            (string) or ``[]``, an unsafe video id, expression id or frame name, or no ``obj_id`` in the train split.
     """
 
     def __init__(self, root: str | Path, split: str = "train", exclude_test: bool = True) -> None:
@@ -96,7 +98,9 @@ class RefYTVOSSource(PaletteMaskSource):
             video, expressions = self._parse_video(vid, videos_json[vid])
             self.videos.append(video)
             self.expressions.extend(expressions)
-        self.has_masks = self.annotations_dir.is_dir() and all(e.obj_ids for e in self.expressions)
+        self.has_masks = self.annotations_dir.is_dir() and all(
+            e.obj_ids or e.no_target for e in self.expressions
+        )
         self._present_ids: dict[str, frozenset[int]] = {}
 
     # ----------------------------------------------------------------------------------------------- parsing
@@ -108,14 +112,21 @@ class RefYTVOSSource(PaletteMaskSource):
         records = []
         for exp_id, exp in expressions.items():
             exp, caption, where = parse_expression_entry(src, vid, exp_id, exp)
-            if "obj_id" in exp:
+            no_target = exp.get("obj_id") == []  # refers to nothing: an empty target on every frame
+            if no_target:
+                obj_ids: tuple[int, ...] = ()
+            elif "obj_id" in exp:
                 # the release stores ids as strings ("1"); plain integers are accepted too
-                obj_ids: tuple[int, ...] = (parse_obj_id(exp["obj_id"], where),)
+                obj_ids = (parse_obj_id(exp["obj_id"], where),)
             elif self.split == "train":
                 raise DatasetError(f"{where}: missing 'obj_id' (required in the train split)")
             else:
                 obj_ids = ()  # the released valid json has no object ids
-            records.append(ExpressionRecord(video=video, exp_id=exp_id, caption=caption, obj_ids=obj_ids))
+            records.append(
+                ExpressionRecord(
+                    video=video, exp_id=exp_id, caption=caption, obj_ids=obj_ids, no_target=no_target
+                )
+            )
         return video, records
 
     # ----------------------------------------------------------------------------------------------- reading
@@ -139,7 +150,7 @@ class RefYTVOSSource(PaletteMaskSource):
                 f"{self.expressions_file} has no obj_id); masks cannot be read"
             )
         out = np.isin(self._read_object_ids(video, indices), expression.obj_ids)
-        if not out.any():
+        if not out.any() and not expression.no_target:
             self.check_objects_exist(expression)
         return out
 

@@ -35,7 +35,7 @@ __all__ = ["BENCHMARKS", "EXISTENCE_THRESHOLD_V2", "Benchmark", "MaskFormat", "S
 
 # MeViS v2's default existence threshold on max_t sigmoid(object score) (mpgsam2.inference.apply_existence).
 # Above 0.5 on purpose: SAM 2 already empties each frame whose object score is below 0 (probability 0.5), so a
-# threshold at or below 0.5 changes nothing; see README "MeViS v2" for what it was measured to do.
+# threshold at or below 0.5 changes nothing; see docs/evaluation.md, "MeViS v1 and v2", for what it was measured to do.
 EXISTENCE_THRESHOLD_V2 = 0.7
 
 

@@ -127,7 +127,7 @@ def test_two_torchrun_nodes_on_localhost_train_as_one_node_of_two_processes(
     tmp_path: Path, one_node: tuple[Path, Path]
 ) -> None:
     data_dir, reference = one_node
-    # one torchrun per node, as the README's command (node rank 0 and 1)
+    # one torchrun per node, as the command of docs/configs.md (node rank 0 and 1)
     port = _free_port()
     nodes = [
         subprocess.Popen(
@@ -183,8 +183,8 @@ def test_the_slurm_launcher_asks_for_one_task_per_gpu_on_the_trainers_nodes(
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (nodes, gpus, gpus)
     assert launcher.partition is None and launcher.setup == []
-    assert launcher.max_num_timeout == 0  # no resubmission: resume is by ckpt_path (README)
-    # the README's overrides of the launcher's own keys
+    assert launcher.max_num_timeout == 0  # no resubmission: resume is by ckpt_path (docs/configs.md)
+    # the overrides of the launcher's own keys in docs/configs.md
     setup = 'hydra.launcher.setup=["source /venv/bin/activate"]'
     changed = _launcher_config(*overrides, "hydra.launcher.partition=gpu", setup)
     assert changed.partition == "gpu" and list(changed.setup) == ["source /venv/bin/activate"]

@@ -48,9 +48,12 @@ def test_train_writes_metrics_and_eval_reproduces_them(tmp_path, data_dir):
     cfg = _train_cfg(tmp_path, data_dir, "trainer.max_steps=3")
     metrics = train_entry.run(cfg)
     record = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert set(metrics) == {"j", "f", "jf"} and record["global_step"] == 3
+    # the synthetic valid split has a no-target expression per video: MeViS v2's scores besides J, F, J&F
+    scores = ("j", "f", "jf", "jf_target", "n_acc", "t_acc", "final")
+    assert set(metrics) == set(scores) and record["global_step"] == 3
     assert record["jf"] == pytest.approx(metrics["jf"]) and 0.0 <= metrics["jf"] <= 1.0
     assert metrics["jf"] == pytest.approx((metrics["j"] + metrics["f"]) / 2)
+    assert metrics["final"] == pytest.approx((metrics["jf"] + metrics["n_acc"] + metrics["t_acc"]) / 3)
 
     ckpt = Path(record["checkpoint"])
     raw = torch.load(ckpt, map_location="cpu", weights_only=True)  # plain containers only
@@ -59,8 +62,9 @@ def test_train_writes_metrics_and_eval_reproduces_them(tmp_path, data_dir):
 
     eval_cfg = compose_config("eval", [f"ckpt={ckpt}"], tmp_path / "eval", data_dir)
     again = eval_entry.run(eval_cfg)
-    for key in ("j", "f", "jf"):
+    for key in scores:
         assert again[key] == pytest.approx(metrics[key], abs=1e-6)
+    assert again["num_no_target"] == 2  # TINY_SYNTHETIC's 2 valid videos, one each
     assert json.loads((tmp_path / "eval" / "run" / "metrics.json").read_text())["jf"] == pytest.approx(
         again["jf"]
     )

@@ -354,3 +354,72 @@ def test_swap_captions_within_video(train_root: Path) -> None:
     # Splits without object ids cannot be swapped.
     no_ids = [ExpressionRecord(e.video, e.exp_id, e.caption, ()) for e in src.expressions]
     assert swap_captions_within_video(no_ids) == []
+
+
+def _add_no_target(root: Path, split: str = "train") -> None:
+    """vid_a gets expression "2": a caption with ``"obj_id": []`` (refers to nothing, as the synthetic demo's)."""
+    _edit_json(
+        root,
+        lambda d: d["videos"]["vid_a"]["expressions"].update(
+            {"2": {"exp": "the purple circle", "obj_id": []}}
+        ),
+        split,
+    )
+
+
+def test_ytvos_empty_obj_id_list_is_a_no_target_expression(train_root: Path) -> None:
+    _add_no_target(train_root)
+    src = RefYTVOSSource(train_root)
+    assert src.has_masks  # the no-target expression's empty list counts as ground truth
+    no_target = [e for e in src.expressions if e.no_target]
+    assert [(e.video.video_id, e.exp_id, e.caption, e.obj_ids) for e in no_target] == [
+        ("vid_a", "2", "the purple circle", ())
+    ]
+    assert not any(e.no_target for e in src.expressions if e is not no_target[0])
+    masks = src.read_masks(no_target[0], range(6))  # no "object in no annotation" error: empty on every frame
+    assert masks.shape == (6, 24, 32) and not masks.any()
+    # a list naming objects is not the release's format: refused, naming the file
+    _edit_json(train_root, lambda d: d["videos"]["vid_a"]["expressions"]["2"].update({"obj_id": [1]}))
+    with pytest.raises(DatasetError, match="meta_expressions.json.*obj_id"):
+        RefYTVOSSource(train_root)
+
+
+def test_swap_captions_never_involves_no_target_expressions(train_root: Path) -> None:
+    _add_no_target(train_root)
+    src = RefYTVOSSource(train_root)
+    for seed in range(20):
+        swapped = swap_captions_within_video(src.expressions, seed=seed)
+        # the no-target expression is dropped (no object of its own) and its caption is given to nobody
+        assert [(e.video.video_id, e.exp_id) for e in swapped] == [
+            (e.video.video_id, e.exp_id)
+            for e in src.expressions
+            if e.video.video_id != "vid_b" and not e.no_target
+        ]
+        assert "the purple circle" not in {e.caption for e in swapped}
+
+
+def test_a_split_with_no_target_expressions_is_scored_with_n_acc_t_acc_and_final(
+    train_root: Path, tmp_path: Path
+) -> None:
+    from mpgsam2.metrics.scoring import score_predictions
+
+    _add_no_target(train_root)
+    src = RefYTVOSSource(train_root)
+    pred = tmp_path / "pred"
+    for e in src.expressions:
+        folder = pred / e.video.video_id / e.exp_id
+        folder.mkdir(parents=True)
+        truth = src.read_masks(e, range(e.video.num_frames))
+        for t, name in enumerate(e.video.frame_names):
+            # exact masks, except the no-target expression: predicted as vid_a's object 1 (a false positive)
+            mask = src.read_masks(src.expressions[0], [t])[0] if e.no_target else truth[t]
+            Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{name}.png")
+    scores = score_predictions(pred, src, "ytvos")  # the ytvos row has no no-target scores; the split does
+    assert scores["num_no_target"] == 1 and scores["num_target"] == len(src.expressions) - 1
+    assert scores["n_acc"] == 0.0 and scores["t_acc"] == 1.0 and scores["jf_target"] == 1.0
+    # the no-target expression scores 0 on every frame (object 1 is in every frame of vid_a)
+    assert scores["jf"] == pytest.approx((len(src.expressions) - 1) / len(src.expressions))
+    assert scores["final"] == pytest.approx((scores["jf"] + 0.0 + 1.0) / 3)
+    # without no-target expressions the same split is scored with J, F and J&F only, as before
+    plain = score_predictions(pred, RefYTVOSSource(write_ytvos_dataset(tmp_path / "plain", "train")), "ytvos")
+    assert set(plain) == {"j", "f", "jf", "num_expressions"}

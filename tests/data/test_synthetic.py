@@ -35,6 +35,11 @@ def _expressions(root: Path, split: str) -> dict[str, dict]:
     return json.loads((root / "meta_expressions" / split / "meta_expressions.json").read_text())["videos"]
 
 
+def _targets(entry: dict) -> list[dict]:
+    """The expressions that refer to an object (not the no-target one)."""
+    return [e for e in entry["expressions"].values() if e["obj_id"] != []]
+
+
 def _masks(root: Path, split: str, vid: str, frames: list[str]) -> np.ndarray:
     return np.stack([np.asarray(Image.open(root / split / "Annotations" / vid / f"{f}.png")) for f in frames])
 
@@ -77,8 +82,11 @@ def test_layout_and_json_format(dataset: Path) -> None:
                 assert obj["frames"] == [f for t, f in enumerate(frames) if (ids[t] == int(obj_id)).any()]
             expressions = entry["expressions"]
             assert list(expressions) == [str(i) for i in range(len(expressions))]
-            # Every object is referred to, each expression by one object id of the video.
-            assert {e["obj_id"] for e in expressions.values()} == set(objects)
+            # Every object is referred to, each expression by one object id of the video; the last expression,
+            # and only it, is the video's no-target one (an empty list of object ids).
+            assert {e["obj_id"] for e in _targets(entry)} == set(objects)
+            assert [e["obj_id"] for e in expressions.values()][-1] == []
+            assert len(_targets(entry)) == len(expressions) - 1
             for e in expressions.values():
                 assert set(e) == {"exp", "obj_id"}
 
@@ -87,7 +95,7 @@ def test_every_referred_object_visible_in_first_frame_and_half_the_video(dataset
     for split in ("train", "valid"):
         for vid, entry in _expressions(dataset, split).items():
             ids = _masks(dataset, split, vid, entry["frames"])
-            for e in entry["expressions"].values():
+            for e in _targets(entry):
                 visible = (ids == int(e["obj_id"])).sum(axis=(1, 2))
                 assert visible[0] >= 20, (vid, e)
                 assert (visible > 0).sum() >= len(visible) / 2, (vid, e)
@@ -99,9 +107,15 @@ def test_reference_reader_reads_it(dataset: Path, split: str) -> None:
     videos = _expressions(dataset, split)
     assert source.has_masks
     assert len(source.expressions) == sum(len(v["expressions"]) for v in videos.values())
+    assert sum(e.no_target for e in source.expressions) == len(videos)  # one per video
     for expr in source.expressions:
         expected = videos[expr.video.video_id]["expressions"][expr.exp_id]
-        assert expr.caption == expected["exp"] and expr.obj_ids == (int(expected["obj_id"]),)
+        assert expr.caption == expected["exp"]
+        if expr.no_target:  # its target: empty on every frame
+            assert expected["obj_id"] == [] and expr.obj_ids == ()
+            assert not source.read_masks(expr, range(expr.video.num_frames)).any()
+            continue
+        assert expr.obj_ids == (int(expected["obj_id"]),)
         frames = source.read_frames(expr.video, [0, 5])
         masks = source.read_masks(expr, [0, 5])
         assert frames.shape == (2, 64, 64, 3) and frames.dtype == np.uint8
@@ -154,7 +168,7 @@ def test_expressions_describe_the_referred_object(dataset: Path) -> None:
             rgb = np.stack(
                 [np.asarray(Image.open(dataset / split / "JPEGImages" / vid / f"{f}.jpg")) for f in frames]
             ).astype(np.float64)
-            for e in entry["expressions"].values():
+            for e in _targets(entry):
                 words = _parse(e["exp"])
                 mask = ids == int(e["obj_id"])
                 # Colour: the mean JPEG colour inside the mask (away from its edges) is the named one.
@@ -189,6 +203,30 @@ def test_expressions_describe_the_referred_object(dataset: Path) -> None:
                     assert abs(step @ np.array([dx, dy])) < 0.5, (vid, e, step)
                     checked_direction += 1
     assert checked_shape >= 10 and checked_direction >= 5, (checked_shape, checked_direction)
+
+
+def test_every_video_has_a_no_target_expression_naming_no_object_of_it(dataset: Path) -> None:
+    palette = np.array(list(COLOURS.values()), dtype=np.float64)
+    for split in ("train", "valid"):
+        for vid, entry in _expressions(dataset, split).items():
+            no_target = [e for e in entry["expressions"].values() if e["obj_id"] == []]
+            assert len(no_target) == 1, vid
+            words = _parse(no_target[0]["exp"])
+            assert set(words) == {"size", "colour", "shape", "direction"}  # a long caption
+            assert words["size"] in SIZES and words["shape"] in SHAPES and words["direction"] in DIRECTIONS
+            # its colour is none of the video's objects' (each object's colour is named by its captions, checked
+            # against the pixels in test_expressions_describe_the_referred_object) ...
+            assert words["colour"] not in {_parse(e["exp"])["colour"] for e in _targets(entry)}, vid
+            # ... and no pixel of any frame shows it (nearest palette colour, as that test reads colours)
+            rgb = np.stack(
+                [
+                    np.asarray(Image.open(dataset / split / "JPEGImages" / vid / f"{f}.jpg"))
+                    for f in entry["frames"]
+                ]
+            ).astype(np.float64)
+            nearest = np.argmin(((rgb[..., None, :] - palette) ** 2).sum(-1), axis=-1)
+            close = ((rgb - COLOURS[words["colour"]]) ** 2).sum(-1) < 40**2
+            assert not (close & (nearest == list(COLOURS).index(words["colour"]))).any(), vid
 
 
 def test_tokenizer_knows_every_word(dataset: Path) -> None:
@@ -253,6 +291,24 @@ def test_rerun_skips_and_other_parameters_raise(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no temporary folder left
 
 
+def test_an_older_format_with_the_same_parameters_is_regenerated(tmp_path: Path) -> None:
+    config = SyntheticConfig(num_train_videos=1, num_valid_videos=1, num_frames=2)
+    root = generate_synthetic_ytvos(tmp_path / "data", config)
+    record = json.loads((root / "synthetic.json").read_text())
+    # as a format-1 folder (before the no-target expressions) records itself
+    (root / "synthetic.json").write_text(json.dumps({**record, "format_version": 1}))
+    marker = root / "train" / "JPEGImages" / "keep.txt"
+    marker.write_text("format 1")
+    generate_synthetic_ytvos(root, config)  # no overwrite=True needed: the same parameters, an older format
+    assert not marker.exists()
+    assert json.loads((root / "synthetic.json").read_text())["format_version"] == FORMAT_VERSION
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    # an older format with OTHER parameters is still refused without overwrite=True
+    (root / "synthetic.json").write_text(json.dumps({**record, "format_version": 1, "config": {"seed": 9}}))
+    with pytest.raises(DatasetError, match="overwrite=True"):
+        generate_synthetic_ytvos(root, config)
+
+
 def test_foreign_folder_is_never_touched(tmp_path: Path) -> None:
     root = tmp_path / "mine"
     root.mkdir()
@@ -301,7 +357,7 @@ def test_failure_midway_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monke
         {"num_frames": 1},
         {"image_size": 16},
         {"min_objects": 3, "max_objects": 2},
-        {"max_objects": 7},
+        {"max_objects": 6},  # one colour must be left for the no-target expression
     ],
 )
 def test_config_rejects_bad_values(fields: dict[str, int]) -> None:

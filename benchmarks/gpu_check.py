@@ -55,9 +55,9 @@ def build(smoke: bool, device: torch.device, activation_checkpointing: tuple[str
     options = {"activation_checkpointing": list(activation_checkpointing)} if activation_checkpointing else {}
     with torch.device(device):
         if smoke:
-            from helpers.tiny import tiny_config
+            from helpers.tiny import make_tiny_model
 
-            model = MPGSAM2(tiny_config(**options))
+            model = make_tiny_model(**options)
         else:
             model = MPGSAM2(MPGSAM2Config.from_presets("large", "sam2_hiera_l.yaml", **options))
     return model.to(device)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers.tiny import random_clip, tiny_config  # noqa: E402
+from helpers.tiny import make_tiny_model, random_clip  # noqa: E402
 
 from mpgsam2.modeling.mpgsam2 import MPGSAM2  # noqa: E402
 from mpgsam2.modeling.sam2.memory_bank import TrackingState  # noqa: E402
@@ -61,8 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    torch.manual_seed(0)
-    model = MPGSAM2(tiny_config()).eval().to(args.device)
+    model = make_tiny_model().eval().to(args.device)
     print(
         f"device={args.device} torch={torch.__version__} num_maskmem={model.sam.memory_settings.num_maskmem} "
         f"max_obj_ptrs={model.sam.pointer_settings.max_obj_ptrs_in_encoder}"

@@ -1,4 +1,7 @@
-"""Shared test helpers: where the parity fixture is, and small random models."""
+"""Shared fixtures: where the parity fixture is, the tiny model, the synthetic tokenizer, a trained demo run.
+
+The tests mirror the package (tests/modeling/, tests/data/, ...); the helpers they import are in tests/helpers/
+(``from helpers.tiny import make_tiny_model``: this directory is on ``sys.path`` because this file is in it)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,15 @@ def fixture_dir() -> Path:
     if not (FIXTURE_DIR / "config.json").is_file():
         pytest.fail(f"parity fixture not found at {FIXTURE_DIR}")
     return FIXTURE_DIR
+
+
+@pytest.fixture
+def tiny_model():
+    """The one test model (``conf/model/{beit3,sam2}/test.yaml``), random weights of seed 0, in eval mode, built
+    for each test (a test may train or change it); ``helpers.tiny.make_tiny_model`` builds it with options."""
+    from helpers.tiny import make_tiny_model
+
+    return make_tiny_model().eval()
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
         mpgsam2.predict_vidoe  # noqa: B018
 
 
+@pytest.mark.subprocess
 def test_importing_the_readers_does_not_load_the_model_code() -> None:
     code = (
         "import sys, mpgsam2, mpgsam2.data; print(any(m.startswith('mpgsam2.modeling') for m in sys.modules))"

@@ -26,6 +26,7 @@ def _load(name: str) -> ModuleType:
         sys.path.remove(str(SCRIPTS))
 
 
+@pytest.mark.subprocess
 def test_eval_throughput_compares_masks_and_prints_the_table(capsys: pytest.CaptureFixture) -> None:
     code = _load("eval_throughput").main(
         ["--frames", "2", "--ks", "2", "--repeats", "1", "--memory", "--sam-size", "64", "--threads", "1"]
@@ -69,6 +70,7 @@ def _table(out: str) -> dict[str, list[str]]:
     return {f"{row[0]} ({row[1]})": row[2:] for row in cells}
 
 
+@pytest.mark.subprocess
 def test_train_memory_measures_a_step_with_and_without_checkpointing(capsys: pytest.CaptureFixture) -> None:
     # two fresh processes, as the script measures (about 10 s on a quiet 2-core machine)
     args = ["--preset", "test", "--sam-size", "64", "--frames", "2", "--repeats", "1", "--threads", "1"]
@@ -116,6 +118,7 @@ def test_train_memory_prints_the_recipe_table_from_measurements(
     assert "| 2.2 |" in rows[("mevis_tiny", "8", "DDP", "all")], out
 
 
+@pytest.mark.slow
 def test_gpu_check_smoke_runs_on_the_cpu(capsys: pytest.CaptureFixture) -> None:
     gpu_check = _load("gpu_check")
     assert gpu_check.main(["--smoke"]) in (0, None)

@@ -23,7 +23,7 @@ from helpers.datasets import (
     write_mevis_dataset,
     write_ytvos_dataset,
 )
-from helpers.tiny import tiny_video_model
+from helpers.tiny import make_tiny_model
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -82,7 +82,7 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> Path:
     syn = generate_synthetic_ytvos(
         base / "syn", SyntheticConfig(num_train_videos=1, num_valid_videos=1, num_frames=2)
     )
-    folder = save_mpgsam2(tiny_video_model(), base / "released")
+    folder = save_mpgsam2(make_tiny_model(freeze_image_encoder=False), base / "released")
     (folder / RELEASED_TOKENIZER).write_bytes((syn / "tokenizer.model").read_bytes())
     return folder
 
@@ -334,6 +334,7 @@ def test_benchmark_is_the_key_and_dataset_its_deprecated_alias(tmp_path: Path, c
         name("benchmark=ytvos", "dataset=davis")
 
 
+@pytest.mark.subprocess
 def test_torchrun_shards_the_videos_and_prints_the_zip(released: Path, tmp_path: Path) -> None:
     """The one subprocess test: two CPU processes (Gloo) give the single-process zip; the CLI prints its path last."""
     root = _ytvos_valid(tmp_path)
@@ -437,7 +438,7 @@ def test_a_run_folder_staged_by_other_weights_is_refused_or_restarted(released: 
     first = eval_entry.run(_cfg(tmp_path, f"ckpt={released}", *args))
     zip_before = Path(first["submission"]).read_bytes()
     # the same folder name, other weights (a re-trained model written over the old export)
-    other = tiny_video_model()
+    other = make_tiny_model(freeze_image_encoder=False)
     with torch.no_grad():
         for p in other.parameters():
             p.add_(0.5)

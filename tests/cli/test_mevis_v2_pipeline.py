@@ -66,6 +66,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "run": run_dir, "base": base}
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_train_py_trains_the_v2_recipe_and_validates_with_the_v2_scores(trained: dict[str, Path]) -> None:
     run = trained["run"]
     out = (run / "stdout.txt").read_text()
@@ -85,6 +87,8 @@ def test_train_py_trains_the_v2_recipe_and_validates_with_the_v2_scores(trained:
     assert "train/loss_object_score" in metrics_csv.splitlines()[0]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_eval_scores_valid_u_and_zips_valid_for_codabench(trained: dict[str, Path], tmp_path: Path) -> None:
     ckpt = trained["run"] / "checkpoints" / "final.ckpt"
     cfg = compose_config(

@@ -121,6 +121,8 @@ def _assert_same_training(reference: Path, run_dir: Path) -> None:
 TWO_NODES = ["trainer=ddp_cpu", "trainer.devices=1", "trainer.num_nodes=2"]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_torchrun_nodes_on_localhost_train_as_one_node_of_two_processes(
     tmp_path: Path, one_node: tuple[Path, Path]
 ) -> None:
@@ -188,6 +190,8 @@ def test_the_slurm_launcher_asks_for_one_task_per_gpu_on_the_trainers_nodes(
     assert changed.partition == "gpu" and list(changed.setup) == ["source /venv/bin/activate"]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_fake_slurm_job_of_two_nodes_trains_as_one_node_of_two_processes(
     tmp_path: Path, one_node: tuple[Path, Path]
 ) -> None:

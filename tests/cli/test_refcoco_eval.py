@@ -220,6 +220,7 @@ def test_eval_of_images_resumes_and_refuses_other_weights(tmp_path, refcoco_ckpt
     assert sorted(predicted) == [1, 2, 3]
 
 
+@pytest.mark.subprocess
 def test_torchrun_shards_the_images_and_scores_as_one_process(tmp_path, refcoco_ckpt):
     """Two CPU processes (Gloo) each stage their share of the expressions; rank 0 scores the folder: the numbers of
     the single-process run, and the CLI prints j/f/jf last."""

@@ -71,6 +71,8 @@ def _four_clips(root: Path) -> dict[str, Path]:
     }
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_processes_accumulating_two_clips_update_as_four_processes(tmp_path: Path) -> None:
     """Reason for its length (60-110 s on the shared 2-core machine, mostly process start-up): two real train.py
     runs, of 4 and of 2 gloo processes."""
@@ -140,6 +142,8 @@ def _run_initial_weights(tmp_path: Path, common: list[str]) -> dict[str, torch.T
 # --------------------------------------------------------------------------------------------------------- fsdp
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_fsdp_recipe_trains_resumes_after_a_kill_with_the_same_losses_and_evaluates(tmp_path: Path) -> None:
     """`train.py experiment=ytvos_large trainer=fsdp_cpu` at tiny size, 2 gloo processes (100-220 s on the shared
     2-core machine: four real multi-process runs, a SIGKILL, an eval.py run): the killed run resumes from
@@ -228,11 +232,9 @@ def test_fsdp_recipe_trains_resumes_after_a_kill_with_the_same_losses_and_evalua
 
 
 def test_the_sharded_units_are_the_models_repeated_blocks() -> None:
-    from helpers.tiny import tiny_config
+    from helpers.tiny import make_tiny_model
 
-    from mpgsam2.modeling.mpgsam2 import MPGSAM2
-
-    model = MPGSAM2(tiny_config())
+    model = make_tiny_model()
     units = [m for m in model.modules() if isinstance(m, SHARDED_BLOCKS)]
     unit_params = {id(p) for u in units for p in u.parameters()}
     beit3 = [p for n, p in model.named_parameters() if ".layers." in n and n.startswith("beit3.")]
@@ -243,6 +245,7 @@ def test_the_sharded_units_are_the_models_repeated_blocks() -> None:
 # ---------------------------------------------------------------------------------------------------- deepspeed
 
 
+@pytest.mark.subprocess
 def test_deepspeed_is_refused_without_cuda_before_anything_is_read(tmp_path: Path) -> None:
     assert not torch.cuda.is_available()
     data_dir = tmp_path / "data"

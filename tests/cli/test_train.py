@@ -144,6 +144,7 @@ def test_swapped_expressions_change_what_is_evaluated(tmp_path, data_dir):
     )
 
 
+@pytest.mark.subprocess
 def test_ddp_on_two_cpu_processes_syncs_jf(tmp_path, data_dir):
     run_dir = tmp_path / "ddp"
     cmd = [

@@ -17,7 +17,7 @@ from helpers.datasets import (
     model_view_sizes,
     write_davis_dataset,
 )
-from helpers.tiny import tiny_video_model
+from helpers.tiny import make_tiny_model
 from PIL import Image
 
 from data_modules import RefDAVISDataModule
@@ -236,7 +236,7 @@ def test_davis_missing_or_truncated_frame_is_named(root: Path) -> None:
 def test_davis_datamodule_trains_one_step(tmp_path: Path, tokenizer_path: Path) -> None:
     root = write_davis_dataset(tmp_path, "train")
     write_davis_dataset(tmp_path, "valid")
-    model = tiny_video_model()
+    model = make_tiny_model(freeze_image_encoder=False)
     dm = RefDAVISDataModule(
         root=str(root),
         annotator=3,

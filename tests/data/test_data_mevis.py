@@ -17,7 +17,7 @@ from helpers.datasets import (
     model_view_sizes,
     write_mevis_dataset,
 )
-from helpers.tiny import tiny_video_model
+from helpers.tiny import make_tiny_model
 from PIL import Image
 from pycocotools import mask as coco_mask
 
@@ -310,7 +310,7 @@ def test_mevis_missing_or_truncated_frame_is_named(root: Path) -> None:
 
 def test_mevis_datamodule_trains_one_step(root: Path, tokenizer_path: Path) -> None:
     write_mevis_dataset(root, "valid_u")
-    model = tiny_video_model()
+    model = make_tiny_model(freeze_image_encoder=False)
     dm = MeViSDataModule(
         root=str(root),
         tokenizer_path=str(tokenizer_path),

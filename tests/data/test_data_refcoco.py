@@ -409,11 +409,11 @@ def test_config_file_matches_the_datamodule() -> None:
 
 def test_one_training_step_through_the_image_path(coco_root: Path, tokenizer_path: Path) -> None:
     from helpers.datasets import model_view_sizes
-    from helpers.tiny import tiny_video_model
+    from helpers.tiny import make_tiny_model
 
     from mpgsam2.losses import MPGSAM2Criterion
 
-    model = tiny_video_model()
+    model = make_tiny_model(freeze_image_encoder=False)
     dm = RefCOCODataModule(
         root=str(coco_root), tokenizer_path=str(tokenizer_path), batch_size=2, **model_view_sizes(model)
     )

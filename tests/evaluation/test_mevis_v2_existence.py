@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers.datasets import write_mevis_dataset
-from helpers.tiny import random_clip, tiny_config
+from helpers.tiny import make_tiny_model, random_clip
 
 from mpgsam2.data import ClipTransform, MeViSSource, ReferringClipDataset
 from mpgsam2.inference import (
@@ -45,8 +45,7 @@ def test_an_expression_is_emptied_on_every_frame_when_its_best_object_score_is_b
 
 @pytest.fixture(scope="module")
 def model() -> MPGSAM2:
-    torch.manual_seed(0)
-    return MPGSAM2(tiny_config()).eval()
+    return make_tiny_model().eval()
 
 
 def test_predict_video_records_the_object_scores_of_every_frame(model: MPGSAM2) -> None:

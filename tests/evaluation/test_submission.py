@@ -596,12 +596,9 @@ def test_shard_balances_by_cost_and_covers_every_item_once() -> None:
 
 
 def test_model_predictor_stages_a_video_in_one_call_with_the_per_expression_masks(valid_source, tmp_path):
-    from helpers.tiny import tiny_config
+    from helpers.tiny import make_tiny_model
 
-    from mpgsam2.modeling.mpgsam2 import MPGSAM2
-
-    torch.manual_seed(0)
-    model = MPGSAM2(tiny_config())
+    model = make_tiny_model()
     with torch.no_grad():  # a random tiny model barely reads the words; make them matter
         model.text_proj.weight.mul_(30)
     predictor = model_predictor(model, "cpu", None)

@@ -1,5 +1,6 @@
 """A callback that kills its own training process (SIGKILL, no clean-up) at a chosen step: the resume tests use it
-to interrupt a real `python train.py` run between checkpoints (PYTHONPATH=tests)."""
+to interrupt a real `python train.py` run between checkpoints (PYTHONPATH=tests, then
+`+callbacks.kill._target_=helpers.kill.KillAtStep`)."""
 
 from __future__ import annotations
 

@@ -29,6 +29,14 @@ def tiny_config(sam2_settings: dict | None = None, **options) -> MPGSAM2Config:
     return model_config(beit3, sam2, **options)
 
 
+def make_tiny_model(sam2_settings: dict | None = None, *, seed: int = 0, **options) -> MPGSAM2:
+    """The test model of :func:`tiny_config` (same arguments), its random weights drawn after
+    ``torch.manual_seed(seed)``, in training mode as ``MPGSAM2`` is built (the image encoder frozen unless
+    ``freeze_image_encoder=False``). The ``tiny_model`` fixture of tests/conftest.py is this in eval mode."""
+    torch.manual_seed(seed)
+    return MPGSAM2(tiny_config(sam2_settings, **options))
+
+
 def random_clip(model: MPGSAM2, frames: int, batch: int = 1, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     s = model.sam.image_size
@@ -38,15 +46,3 @@ def random_clip(model: MPGSAM2, frames: int, batch: int = 1, seed: int = 0):
     ids = torch.randint(4, 40, (batch, 7), generator=g)
     ids[:, 0], ids[:, -1] = 0, 2
     return sam, beit, ids, torch.zeros_like(ids, dtype=torch.bool)
-
-
-def tiny_video_model():
-    """The test MPG-SAM 2 of ``conf/model/{beit3,sam2}/test.yaml`` (random weights, seed 0, image encoder
-    trainable); its views are ``model.input_sizes``."""
-    import torch
-
-    from mpgsam2.build import build_model
-
-    beit3, sam2 = tiny_preset()
-    torch.manual_seed(0)
-    return build_model(beit3=beit3, sam2=sam2, freeze_image_encoder=False)

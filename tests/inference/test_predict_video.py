@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 import torch
-from helpers.tiny import random_clip, tiny_config
+from helpers.tiny import make_tiny_model, random_clip
 
 from mpgsam2.inference import (
     ExpressionPrediction,
@@ -59,8 +59,7 @@ def assert_same_masks(prediction: ExpressionPrediction, reference: ExpressionPre
 
 @pytest.fixture(scope="module")
 def model() -> MPGSAM2:
-    torch.manual_seed(0)
-    return MPGSAM2(tiny_config()).eval()
+    return make_tiny_model().eval()
 
 
 def expressions_of(ids: torch.Tensor, lengths: list[int], own_padding: bool = True):
@@ -311,7 +310,7 @@ def test_compile_is_a_model_option_that_runs_encoder_and_memory_attention_compil
         return run
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    fresh = MPGSAM2(tiny_config()).eval()
+    fresh = make_tiny_model().eval()
     fresh.load_state_dict(model.state_dict())
     sam, beit, ids, pad = random_clip(model, frames=3, seed=9)
     plain = predict_video(fresh, sam[0], beit[0], [(ids[0], pad[0])], SIZE)[0]

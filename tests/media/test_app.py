@@ -498,12 +498,24 @@ def test_the_command_line_sets_the_page_limits(trained, monkeypatch):
 
 def test_ci_runs_the_readme_test_command():
     """The README's command for all the tests is the one .ci/run runs, word for word, and it installs the browser
-    the browser tests need; the command without the browser deselects them."""
+    the browser tests need; the command without the browser deselects them; the selections after them name only
+    registered markers (an unknown name in ``-m`` would silently select nothing)."""
+    import re
+
     root = Path(__file__).resolve().parents[2]
     commands = [line for line in (root / "README.md").read_text().splitlines() if "python -m pytest" in line]
-    assert commands == [
+    setup, selections = commands[:2], commands[2:]
+    assert setup == [
         'python -m pytest -q -m "not browser"',
         "apt-get update && apt-get install -y chromium chromium-driver && python -m pytest -q",
     ]
-    assert f"README_TEST_COMMAND='{commands[1]}'" in (root / ".ci" / "run").read_text().splitlines()
-    assert "browser:" in (root / "pyproject.toml").read_text()
+    assert f"README_TEST_COMMAND='{setup[1]}'" in (root / ".ci" / "run").read_text().splitlines()
+    # the entries of pyproject.toml's `markers = [...]`: "name: description"
+    registered = set(re.findall(r'^\s*"([a-z_]+): ', (root / "pyproject.toml").read_text(), re.M))
+    assert {"browser", "slow", "subprocess"} <= registered
+    assert selections, "the README shows the marker selections"
+    for line in selections:
+        assert line.startswith("python -m pytest -q "), line
+        for expression in re.findall(r'-m "([^"]*)"', line):
+            words = set(re.findall(r"[a-z_]+", expression)) - {"and", "or", "not"}
+            assert words <= registered, (line, words - registered)

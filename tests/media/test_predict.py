@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from helpers.tiny import make_tiny_model, tiny_preset
 from PIL import Image
 
 from mpgsam2 import predict
@@ -63,8 +62,6 @@ def test_predict_refuses_to_overwrite_and_needs_frames(trained, tmp_path):
 def test_the_three_train_checkpoint_readers_share_one_reader_and_its_errors(tmp_path):
     """eval.py, predict and build_model(weights={"mpgsam2": x.ckpt}) read train.py files the same way: eval.py
     and predict through mpgsam2.weights.load_model, all three through read_train_checkpoint."""
-    from helpers.tiny import tiny_video_model
-
     import eval as eval_entry
     from mpgsam2.build import build_model
     from mpgsam2.lit_module import CHECKPOINT_KEY
@@ -72,7 +69,7 @@ def test_the_three_train_checkpoint_readers_share_one_reader_and_its_errors(tmp_
     from mpgsam2.weights.checkpoints import TRAIN_CHECKPOINT_KEY, read_train_checkpoint
 
     assert TRAIN_CHECKPOINT_KEY == CHECKPOINT_KEY  # the key lit_module writes is the one read
-    model = tiny_video_model()
+    model = make_tiny_model(freeze_image_encoder=False)
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
     no_config = tmp_path / "no_config.ckpt"
     torch.save({"state_dict": {**state, "criterion.weight": torch.ones(1)}}, no_config)
@@ -85,7 +82,7 @@ def test_the_three_train_checkpoint_readers_share_one_reader_and_its_errors(tmp_
     for load in (predict.load_model_for_inference, load_model):
         with pytest.raises(CheckpointError, match=r"no_config\.ckpt: .*'mpgsam2\.model_config'"):
             load(no_config)
-    conf = _tiny_model_config()
+    conf = dict(zip(("beit3", "sam2"), tiny_preset()))
     rebuilt = build_model(conf["beit3"], conf["sam2"], weights={"mpgsam2": str(no_config)})
     assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), model.state_dict().values()))
 
@@ -105,12 +102,3 @@ def test_the_three_train_checkpoint_readers_share_one_reader_and_its_errors(tmp_
                 read(path)
         with pytest.raises(CheckpointError, match=rf"{name}: {message}"):
             build_model(conf["beit3"], conf["sam2"], weights={"mpgsam2": str(path)})
-
-
-def _tiny_model_config() -> dict:
-    from omegaconf import OmegaConf
-
-    conf = Path(__file__).resolve().parents[2] / "conf" / "model"
-    return {
-        part: OmegaConf.to_container(OmegaConf.load(conf / part / "test.yaml")) for part in ("beit3", "sam2")
-    }

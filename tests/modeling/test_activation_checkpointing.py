@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers.configs import compose_config
-from helpers.tiny import random_clip, tiny_config
+from helpers.tiny import make_tiny_model, random_clip, tiny_config
 from torch import nn
 
 from mpgsam2.losses import MPGSAM2Criterion
@@ -35,8 +35,7 @@ def _blocks(model: MPGSAM2) -> dict[str, list[nn.Module]]:
 
 
 def _model(names: list[str]) -> MPGSAM2:
-    torch.manual_seed(0)
-    return MPGSAM2(tiny_config(activation_checkpointing=names))
+    return make_tiny_model(activation_checkpointing=names)
 
 
 def _loss(model: MPGSAM2, seed: int = 1) -> torch.Tensor:

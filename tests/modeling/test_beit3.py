@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.tiny import tiny_config
+from helpers.tiny import make_tiny_model
 
 from mpgsam2.modeling.beit3 import BEIT3_PRESETS, BEiT3
-from mpgsam2.modeling.mpgsam2 import MPGSAM2
 from mpgsam2.parity import DEFAULT_FIXTURE
 
 FIXTURE = DEFAULT_FIXTURE
@@ -168,8 +167,7 @@ def test_clip_encoding_shares_frames_expanded_over_clips(monkeypatch: pytest.Mon
     """``MPGSAM2.encode_tokens(..., frames_shared=True)`` on one video's frames for B expressions passes the
     frames once to BEiT-3, and gives the tokens of the frames copied per clip; without the flag, frames expanded
     over B (stride 0) are embedded per clip."""
-    torch.manual_seed(5)
-    model = MPGSAM2(tiny_config()).eval()
+    model = make_tiny_model(seed=5).eval()
     size = model.input_sizes["beit_size"]
     frames = torch.randn(3, 3, size, size)
     ids = torch.randint(4, 50, (2, 6))

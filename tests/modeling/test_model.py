@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from helpers.tiny import random_clip, tiny_config
+from helpers.tiny import make_tiny_model, random_clip, tiny_config
 
 from mpgsam2 import parity
 from mpgsam2.modeling.config import MPGSAM2Config
@@ -27,6 +27,7 @@ def test_parity_command_passes_and_saves(fixture_dir, tmp_path):
         assert saved[name].shape == value.shape, name
 
 
+@pytest.mark.subprocess
 def test_gradients_match_to_1e4_with_the_fixtures_kernels(fixture_dir):
     # the fixture was computed with oneDNN's AVX2 kernels; with them every gradient norm agrees to 1e-4 (with
     # AVX-512 ones, gradients rounded to bfloat16 at the stored memory move by one bfloat16 step: GRAD_RTOL)
@@ -92,8 +93,8 @@ def test_streaming_state_is_bounded_and_pruning_is_exact():
         assert torch.equal(a, b)
 
 
-def test_tracking_rejects_out_of_order_frames():
-    model = MPGSAM2(tiny_config()).eval()
+def test_tracking_rejects_out_of_order_frames(tiny_model: MPGSAM2):
+    model = tiny_model
     sam, beit, ids, pad = random_clip(model, 3)
     with torch.no_grad():
         session = model.start_video(beit[0], ids[0], pad[0])
@@ -105,9 +106,8 @@ def test_tracking_rejects_out_of_order_frames():
             session.track(3, sam[0, 2])
 
 
-def test_batched_clips_equal_single_clips():
-    torch.manual_seed(0)
-    model = MPGSAM2(tiny_config()).eval()
+def test_batched_clips_equal_single_clips(tiny_model: MPGSAM2):
+    model = tiny_model
     sam, beit, ids, pad = random_clip(model, 3, batch=2)
     with torch.no_grad():
         both = model(sam, beit, ids, pad).pred_masks
@@ -135,8 +135,7 @@ def test_gradients_reach_exactly_the_parameters_the_original_trains(fixture_dir)
 
 
 def test_image_path_shapes_and_gradient():
-    torch.manual_seed(0)
-    model = MPGSAM2(tiny_config()).train()
+    model = make_tiny_model().train()
     sam, beit, ids, pad = random_clip(model, 1, batch=3)
     out = model.forward_images(sam[:, 0], beit[:, 0], ids, pad)
     s = model.sam.image_size
@@ -159,10 +158,8 @@ def test_image_path_shapes_and_gradient():
     ],
 )
 def test_each_ablation_switch_changes_the_model(name):
-    torch.manual_seed(0)
-    full = MPGSAM2(tiny_config()).eval()
-    torch.manual_seed(0)
-    ablated = MPGSAM2(tiny_config(**{name: False})).eval()
+    full = make_tiny_model().eval()
+    ablated = make_tiny_model(**{name: False}).eval()
     ablated.load_state_dict({k: v for k, v in full.state_dict().items() if k in ablated.state_dict()})
     sam, beit, ids, pad = random_clip(full, 3)
     with torch.no_grad():
@@ -221,9 +218,9 @@ def test_sam21_semantics_track_and_train():
 
 
 def test_train_mode_keeps_the_frozen_image_encoder_in_eval():
-    model = MPGSAM2(tiny_config()).train()
+    model = make_tiny_model().train()
     assert model.beit3.training and model.sam.memory_attention.training
     assert not any(m.training for m in model.sam.image_encoder.modules())
     assert not any(p.requires_grad for p in model.sam.image_encoder.parameters())
-    unfrozen = MPGSAM2(tiny_config(freeze_image_encoder=False)).train()
+    unfrozen = make_tiny_model(freeze_image_encoder=False).train()
     assert unfrozen.sam.image_encoder.training

@@ -293,6 +293,7 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.subprocess
 def test_predict_and_eval_run_on_a_released_folder_without_size_keys(
     released_folder: Path, tmp_path: Path
 ) -> None:

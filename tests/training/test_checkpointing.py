@@ -31,6 +31,7 @@ from mpgsam2.weights import CheckpointError
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.subprocess
 def test_a_save_killed_midway_keeps_the_previous_checkpoint_and_leaves_no_file(tmp_path: Path) -> None:
     # TMPDIR on another file system (/dev/shm, as on clusters): nothing may be written there, and the kill
     # (SIGKILL, no clean-up possible) must leave the previous checkpoint whole and no temporary file anywhere
@@ -180,6 +181,8 @@ def _losses(run_dir: Path) -> dict[int, float]:
     return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_run_killed_mid_epoch_resumes_with_the_same_losses(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     full = _train(tmp_path / "full", data_dir)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.datasets import item_meta, model_batch
-from helpers.tiny import random_clip, tiny_config
+from helpers.tiny import make_tiny_model, random_clip, tiny_preset
 from torch import nn
 
 from mpgsam2.inference import predict_expression
@@ -39,7 +39,7 @@ def test_param_group_errors_name_the_pattern():
 
 
 def test_frozen_parameters_are_left_out_of_the_groups():
-    model = MPGSAM2(tiny_config())
+    model = make_tiny_model()
     groups = build_param_groups(model, [])
     ids = {id(p) for g in groups for p in g["params"]}
     assert not any(id(p) in ids for p in model.sam.image_encoder.parameters())
@@ -53,7 +53,7 @@ def test_the_original_fast_group_matches_the_mpg_modules():
         r"^(mask_prior\.(token_refine|token_proj|prior_head)|sam\.sam_mask_decoder\."
         r"(pixel_global_fusion|object_global_fusion|object_historical_fusion))\."
     )
-    model = MPGSAM2(tiny_config())
+    model = make_tiny_model()
     fast, rest = build_param_groups(model, [{"pattern": pattern, "lr": 5e-5}])
     names = {id(p): n for n, p in model.named_parameters()}
     fast_names = {names[id(p)] for p in fast["params"]}
@@ -69,8 +69,7 @@ def _eval_batch(model: MPGSAM2, batch: int):
 
 
 def test_batched_clip_evaluation_matches_streaming_one_expression_at_a_time():
-    torch.manual_seed(0)
-    system = _system(MPGSAM2(tiny_config())).eval()
+    system = _system(make_tiny_model()).eval()
     batch = _eval_batch(system.model, 2)
     batched = system.predict_batch(batch)
     for i in range(2):
@@ -90,7 +89,7 @@ def test_several_expressions_run_as_one_clip_forward_unless_chunked(monkeypatch)
     """The batched path must not fall back to streaming (equal masks would hide that); chunks must stream."""
     import mpgsam2.lit_module as lit
 
-    system = _system(MPGSAM2(tiny_config())).eval()
+    system = _system(make_tiny_model()).eval()
     batch = _eval_batch(system.model, 2)
     streamed, original = [], lit.predict_expression
 
@@ -110,8 +109,7 @@ def test_several_expressions_run_as_one_clip_forward_unless_chunked(monkeypatch)
 
 
 def test_image_batches_are_predicted_at_each_image_size():
-    torch.manual_seed(0)
-    model = MPGSAM2(tiny_config())
+    model = make_tiny_model()
     system = _system(model).eval()
     sam, beit, ids, pad = random_clip(model, frames=1, batch=2)
     sizes = [(30, 50), (41, 17)]
@@ -126,8 +124,7 @@ def test_image_batches_are_predicted_at_each_image_size():
 
 
 def test_validation_accumulates_jf_at_the_original_size():
-    torch.manual_seed(0)
-    system = _system(MPGSAM2(tiny_config())).eval()
+    system = _system(make_tiny_model()).eval()
     batch = _eval_batch(system.model, 1)
     pred = system.predict_batch(batch)[0] > 0
     batch.orig_masks = [pred.clone()]  # a perfect target
@@ -136,8 +133,7 @@ def test_validation_accumulates_jf_at_the_original_size():
 
 
 def test_image_batches_use_the_image_path():
-    torch.manual_seed(0)
-    model = MPGSAM2(tiny_config())
+    model = make_tiny_model()
     system = _system(model).eval()  # no dropout: the two calls must agree
     sam, beit, ids, pad = random_clip(model, frames=1, batch=2)
     batch = model_batch(sam, beit, ids, pad, is_image=True)
@@ -148,7 +144,7 @@ def test_image_batches_use_the_image_path():
 
 
 def test_tokenizer_larger_than_the_vocabulary_is_refused():
-    system = _system(MPGSAM2(tiny_config()))
+    system = _system(make_tiny_model())
 
     class _Trainer:
         datamodule = type("DM", (), {"tokenizer_vocab_size": 10_000, "tokenizer_path": "big.model"})()
@@ -159,7 +155,7 @@ def test_tokenizer_larger_than_the_vocabulary_is_refused():
 
 
 def test_setup_records_the_tokenizer_for_checkpoints(tmp_path):
-    system = _system(MPGSAM2(tiny_config()))
+    system = _system(make_tiny_model())
     spm = tmp_path / "tok.model"
 
     class _Trainer:
@@ -184,7 +180,7 @@ def test_a_checkpoint_s_tokenizer_is_read_in_either_layout(tmp_path):
     from mpgsam2.weights import load_model
     from mpgsam2.weights.checkpoints import train_checkpoint_record
 
-    model = MPGSAM2(tiny_config())
+    model = make_tiny_model()
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
     record = train_checkpoint_record({"data": {"root": "/d"}}, model, "/w/new.spm")
     assert record["config"]["data"] == {"root": "/d", "tokenizer_path": "/w/new.spm"}
@@ -206,12 +202,9 @@ def _saved(tmp_path: Path, obj: dict) -> Path:
 
 
 def test_build_model_starts_from_a_train_checkpoint(tmp_path):
-    from omegaconf import OmegaConf
-
     from mpgsam2.build import build_model
 
-    conf = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[2] / "conf/model/beit3/test.yaml"))
-    sam2 = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[2] / "conf/model/sam2/test.yaml"))
+    conf, sam2 = tiny_preset()
     torch.manual_seed(0)
     source = build_model(conf, sam2)
     path = tmp_path / "stage1.ckpt"
@@ -253,7 +246,7 @@ def test_auto_eval_chunk_size_is_the_benchmark_s_protocol(bench, chunk):
 
     from mpgsam2.benchmarks import benchmark
 
-    system = _system(MPGSAM2(tiny_config()))
+    system = _system(make_tiny_model())
     system.eval_chunk_size = "auto"
     system._trainer = SimpleNamespace(datamodule=SimpleNamespace(benchmark=bench))
     system.setup("validate")
@@ -263,8 +256,7 @@ def test_auto_eval_chunk_size_is_the_benchmark_s_protocol(bench, chunk):
 def test_expressions_of_one_video_run_through_predict_video_trimmed_to_their_length(monkeypatch):
     import mpgsam2.lit_module as lit
 
-    torch.manual_seed(0)
-    system = _system(MPGSAM2(tiny_config())).eval()
+    system = _system(make_tiny_model()).eval()
     sam, beit, ids, _ = random_clip(system.model, frames=3, seed=4)
     # a collated batch: 3 expressions of one video, right-padded with pad id 3 to the longest; the middle one
     # has an unknown piece (id 3, masked like padding) inside it, which trimming must keep

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from helpers.tiny import random_clip, tiny_config
+from helpers.tiny import make_tiny_model, random_clip
 from safetensors.torch import load_file
 
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
@@ -29,8 +29,7 @@ def _same_outputs(a: MPGSAM2, b: MPGSAM2) -> bool:
 
 
 def test_export_round_trip(tmp_path):
-    torch.manual_seed(0)
-    model = MPGSAM2(tiny_config(use_object_historical_fusion=False))
+    model = make_tiny_model(use_object_historical_fusion=False)
     save_mpgsam2(model, tmp_path / "export")
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["config.json", "model.safetensors"]
     loaded = load_model(tmp_path / "export")
@@ -69,8 +68,7 @@ def test_released_folder_and_deepspeed_file(fixture_dir, tmp_path):
 def test_init_from_official_component_files(tmp_path):
     """A SAM 2 ``{"model": ...}`` .pt and a BEiT-3 ``{"model": ...}`` .pth written from a donor model load into
     a fresh model, leaving only the new MPG-SAM 2 modules at their initialisation."""
-    torch.manual_seed(0)
-    donor = MPGSAM2(tiny_config())
+    donor = make_tiny_model()
     original = convert_mpgsam2_to_original(donor.state_dict())
     sam2 = {k[len("visual_model.") :]: v for k, v in original.items() if k.startswith("visual_model.")}
     mpg_decoder = ("vtlfusion_module", "mmfusion_module", "objfusion_module", "patch_linear")
@@ -79,12 +77,10 @@ def test_init_from_official_component_files(tmp_path):
     torch.save({"model": sam2}, tmp_path / "sam2_hiera_tiny.pt")
     torch.save({"model": beit3}, tmp_path / "beit3_base_patch16_224.pth")
 
-    torch.manual_seed(1)
-    fresh = MPGSAM2(tiny_config())
+    fresh = make_tiny_model(seed=1)
     load_weights(fresh, tmp_path / "beit3_base_patch16_224.pth", fmt="beit3")
     load_weights(fresh, tmp_path / "sam2_hiera_tiny.pt", fmt="sam2")
-    torch.manual_seed(1)
-    by_alias = MPGSAM2(tiny_config())  # init_from_components: the deprecated name, kept for a release
+    by_alias = make_tiny_model(seed=1)  # init_from_components: the deprecated name, kept for a release
     init_from_components(
         by_alias, beit3=tmp_path / "beit3_base_patch16_224.pth", sam2=tmp_path / "sam2_hiera_tiny.pt"
     )
@@ -116,7 +112,7 @@ def test_init_from_official_component_files(tmp_path):
 
 def test_export_is_atomic(tmp_path, monkeypatch):
     """An export that fails half way leaves no config/weights pair behind."""
-    model = MPGSAM2(tiny_config())
+    model = make_tiny_model()
 
     def broken(*args, **kwargs):
         raise OSError("disk full")

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mpgsam2.data.batch import ReferringBatch
+from mpgsam2.data.batch import FrameView, ReferringBatch
 from mpgsam2.modeling.mpgsam2 import MPGSAM2
 from mpgsam2.modeling.sam2.tracker import NO_OBJ_SCORE
 from mpgsam2.modeling.sam2.tracker_types import FrameFeatures
@@ -46,9 +46,10 @@ __all__ = [
 ]
 
 
-# A video's frames: a (T, 3, H, W) tensor, or any sequence whose item t is frame t as a (3, H, W) tensor (so a reader
-# can decode and transform frames lazily).
-FrameSequence = Tensor | Sequence[Tensor]
+# A video's frames are the data side's FrameView (a (T, 3, H, W) tensor, or any sequence whose item t is frame t as a
+# (3, H, W) tensor, so a reader can decode and transform frames lazily); FrameSequence is its older name here, kept
+# for a release.
+FrameSequence = FrameView
 
 
 # the logit of an emptied frame: SAM 2's own "no object" mask value (sigmoid = 0 in float32)
@@ -125,8 +126,8 @@ def chunk_bounds(num_frames: int, chunk_size: int | None) -> Iterator[tuple[int,
 @torch.no_grad()
 def predict_expression(
     model: MPGSAM2,
-    sam_frames: FrameSequence,
-    beit_frames: FrameSequence,
+    sam_frames: FrameView,
+    beit_frames: FrameView,
     text_ids: Tensor,
     text_padding_mask: Tensor | None,
     orig_size: tuple[int, int],
@@ -154,7 +155,7 @@ def predict_expression(
     )[0]
 
 
-def _frames(frames: FrameSequence, start: int, end: int) -> Tensor:
+def _frames(frames: FrameView, start: int, end: int) -> Tensor:
     """Frames [start, end) as one (end - start, 3, H, W) tensor (only these frames are read)."""
     if isinstance(frames, Tensor):
         return frames[start:end]
@@ -211,8 +212,8 @@ def _model_device(model: MPGSAM2) -> torch.device:
 @torch.no_grad()
 def predict_video(
     model: MPGSAM2,
-    sam_frames: FrameSequence,
-    beit_frames: FrameSequence,
+    sam_frames: FrameView,
+    beit_frames: FrameView,
     expressions: Sequence[tuple[Tensor, Tensor | None]],
     orig_size: tuple[int, int],
     chunk_size: int | None = None,

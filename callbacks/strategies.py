@@ -134,6 +134,34 @@ class ShardedStrategy(ModelParallelStrategy):
             fully_shard(unit, mesh=mesh)
         fully_shard(module, mesh=mesh)
 
+    def gather_for_evaluation(self, module: torch.nn.Module, gather: bool) -> None:
+        """Gather (``gather=True``) the whole of a module sharded by :meth:`shard_module` for an evaluation, or
+        free it again afterwards (``gather=False``).
+
+        Each process evaluates its own videos, of other counts and lengths than the other processes', so no unit
+        may all-gather at each call (the processes would wait for each other forever); and evaluation calls
+        the model's methods beside ``forward`` (``start_video``, ``track``, ...), which the root unit's hooks do
+        not see. Every unit is gathered once, and kept so, for the whole evaluation: each process then holds the
+        whole model, as under DDP.
+        """
+        from torch.distributed.fsdp import FSDPModule
+
+        if not isinstance(module, FSDPModule):
+            return
+        units = [m for m in module.modules() if isinstance(m, FSDPModule)]
+        if gather:
+            # the root must know it is the root before its units run alone (a run that validates untrained);
+            # FSDP2 has no public call for it
+            module._get_fsdp_state()._lazy_init()
+            for unit in units:
+                unit.set_reshard_after_forward(False, recurse=False)
+                unit.unshard()
+            return
+        for unit in units:
+            unit.reshard()
+            # FSDP's own defaults: the root keeps its parameters between forward and backward, the units do not
+            unit.set_reshard_after_forward(unit is not module, recurse=False)
+
 
 # ------------------------------------------------------------------------------------------------- DeepSpeed
 

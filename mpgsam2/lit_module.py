@@ -200,30 +200,12 @@ class RVOSLitModule(L.LightningModule):
             shard(self.model)
 
     def _gather_sharded_model(self, gather: bool) -> None:
-        """Under ``trainer=fsdp``, gather (``gather=True``) or free again the whole model for an evaluation.
-
-        Each process evaluates its own videos, of other counts and lengths than the other processes', so no unit
-        may all-gather at each call (the processes would wait for each other forever); and evaluation calls
-        the model's methods beside ``forward`` (``start_video``, ``track``, ...), which the root unit's hooks do
-        not see. Every unit is gathered once, and kept so, for the whole evaluation: each process then holds the
-        whole model, as under DDP.
-        """
-        from torch.distributed.fsdp import FSDPModule
-
-        if not isinstance(self.model, FSDPModule):
-            return
-        units = [m for m in self.model.modules() if isinstance(m, FSDPModule)]
-        if gather:
-            # the root must know it is the root before its units run alone (a run that validates untrained)
-            self.model._get_fsdp_state()._lazy_init()
-            for unit in units:
-                unit.set_reshard_after_forward(False, recurse=False)
-                unit.unshard()
-            return
-        for unit in units:
-            unit.reshard()
-            # FSDP's own defaults: the root keeps its parameters between forward and backward, the units do not
-            unit.set_reshard_after_forward(unit is not self.model, recurse=False)
+        """Under ``trainer=fsdp``, gather (``gather=True``) or free again the whole model for an evaluation
+        (``ShardedStrategy.gather_for_evaluation``); other strategies hold the whole model already."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        gather_for_evaluation = getattr(strategy, "gather_for_evaluation", None)
+        if gather_for_evaluation is not None:
+            gather_for_evaluation(self.model, gather)
 
     def on_validation_epoch_start(self) -> None:
         self._gather_sharded_model(True)

@@ -3,8 +3,8 @@ calls, the clip context with the mask prior, the decoder's context projections, 
 mid-size preset of ``eval_throughput.py``.
 
 RSS is sampled every 2 ms from ``/proc/self/statm`` (Linux); the phases are told apart by wrapping
-``MPGSAM2.context_from_tokens`` and the decoder's ``context_cache``. Freed memory may stay in the process, so a
-phase's figure is the highest RSS seen while it ran, above the RSS before the call.
+``MPGSAM2.context_from_tokens`` and the global context's projection (``project_global_context``). Freed memory
+may stay in the process, so a phase's figure is the highest RSS seen while it ran, above the RSS before the call.
 
     python benchmarks/eval_memory_phases.py [--frames 8 32] [--k 4] [--threads 1]
 """
@@ -25,7 +25,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from eval_throughput import ORIG_SIZE, expressions, mid_model, video  # noqa: E402
 
+import mpgsam2.modeling.mpgsam2 as modeling_module  # noqa: E402
 from mpgsam2.inference import predict_video  # noqa: E402
+from mpgsam2.modeling.sam2.global_context import project_global_context  # noqa: E402
 
 
 def rss_mib() -> float:
@@ -38,8 +40,7 @@ def phases(model: torch.nn.Module, frames: int, k: int) -> list[tuple[str, float
     sam, beit = video(model, frames, seed=frames)
     exprs = expressions(k, seed=k)
     marks: list[tuple[str, float]] = []
-    decoder = model.sam.sam_mask_decoder
-    context_from_tokens, context_cache = model.context_from_tokens, decoder.context_cache
+    context_from_tokens = model.context_from_tokens
 
     def timed_context(tokens, **options):  # noqa: ANN001, ANN003, ANN202
         marks.append(("BEiT-3 calls", time.perf_counter()))
@@ -47,12 +48,14 @@ def phases(model: torch.nn.Module, frames: int, k: int) -> list[tuple[str, float
         marks.append(("context (mask prior)", time.perf_counter()))
         return out
 
-    def timed_cache(global_context):  # noqa: ANN001, ANN202
-        out = context_cache(global_context)
+    def timed_projection(decoder, global_context):  # noqa: ANN001, ANN202
+        out = project_global_context(decoder, global_context)
         marks.append(("decoder context projections", time.perf_counter()))
         return out
 
-    model.context_from_tokens, decoder.context_cache = timed_context, timed_cache
+    model.context_from_tokens = timed_context
+    # start_tracking calls the projection through the model module's name for it
+    modeling_module.project_global_context = timed_projection
     samples: list[tuple[float, float]] = []
     done = threading.Event()
 
@@ -71,7 +74,8 @@ def phases(model: torch.nn.Module, frames: int, k: int) -> list[tuple[str, float
     finally:
         done.set()
         sampler.join()
-        del model.context_from_tokens, decoder.context_cache
+        del model.context_from_tokens
+        modeling_module.project_global_context = project_global_context
     out, previous = [], start
     for name, end in marks:
         seen = [r for t, r in samples if previous <= t <= end]

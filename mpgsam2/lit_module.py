@@ -250,7 +250,7 @@ class RVOSLitModule(L.LightningModule):
             return out.pred_masks[:, None], out.sentence_scores[:, None], out.prior_logits[:, None], None
         out = self.model(batch.sam_frames, batch.beit_frames, batch.text_ids, batch.text_padding_mask)
         object_scores = torch.cat([f.object_score_logits for f in out.frames], dim=1)  # [B, T]
-        return out.pred_masks, out.sentence_scores, out.context.prior.prior_logits, object_scores
+        return out.pred_masks, out.sentence_scores, out.context.prior_logits, object_scores
 
     def training_step(self, batch: ReferringBatch, batch_idx: int) -> dict[str, Tensor]:
         pred_masks, sentence_scores, prior_logits, object_scores = self._clip_outputs(batch)

@@ -95,7 +95,7 @@ def clip_outputs(
     res: dict[str, Tensor] = {
         "beit3.encoder_out": captured["beit3.encoder_out"],
         "evf.vmtoken_out": captured["evf.vmtoken_out"],
-        "evf.mask_product_logits": ctx.prior.prior_logits[0].unsqueeze(-1),
+        "evf.mask_product_logits": ctx.prior_logits[0].unsqueeze(-1),
         "evf.sparse_text_token": ctx.sparse_tokens[0],
         "evf.text_feat": ctx.text_feat[0],
         "prop.text": ctx.sparse_tokens[0],

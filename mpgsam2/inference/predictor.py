@@ -232,7 +232,7 @@ def predict_video(
        ``beit_batch`` (expression, frame) sequences.
     2. ``MPGSAM2.start_tracking(context, frames_shared=True, cache_context=True)``: the K targets tracked
        together (each its own memory bank and object pointers); what the decoder reads from the clip context is
-       computed once (``ContextCache``) and the raw context released.
+       computed once (``ProjectedGlobalContext``) in place of the raw context, which is freed.
     3. ``VideoSession.propagate``, the model's one per-frame loop: per frame, the Hiera features once
        (``MPGSAM2.image_features``), shared by the K (the memory attention's first self-attention and the memory
        encoder's projection of the frame run once), the frame's prompts, SAM 2's ``track_step``.

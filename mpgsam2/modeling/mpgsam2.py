@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from mpgsam2.modeling.beit3 import BEiT3
 from mpgsam2.modeling.checkpointing import checkpointing_blocks, run_block
 from mpgsam2.modeling.config import MPGSAM2Config
-from mpgsam2.modeling.sam2.mask_decoder import ContextCache
+from mpgsam2.modeling.sam2.global_context import GlobalContext, project_global_context
 from mpgsam2.modeling.sam2.position_encoding import get_1d_sine_pe
 from mpgsam2.modeling.sam2.tracker import (
     FrameFeatures,
@@ -118,12 +118,12 @@ class MultiplicativeCrossAttention(nn.Module):
 class PriorOutput:
     """The mask-prior generator's results for B clips of T frames (G x G BEiT-3 patch grid, C SAM width).
 
-    prior_logits: [B, T, G, G]; global_context: [B, T, G*G, C] (with temporal position; None once released, see
-    ``predict_video``); refined_token: [B, T, D] (class token after the multiplicative fusion).
+    prior_logits: [B, T, G, G]; global_context: [B, T, G*G, C] (with temporal position); refined_token: [B, T, D]
+    (class token after the multiplicative fusion).
     """
 
     prior_logits: Tensor
-    global_context: Tensor | None
+    global_context: Tensor
     refined_token: Tensor
 
 
@@ -188,16 +188,18 @@ class MaskPriorGenerator(nn.Module):
 class ClipContext:
     """Per-clip quantities computed before SAM 2 runs (B clips, T frames, L tokens, C SAM width, G grid).
 
-    priors: [B, T, 1, G, G] (sigmoid of prior logits); sparse_tokens: [B, T, 1, C]; text_feat: [B, T, L, C];
-    global_context: [B, T, G*G, C], or None once released (``predict_video`` keeps only the decoder's
-    ``ContextCache`` while tracking); sentence_scores: [B, T] (the original's sentence scalar per frame).
+    prior_logits: [B, T, G, G] the mask-prior generator's logits; priors: [B, T, 1, G, G] their sigmoid (the dense
+    prompts); sparse_tokens: [B, T, 1, C]; text_feat: [B, T, L, C]; global_context: the raw [B, T, G*G, C], or its
+    ``ProjectedGlobalContext`` once ``MPGSAM2.start_tracking(cache_context=True)`` has replaced it (the only
+    reference to the raw tensor is here, so it is then freed); sentence_scores: [B, T] (the original's sentence
+    scalar per frame).
     """
 
-    prior: PriorOutput
+    prior_logits: Tensor
     priors: Tensor
     sparse_tokens: Tensor
     text_feat: Tensor
-    global_context: Tensor | None
+    global_context: GlobalContext
     sentence_scores: Tensor
 
     def frame_prompts(
@@ -207,21 +209,15 @@ class ClipContext:
         use_sparse_token: bool,
         *,
         text_key_padding_mask: Tensor | None = None,
-        context_cache: ContextCache | None = None,
     ) -> FramePrompts:
-        """Frame ``t``'s prompts (``text_key_padding_mask`` / ``context_cache``: see :class:`FramePrompts`)."""
+        """Frame ``t``'s prompts (``text_key_padding_mask``: see :class:`FramePrompts`)."""
         return FramePrompts(
             mask_prior=self.priors[:, t] if use_dense_prior else None,
             sparse_token=self.sparse_tokens[:, t] if use_sparse_token else None,
             text_feat=self.text_feat[:, t],
             global_context=self.global_context,
             text_key_padding_mask=text_key_padding_mask,
-            context_cache=context_cache,
         )
-
-    def release_global_context(self) -> None:
-        """Drop the raw clip context (both references), once the decoder reads only its ``ContextCache``."""
-        self.global_context = self.prior.global_context = None
 
 
 @dataclass
@@ -405,7 +401,7 @@ class MPGSAM2(nn.Module):
         text_feat = self.text_proj(words)
         sentence = self.sentence_head(text_feat[:, 0]).view(b, t)
         return ClipContext(
-            prior=prior,
+            prior_logits=prior.prior_logits,
             priors=torch.sigmoid(prior.prior_logits).unsqueeze(2),
             sparse_tokens=sparse,
             text_feat=text_feat.unflatten(0, (b, t)),
@@ -480,23 +476,18 @@ class MPGSAM2(nn.Module):
                 computed once and given for all B (``VideoSession.step`` takes one row and expands it).
             text_key_padding_mask: [B, L] bool, True = a word the decoder does not attend (expressions batched
                 at a common length), or None.
-            cache_context: compute what the decoder reads from the clip context once now (``ContextCache``) and
-                release the raw context (inference, eval mode; ignored in train mode, where dropout differs
-                per frame).
+            cache_context: compute what the decoder reads from the clip's global context once now, and replace
+                ``context.global_context`` by it (``ProjectedGlobalContext``), so the raw context is freed
+                (inference, eval mode; ignored in train mode, where dropout differs per frame).
         """
-        cache = None
-        if cache_context and not self.training:
-            if context.global_context is None:
-                raise ValueError("cache_context needs the clip's global context (already released)")
-            cache = self.sam.sam_mask_decoder.context_cache(context.global_context)
-            context.release_global_context()  # the decoder reads only the cache from here on
+        if cache_context and not self.training and isinstance(context.global_context, Tensor):
+            context.global_context = project_global_context(self.sam.sam_mask_decoder, context.global_context)
         return VideoSession(
             self,
             context,
             self.sam.new_state(num_frames=context.priors.shape[1]),
             frames_shared=frames_shared,
             text_key_padding_mask=text_key_padding_mask,
-            context_cache=cache,
         )
 
     # ------------------------------------------------------------------ images
@@ -515,7 +506,7 @@ class MPGSAM2(nn.Module):
         return ImageOutput(
             pred_masks=out.high_res_logits,
             sentence_scores=context.sentence_scores[:, 0],
-            prior_logits=context.prior.prior_logits[:, 0],
+            prior_logits=context.prior_logits[:, 0],
         )
 
 
@@ -533,7 +524,6 @@ class VideoSession:
             features once (batch 1) and gives them to the B rows, marked shared (eval mode) so that what reads
             only the frame runs once.
         text_key_padding_mask: [B, L] decoder word mask, or None (see :class:`FramePrompts`).
-        context_cache: the decoder's per-clip cache, or None (see ``MPGSAM2.start_tracking``).
     """
 
     def __init__(
@@ -544,14 +534,12 @@ class VideoSession:
         *,
         frames_shared: bool = False,
         text_key_padding_mask: Tensor | None = None,
-        context_cache: ContextCache | None = None,
     ) -> None:
         self.model = model
         self.context = context
         self.state = state
         self.frames_shared = frames_shared
         self.text_key_padding_mask = text_key_padding_mask
-        self.context_cache = context_cache
 
     @property
     def num_frames(self) -> int:
@@ -576,7 +564,6 @@ class VideoSession:
             cfg.use_dense_prior,
             cfg.use_sparse_token,
             text_key_padding_mask=self.text_key_padding_mask,
-            context_cache=self.context_cache,
         )
         return self.model.sam.track_step(self.state, frame_idx, feats, prompts)
 

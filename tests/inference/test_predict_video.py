@@ -18,6 +18,7 @@ from mpgsam2.inference import (
     resize_logits,
 )
 from mpgsam2.modeling.mpgsam2 import MPGSAM2, PostNormEncoderLayer
+from mpgsam2.modeling.sam2.global_context import ProjectedGlobalContext, project_global_context
 
 SIZE = (20, 30)
 
@@ -218,7 +219,7 @@ def test_prior_layer_in_token_chunks_is_exact(model, monkeypatch):
     torch.testing.assert_close(chunked.logits, whole.logits, atol=1e-5, rtol=1e-5)
 
 
-def test_decoder_runs_the_global_fusion_from_the_context_cache_alone(model):
+def test_decoder_runs_the_global_fusion_from_the_projected_context_alone(model):
     decoder = model.sam.sam_mask_decoder
     assert decoder.use_pixel_global_fusion and decoder.use_object_global_fusion
     torch.manual_seed(10)
@@ -243,9 +244,10 @@ def test_decoder_runs_the_global_fusion_from_the_context_cache_alone(model):
     )
     with torch.no_grad():
         from_context = decoder(**inputs, global_context=context)
-        from_cache = decoder(**inputs, global_context=None, context_cache=decoder.context_cache(context))
+        projected = project_global_context(decoder, context)
+        from_projection = decoder(**inputs, global_context=projected)
         without = decoder(**inputs, global_context=None)
-    for cached, direct in zip(from_cache, from_context):
+    for cached, direct in zip(from_projection, from_context):
         torch.testing.assert_close(cached, direct, atol=1e-5, rtol=1e-5)
     assert (without[0] - from_context[0]).abs().max() > 1e-3  # the context mattered
 
@@ -255,15 +257,31 @@ def test_predict_video_releases_the_global_context_while_tracking(model, monkeyp
     track_step = model.sam.track_step
 
     def spy(state, t, feats, prompts):  # noqa: ANN001, ANN202
-        seen.append((prompts.global_context, prompts.context_cache, feats.shared, feats.top.shape[0]))
+        seen.append((prompts.global_context, feats.shared, feats.top.shape[0]))
         return track_step(state, t, feats, prompts)
 
     monkeypatch.setattr(model.sam, "track_step", spy)
     sam, beit, ids, pad = random_clip(model, frames=3, seed=11)
     predict_video(model, sam[0], beit[0], [(ids[0], pad[0]), (ids[0, :4], None)], SIZE)
-    assert len(seen) == 3 and all(context is None and cache is not None for context, cache, _, _ in seen)
+    # the decoder reads only the projection, computed once for the clip: the raw [K, T, G*G, C] is gone
+    assert len(seen) == 3 and all(isinstance(context, ProjectedGlobalContext) for context, _, _ in seen)
+    assert len({id(context) for context, _, _ in seen}) == 1
     # one frame's features for the 2 expressions, declared shared (not inferred from strides)
-    assert all(shared and batch == 2 for _, _, shared, batch in seen)
+    assert all(shared and batch == 2 for _, shared, batch in seen)
+
+
+def test_projecting_the_global_context_frees_the_raw_one(model):
+    """``start_tracking(cache_context=True)`` replaces the clip context's one reference to the raw [B, T, G*G, C]
+    tensor by its projection, so nothing keeps the raw tensor alive while the clip is tracked."""
+    sam, beit, ids, pad = random_clip(model, frames=3, batch=2, seed=13)
+    with torch.no_grad():
+        context = model.encode_context(beit, ids, pad)
+        raw = weakref.ref(context.global_context)
+        session = model.start_tracking(context, cache_context=True)
+        assert raw() is None
+        assert isinstance(session.context.global_context, ProjectedGlobalContext)
+        out = session.step(0, model.image_features(sam[:, 0]))
+    assert out.high_res_logits.shape[0] == 2
 
 
 def test_predict_video_in_train_mode_shares_and_caches_nothing(model, monkeypatch):
@@ -273,7 +291,7 @@ def test_predict_video_in_train_mode_shares_and_caches_nothing(model, monkeypatc
     track_step = model.sam.track_step
 
     def spy(state, t, feats, prompts):  # noqa: ANN001, ANN202
-        seen.append((feats.shared, prompts.global_context is not None, prompts.context_cache))
+        seen.append((feats.shared, isinstance(prompts.global_context, torch.Tensor)))
         return track_step(state, t, feats, prompts)
 
     monkeypatch.setattr(model.sam, "track_step", spy)
@@ -282,7 +300,7 @@ def test_predict_video_in_train_mode_shares_and_caches_nothing(model, monkeypatc
         out = predict_video(model.train(), sam[0], beit[0], [(ids[0], pad[0]), (ids[0, :4], None)], SIZE)
     finally:
         model.eval()
-    assert len(out) == 2 and seen == [(False, True, None)] * 2
+    assert len(out) == 2 and seen == [(False, True)] * 2
 
 
 def test_bad_inputs_are_refused(model):

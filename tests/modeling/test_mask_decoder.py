@@ -152,7 +152,6 @@ def _run_frame(
         high_res_features=high_res,
         text_feat=out[f"{prefix}prop.text_feat"][t : t + 1] if use_context else None,
         global_context=out[f"{prefix}prop.visual_feat"] if use_context else None,
-        global_context_flat=out[f"{prefix}prop.mask_pred"] if use_context else None,
         obj_memory=out.get(f"{prefix}sam.obj_memory.frame{t}") if use_context else None,
         obj_memory_pos=out.get(f"{prefix}sam.obj_memory_pos.frame{t}") if use_context else None,
     )
@@ -224,7 +223,10 @@ def test_mask_decoder_without_context_is_plain_sam2_decoder() -> None:
     assert (skipped[0] - fused[0]).abs().max() > 1e-3
 
 
-def test_mask_decoder_global_context_flat_defaults_to_flattened_context() -> None:
+def test_the_original_two_context_inputs_are_one_global_context() -> None:
+    """The original gives its decoder the context twice (``visual_feat`` [B, T, G*G, C] and ``mask_pred``, the same
+    values flattened); ours takes it once, as ``global_context``. The plain upscaling path (no high-res features)
+    runs with it too."""
     prompt_encoder, decoder = _build_loaded()
     decoder.eval()
     out = _outputs()
@@ -232,25 +234,19 @@ def test_mask_decoder_global_context_flat_defaults_to_flattened_context() -> Non
     image = out["sam.pix_feat_with_mem"][0]
     sparse, dense = prompt_encoder(None, None, None, out["prop.text"][0:1])
     assert sparse.shape == (1, 1, image.shape[1]) and dense.shape == image.shape  # batch size from the text
+    decoder.use_high_res_features = False
     with torch.no_grad():
-        kwargs = dict(multimask_output=False, repeat_image=False, global_context=out["prop.visual_feat"])
-        decoder.use_high_res_features = False  # exercise the plain upscaling path as well
-        a = decoder(image, prompt_encoder.get_dense_pe(), sparse, dense, **kwargs)
-        b = decoder(
+        masks, _, tokens, _ = decoder(
             image,
             prompt_encoder.get_dense_pe(),
             sparse,
             dense,
-            global_context_flat=out["prop.mask_pred"],
-            **kwargs,
+            multimask_output=False,
+            repeat_image=False,
+            global_context=out["prop.visual_feat"],
         )
-    assert a[0].shape == (1, 1, 4 * image.shape[-2], 4 * image.shape[-1]) and a[2].shape == (
-        1,
-        1,
-        image.shape[1],
-    )
-    for x, y in zip(a, b):
-        torch.testing.assert_close(x, y, atol=0, rtol=0)
+    assert masks.shape == (1, 1, 4 * image.shape[-2], 4 * image.shape[-1])
+    assert tokens.shape == (1, 1, image.shape[1])
 
 
 def test_sam_heads_key_names_and_shapes_match_full_size_checkpoint() -> None:

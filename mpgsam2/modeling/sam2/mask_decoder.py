@@ -1,7 +1,8 @@
 """SAM 2 mask decoder with MPG-SAM 2's hierarchical global-historical aggregator (spec §1.5, step 3).
 
-Original: ``MaskDecoder`` and ``VisionLanguageFusionModule`` in ``models/sam2/modeling/sam/mask_decoder.py`` of the
-MPG-SAM 2 fork. Three post-norm cross-attention blocks are added to SAM 2's decoder:
+Original: ``MaskDecoder`` in ``models/sam2/modeling/sam/mask_decoder.py`` of the MPG-SAM 2 fork. Three post-norm
+cross-attention blocks (:class:`~mpgsam2.modeling.sam2.fusion_block.CrossAttentionFusionBlock`) are added to SAM 2's
+decoder:
 
 - ``pixel_global_fusion`` (original: ``vtlfusion_module``): the image embedding cross-attends to the global visual
   context of all frames (re-patchified ``p x p`` and projected by ``context_patch_proj``, original:
@@ -10,128 +11,23 @@ MPG-SAM 2 fork. Three post-norm cross-attention blocks are added to SAM 2's deco
 - ``object_historical_fusion`` (original: ``objfusion_module``): the mask tokens cross-attend to the object
   pointers of earlier frames (temporal sine position on the keys).
 
-Each block runs when it exists (its ``use_*`` switch) and its inputs are given (the global context, or its
-projections in a ``ContextCache``); without a global context / ``obj_memory`` the decoder is the stock SAM 2 decoder.
+Each block runs when it exists (its ``use_*`` switch) and its inputs are given: the global context (raw, or
+projected once per clip by :func:`~mpgsam2.modeling.sam2.global_context.project_global_context`) and
+``obj_memory``; without them the decoder is the stock SAM 2 decoder.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
 from mpgsam2.modeling.checkpointing import run_block
 from mpgsam2.modeling.sam2.common import MLP, LayerNorm2d
-
-
-class CrossAttentionFusionBlock(nn.Module):
-    """Post-norm cross-attention + FFN block of the MPG aggregator (original: ``VisionLanguageFusionModule``).
-
-    ``tgt = norm1(tgt + attn(tgt + query_pos, memory + pos, memory)); tgt = norm2(tgt + ffn(tgt))``.
-
-    Args:
-        d_model: width C of queries and memory.
-        num_heads: attention heads.
-        dim_feedforward: FFN hidden width.
-        dropout: dropout of the attention weights, the FFN hidden layer and both residual branches.
-    """
-
-    def __init__(
-        self, d_model: int, num_heads: int, dim_feedforward: int = 1024, dropout: float = 0.1
-    ) -> None:
-        super().__init__()
-        # parity: nn.MultiheadAttention (sequence-first, weights returned) as the original, for identical numerics.
-        self.multihead_attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.activation = nn.ReLU()
-
-    def forward(
-        self,
-        tgt: Tensor,
-        memory: Tensor | None,
-        pos: Tensor | None = None,
-        query_pos: Tensor | None = None,
-        key_padding_mask: Tensor | None = None,
-        memory_kv: tuple[Tensor, Tensor] | None = None,
-    ) -> Tensor:
-        """tgt: [Nq, B, C]; memory: [Nk, B, C]; pos: [Nk, B, C] on keys; query_pos: [Nq, B or 1, C] -> [Nq, B, C].
-
-        key_padding_mask: [B, Nk] bool, True = memory token not attended (None: all attended, as the original).
-        memory_kv: the memory's key and value projections [Nk, B, C] (:meth:`project_memory`), computed once for
-            a memory that many calls read (inference only); ``memory`` and ``pos`` are then ignored.
-        """
-        # The unmodified tensor is passed on (not a copy) when there is no position, so that key and value are
-        # the same object and nn.MultiheadAttention takes the same packed-projection path as in the original.
-        query = tgt if query_pos is None else tgt + query_pos
-        if memory_kv is not None:
-            attended = self._attend_projected(query, *memory_kv, key_padding_mask)
-        else:
-            key = memory if pos is None else memory + pos
-            attended = self.multihead_attn(
-                query=query, key=key, value=memory, key_padding_mask=key_padding_mask
-            )[0]
-        tgt = self.norm1(tgt + self.dropout1(attended))
-        ffn = self.linear2(self.dropout(self.activation(self.linear1(tgt))))
-        return self.norm2(tgt + self.dropout2(ffn))
-
-    def _in_proj(self, index: int) -> tuple[Tensor, Tensor | None]:
-        attn = self.multihead_attn
-        c = attn.embed_dim
-        bias = None if attn.in_proj_bias is None else attn.in_proj_bias[index * c : (index + 1) * c]
-        return attn.in_proj_weight[index * c : (index + 1) * c], bias
-
-    def project_memory(self, memory: Tensor, pos: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Key and value projections of a memory [Nk, B, C] (keys with ``pos`` added) -> ([Nk, B, C], [Nk, B, C]).
-
-        Row-wise, so the projections of a concatenated memory are the concatenated projections."""
-        key = memory if pos is None else memory + pos
-        return F.linear(key, *self._in_proj(1)), F.linear(memory, *self._in_proj(2))
-
-    def _attend_projected(
-        self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None
-    ) -> Tensor:
-        """nn.MultiheadAttention's computation from already projected keys / values (no attention dropout)."""
-        # deviation: SDPA on cached projections instead of nn.MultiheadAttention (the parity path), so the clip
-        # context is projected once per clip; the same attention up to float rounding (inference only).
-        if self.training and self.multihead_attn.dropout > 0:
-            raise RuntimeError("projected memories are for inference (no attention dropout)")
-        heads = self.multihead_attn.num_heads
-        q = F.linear(query, *self._in_proj(0))
-        q, k, v = (
-            rearrange(x, "n b (h d) -> b h n d", h=heads) for x in (q, key.to(q.dtype), value.to(q.dtype))
-        )
-        mask = None if key_padding_mask is None else ~key_padding_mask.bool()[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        out = rearrange(out, "b h n d -> n b (h d)")
-        return self.multihead_attn.out_proj(out)
-
-
-@dataclass
-class ContextCache:
-    """What the decoder reads from the clip's global context on every frame, computed once per clip.
-
-    Inference only (exact up to float rounding): the context is the same for every frame of a clip, so what the
-    fusion blocks compute from it alone need not be recomputed per frame (it grows with T: T x G*G tokens per
-    frame). The blocks it covers run from it alone, so the raw context need not be kept once it is built.
-
-    pixel_kv: pixel fusion's key / value projections of the patchified context, [T*G*G/p^2, B, C] each, or None.
-    object_tokens: the mask tokens after the object global fusion, [M+1, B, C], or None. That block's queries are
-        the learned mask tokens alone and its memory is the clip context, so (eval mode) its output is the same on
-        every frame: it is computed once, and its [T*G*G, B, C] key / value projections are not kept.
-    """
-
-    pixel_kv: tuple[Tensor, Tensor] | None
-    object_tokens: Tensor | None
+from mpgsam2.modeling.sam2.fusion_block import CrossAttentionFusionBlock
+from mpgsam2.modeling.sam2.global_context import GlobalContext, ProjectedGlobalContext
 
 
 class MaskDecoder(nn.Module):
@@ -253,7 +149,7 @@ class MaskDecoder(nn.Module):
         if use_object_historical_fusion:
             self.object_historical_fusion = fusion_block()
         # the three fusion blocks recomputed in backward when training (activation_checkpointing
-        # "decoder_fusion"); the per-clip ContextCache path is inference only and never recomputes
+        # "decoder_fusion"); a projected global context is inference only and never recomputes
         self.checkpoint_fusion = False
 
     def forward(
@@ -266,12 +162,10 @@ class MaskDecoder(nn.Module):
         repeat_image: bool,
         high_res_features: list[Tensor] | None = None,
         text_feat: Tensor | None = None,
-        global_context: Tensor | None = None,
-        global_context_flat: Tensor | None = None,
+        global_context: GlobalContext | None = None,
         obj_memory: Tensor | None = None,
         obj_memory_pos: Tensor | None = None,
         text_key_padding_mask: Tensor | None = None,
-        context_cache: ContextCache | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Predict masks from the image embedding and the prompts.
 
@@ -285,19 +179,14 @@ class MaskDecoder(nn.Module):
             high_res_features: [feat_s0 [B, C/8, 4E, 4E], feat_s1 [B, C/4, 2E, 2E]], already through
                 conv_s0 / conv_s1; required when ``use_high_res_features``.
             text_feat: [B, L, C] word features appended to the pixel-fusion memory (original: ``text_feat``).
-            global_context: [B, T, G*G, C] global visual context of all frames (original: ``visual_feat``).
-                None skips the pixel fusion, unless ``context_cache`` covers it.
-            global_context_flat: [B, T*G*G, C], the same values flattened (original: ``mask_pred``), memory of the
-                object global fusion; None takes ``global_context`` flattened, and skips the block if that is None
-                too, unless ``context_cache`` covers it.
+            global_context: the clip's global context, memory of both global fusion blocks: the raw tensor
+                [B, T, G*G, C] (original: ``visual_feat``, and flattened ``mask_pred``), or its
+                :class:`~mpgsam2.modeling.sam2.global_context.ProjectedGlobalContext`, computed once per clip
+                (inference). None skips both blocks.
             obj_memory: [K, B, C] object pointers of earlier frames; None (first frame) skips the historical fusion.
             obj_memory_pos: [K, B, C] their temporal positional encoding.
             text_key_padding_mask: [B, L] bool, True = word not attended by the pixel fusion; None attends every
                 word (the original). Lets expressions padded to a common length run as one batch.
-            context_cache: what the global fusion blocks read from the global context (:meth:`context_cache`:
-                the pixel fusion's key / value projections, the object global fusion's output), computed once per
-                clip (inference). A block it covers runs from it alone: ``global_context`` / ``global_context_flat``
-                may then be None (and are not read by that block).
 
         Returns:
             masks: [B, M', 4E, 4E] mask logits (M' = M with ``multimask_output``, else 1).
@@ -306,12 +195,9 @@ class MaskDecoder(nn.Module):
                 ``use_multimask_token_for_obj_ptr``, else 1: the single-mask token).
             object_score_logits: [B, 1] (10.0 when object scores are not predicted).
         """
-        if global_context_flat is None and global_context is not None:
-            global_context_flat = global_context.flatten(1, 2)
-        pixel_kv = None if context_cache is None else context_cache.pixel_kv
-        if self.use_pixel_global_fusion and (global_context is not None or pixel_kv is not None):
+        if global_context is not None and self.use_pixel_global_fusion:
             image_embeddings = self._pixel_global_fusion(
-                image_embeddings, image_pe, global_context, text_feat, text_key_padding_mask, context_cache
+                image_embeddings, image_pe, global_context, text_feat, text_key_padding_mask
             )
 
         masks, iou_pred, mask_tokens_out, object_score_logits = self._predict_masks(
@@ -321,10 +207,9 @@ class MaskDecoder(nn.Module):
             dense_prompt_embeddings=dense_prompt_embeddings,
             repeat_image=repeat_image,
             high_res_features=high_res_features,
-            global_context_flat=global_context_flat,
+            global_context=global_context,
             obj_memory=obj_memory,
             obj_memory_pos=obj_memory_pos,
-            object_tokens=None if context_cache is None else context_cache.object_tokens,
         )
 
         if multimask_output:
@@ -347,27 +232,22 @@ class MaskDecoder(nn.Module):
         self,
         image_embeddings: Tensor,
         image_pe: Tensor,
-        global_context: Tensor | None,
+        global_context: GlobalContext,
         text_feat: Tensor | None,
         text_key_padding_mask: Tensor | None = None,
-        context_cache: ContextCache | None = None,
     ) -> Tensor:
         """Image embedding [B, C, E, E] cross-attends to [patchified global context ; words] -> [B, C, E, E].
 
-        The context's key / value projections are read from ``context_cache`` when it holds them (then
-        ``global_context`` is not read and may be None), else ``global_context`` is patchified and projected."""
+        A projected global context gives the context's key / value projections; a raw one is patchified and
+        projected here."""
         b, _, h, w = image_embeddings.shape
         dtype = image_embeddings.dtype
         words = None if text_feat is None else rearrange(text_feat.to(dtype), "b l c -> l b c")
-        context_kv = None if context_cache is None else context_cache.pixel_kv
-        if context_kv is not None:
+        if isinstance(global_context, ProjectedGlobalContext):
+            context_kv, memory = global_context.pixel_kv, None
             num_context = context_kv[0].shape[0]
         else:
-            if global_context is None:
-                raise ValueError(
-                    "the pixel fusion needs the global context or its projections (ContextCache)"
-                )
-            memory = self._patchified_context(global_context.to(dtype))
+            context_kv, memory = None, self.patchified_context(global_context.to(dtype))
             num_context = memory.shape[0]
         key_padding_mask = None
         if words is not None and text_key_padding_mask is not None:
@@ -402,8 +282,8 @@ class MaskDecoder(nn.Module):
         )
         return rearrange(fused, "(h w) b c -> b c h w", h=h, w=w)
 
-    def _patchified_context(self, global_context: Tensor) -> Tensor:
-        """[B, T, G*G, C] -> the pixel fusion's context memory [T*G*G/p^2, B, C]."""
+    def patchified_context(self, global_context: Tensor) -> Tensor:
+        """The raw global context [B, T, G*G, C] -> the pixel fusion's context memory [T*G*G/p^2, B, C]."""
         p = self.context_patch_size
         grid = math.isqrt(global_context.shape[2])
         if grid * grid != global_context.shape[2] or grid % p:
@@ -416,40 +296,6 @@ class MaskDecoder(nn.Module):
         )
         return self.context_patch_proj(patches)
 
-    def context_cache(self, global_context: Tensor) -> ContextCache:
-        """What every frame of a clip reads from its global context [B, T, G*G, C] (inference, eval mode)."""
-        if self.training:
-            raise RuntimeError("the context cache is for inference (eval mode: no dropout)")
-        pixel_kv = object_tokens = None
-        # one clip (batch row) at a time: the clip-wide intermediates (patchified context, the object fusion's
-        # keys / values) then exist for one clip at once; rows are independent
-        clips = global_context.split(1)
-        if self.use_pixel_global_fusion:
-            for i, clip in enumerate(clips):
-                keys, values = self.pixel_global_fusion.project_memory(self._patchified_context(clip))
-                if pixel_kv is None:
-                    pixel_kv = tuple(
-                        x.new_empty((x.shape[0], len(clips), x.shape[2])) for x in (keys, values)
-                    )
-                pixel_kv[0][:, i], pixel_kv[1][:, i] = keys[:, 0], values[:, 0]
-                del keys, values
-        if self.use_object_global_fusion:
-            tokens = self.mask_tokens.weight[:, None]  # [M+1, 1, C], as the decoder's queries
-            object_tokens = torch.cat(
-                [
-                    self.object_global_fusion(
-                        tgt=tokens,
-                        memory=None,
-                        memory_kv=self.object_global_fusion.project_memory(
-                            rearrange(clip, "b t n c -> (t n) b c")
-                        ),
-                    )
-                    for clip in clips
-                ],
-                dim=1,
-            )
-        return ContextCache(pixel_kv=pixel_kv, object_tokens=object_tokens)
-
     def _predict_masks(
         self,
         image_embeddings: Tensor,
@@ -458,10 +304,9 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: Tensor,
         repeat_image: bool,
         high_res_features: list[Tensor] | None,
-        global_context_flat: Tensor | None,
+        global_context: GlobalContext | None,
         obj_memory: Tensor | None,
         obj_memory_pos: Tensor | None,
-        object_tokens: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """All mask-token outputs: masks [B, M+1, 4E, 4E], iou [B, M+1], tokens [B, M+1, C], score [B, 1]."""
         s = 1 if self.pred_obj_scores else 0
@@ -476,17 +321,15 @@ class MaskDecoder(nn.Module):
 
         # Object-level aggregation: the mask tokens (not the score / IoU tokens) attend to the global context,
         # then to the object pointers of earlier frames.
-        run_global = self.use_object_global_fusion and (
-            global_context_flat is not None or object_tokens is not None
-        )
+        run_global = self.use_object_global_fusion and global_context is not None
         run_historical = self.use_object_historical_fusion and obj_memory is not None
         if run_global or run_historical:
             mask_tokens = rearrange(mask_tokens, "b m c -> m b c")
-            if run_global and object_tokens is not None:
+            if run_global and isinstance(global_context, ProjectedGlobalContext):
                 # the block's output, computed once per clip
-                mask_tokens = object_tokens.to(mask_tokens.dtype)
+                mask_tokens = global_context.object_tokens.to(mask_tokens.dtype)
             elif run_global:
-                memory = rearrange(global_context_flat.to(mask_tokens.dtype), "b n c -> n b c")
+                memory = rearrange(global_context.to(mask_tokens.dtype), "b t n c -> (t n) b c")
                 mask_tokens = run_block(
                     self.object_global_fusion, self.checkpoint_fusion, tgt=mask_tokens, memory=memory
                 )

@@ -403,7 +403,6 @@ class SAM2Tracker(nn.Module):
         sparse, dense = self.sam_prompt_encoder(
             points=points, boxes=None, masks=mask_prompt, text_embeds=prompts.sparse_token
         )
-        context = prompts.global_context
         masks, ious, tokens, obj_scores = self.sam_mask_decoder(
             image_embeddings=pix_feat,
             image_pe=self.sam_prompt_encoder.get_dense_pe(),
@@ -413,12 +412,10 @@ class SAM2Tracker(nn.Module):
             repeat_image=False,
             high_res_features=high_res,
             text_feat=prompts.text_feat,
-            global_context=context,
-            global_context_flat=None if context is None else context.flatten(1, 2),
+            global_context=prompts.global_context,
             obj_memory=obj_memory,
             obj_memory_pos=obj_memory_pos,
             text_key_padding_mask=prompts.text_key_padding_mask,
-            context_cache=prompts.context_cache,
         )
         return HeadOutput(
             multimask_logits=masks, iou_pred=ious, sam_tokens=tokens, object_score_logits=obj_scores

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from mpgsam2.modeling.sam2.mask_decoder import ContextCache
+from mpgsam2.modeling.sam2.global_context import GlobalContext
 
 
 @dataclass
@@ -61,20 +61,18 @@ class FramePrompts:
     mask_prior: [B, 1, G, G] prior probabilities (dense prompt), or None.
     sparse_token: [B, 1, C] multimodal class token (sparse prompt), or None.
     text_feat: [B, L, C] word features of the expression for this frame.
-    global_context: [B, T, G*G, C] mask features of every frame of the clip (with temporal position), or None:
-        no global fusion, except the blocks ``context_cache`` covers.
+    global_context: the clip's global context (mask features of every frame, with temporal position): the raw
+        [B, T, G*G, C], or its ``ProjectedGlobalContext`` (computed once per clip, inference), or None: no global
+        fusion.
     text_key_padding_mask: [B, L] bool, True = word the decoder does not attend (expressions batched at a common
         length), or None (every word attended, the original).
-    context_cache: what the decoder reads from the global context, computed once per clip (inference), or None.
-        The global fusion blocks then run from it alone (``global_context`` may be None).
     """
 
     mask_prior: Tensor | None
     sparse_token: Tensor | None
     text_feat: Tensor | None
-    global_context: Tensor | None
+    global_context: GlobalContext | None
     text_key_padding_mask: Tensor | None = None
-    context_cache: ContextCache | None = None
 
 
 @dataclass

@@ -9,21 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.datasets import davis_captions, write_davis_dataset, write_ytvos_dataset
+from helpers.evaluation import COLLATE, TRANSFORM, PatternPredictor
 
 from data_modules import RefDAVISDataModule, RefYTVOSDataModule
 from data_modules.base import DataConfigError
-from mpgsam2.data import ClipTransform, ReferringBatch, ReferringCollate
+from mpgsam2.data import ReferringBatch
 from mpgsam2.data.video_dataset import ReferringVideoEvalDataset
 from mpgsam2.evaluation.benchmarks import BENCHMARKS, Benchmark, MaskFormat, Scoring, benchmark
 from mpgsam2.evaluation.runner import predict_to_staging
 from mpgsam2.evaluation.staging import EvalTarget, StagingArea
-
-
-class _StubTokenizer:
-    pad_id = 1
-
-    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.zeros(len(texts), 3, dtype=torch.long), torch.ones(len(texts), 3, dtype=torch.bool)
 
 
 class _Zeros:
@@ -106,8 +100,8 @@ def _run(source, staging: StagingArea, predictor) -> list[tuple[str, ...]]:
         [EvalTarget(source)],
         staging,
         MaskFormat.BINARY,
-        transform=ClipTransform(16, 8, train=False),
-        collate=ReferringCollate(_StubTokenizer()),
+        transform=TRANSFORM,
+        collate=COLLATE,
     )
 
 
@@ -192,3 +186,24 @@ def test_old_import_paths_are_aliases_of_the_evaluation_package() -> None:
     assert mpgsam2.inference.rank_and_world is mpgsam2.distributed.rank_and_world
     assert data_modules.base.rank_and_world is mpgsam2.distributed.rank_and_world
     assert mpgsam2.distributed.rank_and_world() == (0, 1)
+
+
+def test_the_old_runner_path_still_takes_a_one_expression_predictor(tmp_path: Path) -> None:
+    """``mpgsam2.inference.submission.predict_to_staging`` (the pre-seam path) wraps a predictor of one expression
+    per call in ``PerExpression``: it stages what the runner stages for the wrapped predictor."""
+    from mpgsam2.evaluation.runner import PerExpression
+    from mpgsam2.inference.submission import predict_to_staging as old_predict_to_staging
+
+    source = _valid_source(tmp_path)
+    options = dict(transform=TRANSFORM, collate=COLLATE)
+    old, new = StagingArea(tmp_path / "old"), StagingArea(tmp_path / "new")
+    plain = PatternPredictor()
+    written = old_predict_to_staging(plain, [EvalTarget(source)], old, MaskFormat.BINARY, **options)
+    assert written == predict_to_staging(
+        PerExpression(PatternPredictor()), [EvalTarget(source)], new, MaskFormat.BINARY, **options
+    )
+    assert len(plain.calls) == len(source.expressions)
+    old_files = sorted(p.relative_to(old.root) for p in old.root.rglob("*.png"))
+    assert old_files and old_files == sorted(p.relative_to(new.root) for p in new.root.rglob("*.png"))
+    for name in old_files:
+        assert (old.root / name).read_bytes() == (new.root / name).read_bytes()

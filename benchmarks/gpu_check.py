@@ -8,7 +8,8 @@ memory: once as configured by default and once with activation checkpointing of 
 ``--checkpoint-blocks`` (a fresh model built with ``MPGSAM2Config.activation_checkpointing``; the row reads "n/a"
 where this version's config has no such field). Sized to finish within 8 minutes on an H100 (``gpu_check.sh``
 enforces it; a section that would start after ``--budget-s`` prints a "skipped" row instead, so the table always
-comes out). ``--smoke`` runs the same code on the test model (``conf/model/{beit3,sam2}/test.yaml``) on the CPU
+comes out). ``--smoke`` runs the same code on the test model (``conf/model/{beit3,sam2}/test.yaml``) on the CPU,
+4 frames, a 2-frame clip and one timed training step
 (checks the script, measures nothing).
 
     bash benchmarks/gpu_check.sh            # on the GPU machine
@@ -236,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.smoke:
-        args.frames, args.train_steps = min(args.frames, 4), min(args.train_steps, 2)
+        # the same code paths at the smallest sizes that still run them (a test runs this on 2 cores)
+        args.frames, args.train_frames = min(args.frames, 4), min(args.train_frames, 2)
+        args.train_steps = 1
         torch.set_num_threads(2)
     device = torch.device("cpu" if args.smoke else "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():

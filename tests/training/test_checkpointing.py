@@ -156,16 +156,17 @@ def _train(run_dir: Path, data_dir: Path, *extra: str) -> subprocess.CompletedPr
         sys.executable,
         "train.py",
         "experiment=demo",
-        "data.generator.num_train_videos=4",
-        "data.generator.num_valid_videos=2",
+        # one video of 4 frames: 6 clips, 3 steps of 2 clips per epoch
+        "data.generator.num_train_videos=1",
+        "data.generator.num_valid_videos=1",
         "data.generator.num_frames=4",
         "data.batch_size=2",
         "data.val_split=null",  # training only: the losses are compared
         "model.dropout=0.1",  # random draws in every step: the resumed run must draw the same ones
         "logger=csv",
         "trainer.log_every_n_steps=1",
-        "trainer.max_steps=14",
-        "callbacks.last_checkpoint.every_n_train_steps=4",
+        "trainer.max_steps=7",
+        "callbacks.last_checkpoint.every_n_train_steps=2",
         "~callbacks.rich_progress_bar",
         "~callbacks.mask_overlay",
         f"paths.data_dir={data_dir}",
@@ -176,9 +177,14 @@ def _train(run_dir: Path, data_dir: Path, *extra: str) -> subprocess.CompletedPr
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
-def _losses(run_dir: Path) -> dict[int, float]:
+def _logged(run_dir: Path) -> list[dict[str, str]]:
+    """The CSV log's rows of the training loss (with their step and epoch)."""
     rows = csv.DictReader((run_dir / "csv" / "version_0" / "metrics.csv").open())
-    return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
+    return [r for r in rows if r.get("train/loss")]
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    return {int(r["step"]): float(r["train/loss"]) for r in _logged(run_dir)}
 
 
 @pytest.mark.slow
@@ -188,23 +194,26 @@ def test_a_run_killed_mid_epoch_resumes_with_the_same_losses(tmp_path: Path) -> 
     full = _train(tmp_path / "full", data_dir)
     assert full.returncode == 0, full.stderr[-3000:]
     reference = _losses(tmp_path / "full")
-    assert sorted(reference) == list(range(14))
+    assert sorted(reference) == list(range(7))
 
     killed = _train(
         tmp_path / "killed",
         data_dir,
         "+callbacks.kill._target_=helpers.kill.KillAtStep",
-        "+callbacks.kill.step=7",
+        "+callbacks.kill.step=3",
     )
-    assert killed.returncode == -9  # SIGKILL at step 7: last.ckpt is from step 4, mid-epoch
+    assert killed.returncode == -9  # SIGKILL at step 3: last.ckpt is from step 2, mid-epoch
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
     stored = torch.load(last, weights_only=True)
-    assert stored["global_step"] == 4 and stored["SyntheticDataModule"] == {"epoch": 0, "batches_done": 4}
+    assert stored["global_step"] == 2 and stored["SyntheticDataModule"] == {"epoch": 0, "batches_done": 2}
     assert not (tmp_path / "killed" / "checkpoints" / "final.ckpt").exists()
 
     resumed = _train(tmp_path / "resumed", data_dir, f"ckpt_path={last}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = _losses(tmp_path / "resumed")
-    assert sorted(after) == list(range(4, 14))  # steps 4.. (0-based), across the epoch boundary
+    # steps 2.. (0-based): the rest of epoch 0, all of epoch 1 (steps 3-5) and the start of epoch 2
+    assert sorted(after) == list(range(2, 7))
+    epochs = [(int(r["step"]), int(r["epoch"])) for r in _logged(tmp_path / "resumed")]
+    assert epochs == [(2, 0), (3, 1), (4, 1), (5, 1), (6, 2)]
     for step, loss in after.items():
         assert loss == pytest.approx(reference[step], abs=1e-6), (step, loss, reference[step])

@@ -6,12 +6,11 @@ is made once per session."""
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers.runs import TIMEOUT_S, TINY_DDP_TRAINING, losses, start, wait_all
+from helpers.runs import TINY_DDP_TRAINING, Processes, losses
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,8 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> DDPRun:
         f"paths.data_dir={data_dir}",
         f"hydra.run.dir={run_dir}",
     ]
-    [(code, out, err)] = wait_all([start(args)], time.monotonic() + TIMEOUT_S)
-    assert code == 0, err[-3000:]
+    with Processes() as run:
+        finished = run.finish(run.start(args))
+    assert finished.code == 0, finished.err[-3000:]
     assert sorted(losses(run_dir)) == [0, 1, 2]
-    return DDPRun(data_dir, run_dir, out)
+    return DDPRun(data_dir, run_dir, finished.out)

@@ -12,32 +12,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from helpers.configs import hydra_config_dir
-from helpers.runs import (
-    REPO,
-    TIMEOUT_S,
-    TINY_DDP_TRAINING,
-    final_weights,
-    losses,
-    start,
-    subprocess_env,
-    wait_all,
-)
+from helpers.runs import REPO, TINY_DDP_TRAINING, Processes, final_weights, free_ports, losses, subprocess_env
 from hydra import compose
 from omegaconf import DictConfig
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train_args(run_dir: Path, data_dir: Path, *extra: str) -> list[str]:
@@ -62,28 +45,29 @@ TWO_NODES = ["trainer=ddp_cpu", "trainer.devices=1", "trainer.num_nodes=2"]
 def test_two_torchrun_nodes_on_localhost_train_as_one_node_of_two_processes(tmp_path: Path, ddp_run) -> None:
     data_dir, reference = ddp_run.data_dir, ddp_run.run_dir
     # one torchrun per node, as the command of docs/configs.md (node rank 0 and 1)
-    port = _free_port()
-    nodes = [
-        start(
-            [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--nnodes=2",
-                "--nproc-per-node=1",
-                f"--node-rank={rank}",
-                "--master-addr=127.0.0.1",
-                f"--master-port={port}",
-                *_train_args(tmp_path / "two_nodes", data_dir, *TWO_NODES),
-            ]
-        )
-        for rank in (0, 1)
-    ]
-    results = wait_all(nodes, time.monotonic() + TIMEOUT_S)
-    assert [code for code, _, _ in results] == [0, 0], "\n".join(err[-3000:] for _, _, err in results)
+    [port] = free_ports(1)
+    with Processes() as run:
+        nodes = [
+            run.start(
+                [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--nnodes=2",
+                    "--nproc-per-node=1",
+                    f"--node-rank={rank}",
+                    "--master-addr=127.0.0.1",
+                    f"--master-port={port}",
+                    *_train_args(tmp_path / "two_nodes", data_dir, *TWO_NODES),
+                ]
+            )
+            for rank in (0, 1)
+        ]
+        results = run.finish_all(nodes)
+    assert [r.code for r in results] == [0, 0], "\n".join(r.err[-3000:] for r in results)
     # one world of two processes across the two launchers (not two single-process runs)
-    for rank, (_, out, err) in enumerate(results):
-        assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in out + err
+    for rank, result in enumerate(results):
+        assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in result.out + result.err
     _assert_same_training(reference, tmp_path / "two_nodes")
 
 
@@ -139,7 +123,7 @@ def test_a_fake_slurm_job_of_two_nodes_trains_as_one_node_of_two_processes(tmp_p
     env = subprocess_env(
         PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         FAKE_SBATCH_PIDS=str(pids),
-        MASTER_PORT=str(_free_port()),  # else Lightning's port from the job id
+        MASTER_PORT=str(free_ports(1)[0]),  # else Lightning's port from the job id
     )
     sweep = tmp_path / "sweep"
     cmd = [
@@ -153,9 +137,9 @@ def test_a_fake_slurm_job_of_two_nodes_trains_as_one_node_of_two_processes(tmp_p
         f"hydra.sweep.dir={sweep}",
         "hydra.launcher.setup=['export MPGSAM2_TEST_SETUP=ran']",
     ]
-    launcher = start(cmd, env)
     try:
-        [(code, _, err)] = wait_all([launcher], time.monotonic() + TIMEOUT_S)
+        with Processes() as run:
+            launcher = run.finish(run.start(cmd, env))
     finally:  # the tasks fake_sbatch started are not the launcher's children
         for pid in map(int, pids.read_text().split()) if pids.exists() else []:
             try:
@@ -164,7 +148,7 @@ def test_a_fake_slurm_job_of_two_nodes_trains_as_one_node_of_two_processes(tmp_p
                 pass
     logs = sorted((sweep / ".submitit").glob("*/*_log.*"))
     task_output = "\n".join(f"== {p.name}\n{p.read_text()[-2000:]}" for p in logs)
-    assert code == 0, err[-3000:] + task_output
+    assert launcher.code == 0, launcher.err[-3000:] + task_output
 
     script = next((sweep / ".submitit").glob("*/*_submission.sh")).read_text()
     for flag in ("--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=1", "--job-name=train"):

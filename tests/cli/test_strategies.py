@@ -17,6 +17,7 @@ import pytest
 import torch
 from helpers.configs import TINY_RECIPE, compose_config
 from helpers.datasets import synthetic_tokenizer, write_ytvos_dataset
+from helpers.runs import Processes, free_ports, subprocess_env
 from omegaconf import DictConfig
 
 import eval as eval_entry
@@ -34,6 +35,10 @@ def _run(script: str, run_dir: Path, *overrides: str, timeout: int = 600) -> sub
     cmd = [sys.executable, script, *overrides, f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _train_command(run_dir: Path, overrides: list[str]) -> list[str]:
+    return [sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}"]
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
@@ -114,40 +119,44 @@ def test_two_processes_accumulating_two_clips_update_as_one_process_accumulating
         "~callbacks.mask_overlay",
         "~callbacks.lr_monitor",
     ]
-    two = _run("train.py", tmp_path / "d2", *common, "trainer=ddp_cpu", "trainer.devices=2")
-    assert two.returncode == 0, two.stderr[-3000:]
+    one_process = compose_config("train", [*common, "trainer=cpu"], tmp_path / "d1")
+    with Processes(timeout_s=600) as runs:
+        # the run under test starts first; this process builds the reference while it runs
+        two_run = runs.start(
+            _train_command(tmp_path / "d2", [*common, "trainer=ddp_cpu", "trainer.devices=2"])
+        )
+        initial = _initial_system(one_process)  # the same seed builds the same initial weights in every run
+        # the same clips on one process, accumulating all 4 (train.py's run, in this process)
+        with caplog.at_level(logging.INFO, logger="train"):
+            train_entry.run(one_process)
+        two = runs.finish(two_run)
+    assert two.code == 0, two.err[-3000:]
     assert (
         "global batch 4 = 2 devices x 1 clip x 2 accumulation" in (tmp_path / "d2" / "train.log").read_text()
     )
-    final_two = torch.load(tmp_path / "d2" / "checkpoints" / "final.ckpt", weights_only=True)
-    assert final_two["global_step"] == 1
-
-    # the same clips on one process, accumulating all 4 (train.py's run, in this process)
-    with caplog.at_level(logging.INFO, logger="train"):
-        train_entry.run(compose_config("train", [*common, "trainer=cpu"], tmp_path / "d1"))
     assert "global batch 4 = 1 device x 1 clip x 4 accumulation" in caplog.messages
+    final_two = torch.load(tmp_path / "d2" / "checkpoints" / "final.ckpt", weights_only=True)
     final_one = torch.load(tmp_path / "d1" / "run" / "checkpoints" / "final.ckpt", weights_only=True)
-    assert final_one["global_step"] == 1
+    assert final_two["global_step"] == 1 and final_one["global_step"] == 1
 
-    initial = load_model(tmp_path / "d2" / "checkpoints" / "final.ckpt").model  # only for the names
-    trainable = [f"model.{n}" for n, p in initial.named_parameters() if p.requires_grad]
+    trainable = [n for n, p in initial.named_parameters() if p.requires_grad]
     for name in trainable:
         torch.testing.assert_close(
             final_two["state_dict"][name], final_one["state_dict"][name], rtol=1e-5, atol=1e-6, msg=name
         )
-    # the step moved the weights far more than the tolerance (the same seed built the same initial weights)
-    reference = _initial_weights(compose_config("train", [*common, "trainer=cpu"], tmp_path / "initial"))
+    # the step moved the weights far more than the tolerance
+    start = initial.state_dict()
     largest_update = max(
-        float((final_two["state_dict"][name] - reference[name]).abs().max()) for name in trainable
+        float((final_two["state_dict"][name] - start[name]).abs().max()) for name in trainable
     )
     assert largest_update > 1e-2
 
 
-def _initial_weights(cfg: DictConfig) -> dict[str, torch.Tensor]:
-    """The weights a run of ``cfg`` starts from: its seed and config, built in this process."""
+def _initial_system(cfg: DictConfig) -> L.LightningModule:
+    """The Lightning system a run of ``cfg`` starts with: its seed and config, built in this process."""
     L.seed_everything(cfg.seed, workers=True)
     system, _ = train_entry.build_components(cfg)
-    return {k: v.detach().clone() for k, v in system.state_dict().items()}
+    return system
 
 
 # --------------------------------------------------------------------------------------------------------- fsdp
@@ -198,32 +207,42 @@ def test_fsdp_recipe_trains_resumes_after_a_kill_with_the_same_losses_and_evalua
         "~callbacks.rich_progress_bar",
         "~callbacks.mask_overlay",
     ]
-    full = _run("train.py", tmp_path / "full", *common)
-    assert full.returncode == 0, full.stderr[-3000:]
+    kill = ["+callbacks.kill._target_=helpers.kill.KillAtStep", "+callbacks.kill.step=3"]
+    # the three runs overlap where they can (each on its own rendezvous port): the uninterrupted and the killed
+    # run start together, the resumed one as soon as the killed one is dead
+    ports = free_ports(3)
+    with Processes(timeout_s=600) as runs:
+        full_run = runs.start(
+            _train_command(tmp_path / "full", common), subprocess_env(MASTER_PORT=str(ports[0]))
+        )
+        killed = runs.finish(
+            runs.start(
+                _train_command(tmp_path / "killed", [*common, *kill]),
+                subprocess_env(MASTER_PORT=str(ports[1])),
+            )
+        )
+        # SIGKILL at step 3 (both processes), before the validation at the end of epoch 0: last.ckpt is from
+        # step 2, mid-epoch
+        assert killed.code == -9, killed.err[-3000:]
+        checkpoints = tmp_path / "killed" / "checkpoints"
+        assert sorted(p.name for p in checkpoints.iterdir()) == [
+            "last.ckpt"
+        ]  # a single file, nothing half-written
+        last = torch.load(checkpoints / "last.ckpt", weights_only=True)
+        assert last["global_step"] == 2 and last["RefYTVOSDataModule"] == {"epoch": 0, "batches_done": 2}
+        assert len(last["callbacks"]["RandomStateCheckpoint"]["ranks"]) == 2  # both processes' states
+
+        resumed_run = runs.start(
+            _train_command(tmp_path / "resumed", [*common, f"ckpt_path={checkpoints / 'last.ckpt'}"]),
+            subprocess_env(MASTER_PORT=str(ports[2])),
+        )
+        full = runs.finish(full_run)
+        assert full.code == 0, full.err[-3000:]
+        resumed = runs.finish(resumed_run)
+        assert resumed.code == 0, resumed.err[-3000:]
     reference = _losses(tmp_path / "full")
     assert sorted(reference) == list(range(4))
     metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
-
-    killed = _run(
-        "train.py",
-        tmp_path / "killed",
-        *common,
-        "+callbacks.kill._target_=helpers.kill.KillAtStep",
-        "+callbacks.kill.step=3",
-    )
-    # SIGKILL at step 3 (both processes), before the validation at the end of epoch 0: last.ckpt is from step 2,
-    # mid-epoch
-    assert killed.returncode == -9
-    checkpoints = tmp_path / "killed" / "checkpoints"
-    assert sorted(p.name for p in checkpoints.iterdir()) == [
-        "last.ckpt"
-    ]  # a single file, nothing half-written
-    last = torch.load(checkpoints / "last.ckpt", weights_only=True)
-    assert last["global_step"] == 2 and last["RefYTVOSDataModule"] == {"epoch": 0, "batches_done": 2}
-    assert len(last["callbacks"]["RandomStateCheckpoint"]["ranks"]) == 2  # both processes' states
-
-    resumed = _run("train.py", tmp_path / "resumed", *common, f"ckpt_path={checkpoints / 'last.ckpt'}")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = _losses(tmp_path / "resumed")
     # step 2 ends epoch 0, step 3 comes after its validation, in epoch 1
     assert sorted(after) == [2, 3]

@@ -7,8 +7,10 @@ import csv
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,46 +36,95 @@ TIMEOUT_S = 240  # a bound on a hung rendezvous; a run takes 20-40 s on the 2-co
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    """This environment with the repository importable and one thread per process (the processes of a run share
-    the 2 cores)."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **extra}
+    """This environment with the repository and tests/ importable (``helpers.kill``) and one thread per process
+    (the processes of a run share the 2 cores)."""
+    path = os.pathsep.join([str(REPO), str(REPO / "tests")])
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, **extra}
 
 
-def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start ``args`` in the repository in a session of its own (so that :func:`wait_all` can end the processes
-    it starts), its output captured."""
-    return subprocess.Popen(
-        args,
-        cwd=REPO,
-        env=env or subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def wait_all(procs: list[subprocess.Popen], deadline: float) -> list[tuple[int | None, str, str]]:
-    """Wait for every process: (exit code, stdout, stderr) each. On a timeout or a failed process, kill each
-    one's process group (the launcher and the workers it started) so that no straggler holds the port or the
-    CPU."""
-    results: list[tuple[int | None, str, str]] = []
+def free_ports(count: int) -> list[int]:
+    """``count`` different free TCP ports of localhost (held together while chosen): one per multi-process run
+    that runs beside others (``MASTER_PORT``)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
     try:
-        for proc in procs:
-            try:
-                out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                results.append((None, "", f"{shlex.join(proc.args)}: no exit within {TIMEOUT_S} s"))
-                break
-            results.append((proc.returncode, out, err))
-            if proc.returncode != 0:
-                break
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
     finally:
+        for s in sockets:
+            s.close()
+
+
+@dataclass(frozen=True)
+class Finished:
+    code: int | None  # None: no exit before the deadline (the process group was killed)
+    out: str
+    err: str
+
+
+class Processes:
+    """The processes a test starts (``with Processes() as run: proc = run.start([...])``), each in a session of
+    its own, their output captured. When the block ends (at the end, by a failed assertion or a timeout), what
+    is left of each one's process group (the launcher and the workers it started) is killed, so that no
+    straggler holds a port or the CPU.
+
+    Args:
+        timeout_s: the deadline of every :meth:`finish`, from the start of the block.
+    """
+
+    def __init__(self, timeout_s: float = TIMEOUT_S) -> None:
+        self.timeout_s = timeout_s
+        self.deadline = time.monotonic() + timeout_s
+        self._procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self._procs:
+            self._kill(proc)
+
+    def start(self, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start ``args`` in the repository (environment: :func:`subprocess_env` unless given)."""
+        proc = subprocess.Popen(
+            args,
+            cwd=REPO,
+            env=env or subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self._procs.append(proc)
+        return proc
+
+    def finish(self, proc: subprocess.Popen) -> Finished:
+        """Wait for ``proc`` until the deadline (then kill its process group)."""
+        try:
+            out, err = proc.communicate(timeout=max(1.0, self.deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self._kill(proc)
+            return Finished(None, "", f"{shlex.join(proc.args)}: no exit within {self.timeout_s:.0f} s")
+        return Finished(proc.returncode, out, err)
+
+    def finish_all(self, procs: list[subprocess.Popen]) -> list[Finished]:
+        """Wait for each process in order, up to the first that fails (the others are killed when the block
+        ends)."""
+        results: list[Finished] = []
         for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    return results
+            results.append(self.finish(proc))
+            if results[-1].code != 0:
+                break
+        return results
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen) -> None:
+        # the group also when its first process has exited: a worker it started may live on
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
 
 def losses(run_dir: Path) -> dict[int, float]:

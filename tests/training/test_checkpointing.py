@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.runs import Processes
 from torch import nn
 
 from callbacks.checkpointing import (
@@ -151,8 +152,8 @@ def test_last_checkpoint_refuses_to_overwrite_with_non_finite_weights(tmp_path: 
 # ------------------------------------------------------------------------------------- a real process, killed
 
 
-def _train(run_dir: Path, data_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [
+def _train_command(run_dir: Path, data_dir: Path, *extra: str) -> list[str]:
+    return [
         sys.executable,
         "train.py",
         "experiment=demo",
@@ -173,8 +174,6 @@ def _train(run_dir: Path, data_dir: Path, *extra: str) -> subprocess.CompletedPr
         f"hydra.run.dir={run_dir}",
         *extra,
     ]
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
 def _logged(run_dir: Path) -> list[dict[str, str]]:
@@ -190,26 +189,33 @@ def _losses(run_dir: Path) -> dict[int, float]:
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_a_run_killed_mid_epoch_resumes_with_the_same_losses(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    full = _train(tmp_path / "full", data_dir)
-    assert full.returncode == 0, full.stderr[-3000:]
+    # the uninterrupted and the killed run start together (each generates its copy of the synthetic dataset),
+    # the resumed one as soon as the killed one is dead
+    with Processes(timeout_s=900) as runs:
+        full_run = runs.start(_train_command(tmp_path / "full", tmp_path / "full_data"))
+        killed = runs.finish(
+            runs.start(
+                _train_command(
+                    tmp_path / "killed",
+                    tmp_path / "data",
+                    "+callbacks.kill._target_=helpers.kill.KillAtStep",
+                    "+callbacks.kill.step=3",
+                )
+            )
+        )
+        assert killed.code == -9, killed.err[-3000:]  # SIGKILL at step 3: last.ckpt is from step 2, mid-epoch
+        last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+        stored = torch.load(last, weights_only=True)
+        assert stored["global_step"] == 2 and stored["SyntheticDataModule"] == {"epoch": 0, "batches_done": 2}
+        assert not (tmp_path / "killed" / "checkpoints" / "final.ckpt").exists()
+
+        resumed_run = runs.start(_train_command(tmp_path / "resumed", tmp_path / "data", f"ckpt_path={last}"))
+        full = runs.finish(full_run)
+        assert full.code == 0, full.err[-3000:]
+        resumed = runs.finish(resumed_run)
+        assert resumed.code == 0, resumed.err[-3000:]
     reference = _losses(tmp_path / "full")
     assert sorted(reference) == list(range(7))
-
-    killed = _train(
-        tmp_path / "killed",
-        data_dir,
-        "+callbacks.kill._target_=helpers.kill.KillAtStep",
-        "+callbacks.kill.step=3",
-    )
-    assert killed.returncode == -9  # SIGKILL at step 3: last.ckpt is from step 2, mid-epoch
-    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
-    stored = torch.load(last, weights_only=True)
-    assert stored["global_step"] == 2 and stored["SyntheticDataModule"] == {"epoch": 0, "batches_done": 2}
-    assert not (tmp_path / "killed" / "checkpoints" / "final.ckpt").exists()
-
-    resumed = _train(tmp_path / "resumed", data_dir, f"ckpt_path={last}")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = _losses(tmp_path / "resumed")
     # steps 2.. (0-based): the rest of epoch 0, all of epoch 1 (steps 3-5) and the start of epoch 2
     assert sorted(after) == list(range(2, 7))

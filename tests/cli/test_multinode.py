@@ -5,7 +5,8 @@ submitted through it to a stand-in `sbatch` trains as the same two processes.
 
 The runs of train.py (about 20-40 s each on the 2-core CPU machine: process start-up and a rendezvous
 dominate) are what is tested: the launchers as a user starts them. The one-machine reference is the session's
-shared two-process run (`ddp_run`, tests/cli/conftest.py); these runs use its config and its dataset."""
+shared two-process run (`ddp_run`, tests/cli/conftest.py), which runs beside the first of them; these runs use
+its config and its dataset."""
 
 from __future__ import annotations
 
@@ -18,7 +19,16 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.configs import hydra_config_dir
-from helpers.runs import REPO, TINY_DDP_TRAINING, Processes, final_weights, free_ports, losses, subprocess_env
+from helpers.runs import (
+    REPO,
+    TINY_DDP_TRAINING,
+    Processes,
+    SharedDDPRun,
+    final_weights,
+    free_ports,
+    losses,
+    subprocess_env,
+)
 from hydra import compose
 from omegaconf import DictConfig
 
@@ -27,7 +37,9 @@ def _train_args(run_dir: Path, data_dir: Path, *extra: str) -> list[str]:
     return ["train.py", *TINY_DDP_TRAINING, f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}", *extra]
 
 
-def _assert_same_training(reference: Path, run_dir: Path) -> None:
+def _assert_same_training(ddp_run: SharedDDPRun, run_dir: Path) -> None:
+    ddp_run.wait()
+    reference = ddp_run.run_dir
     assert losses(run_dir) == losses(reference)  # exactly: the same processes, data shards and all-reduce
     a, b = final_weights(reference), final_weights(run_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -42,8 +54,9 @@ TWO_NODES = ["trainer=ddp_cpu", "trainer.devices=1", "trainer.num_nodes=2"]
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_two_torchrun_nodes_on_localhost_train_as_one_node_of_two_processes(tmp_path: Path, ddp_run) -> None:
-    data_dir, reference = ddp_run.data_dir, ddp_run.run_dir
+def test_two_torchrun_nodes_on_localhost_train_as_one_node_of_two_processes(
+    tmp_path: Path, ddp_run: SharedDDPRun
+) -> None:
     # one torchrun per node, as the command of docs/configs.md (node rank 0 and 1)
     [port] = free_ports(1)
     with Processes() as run:
@@ -58,7 +71,7 @@ def test_two_torchrun_nodes_on_localhost_train_as_one_node_of_two_processes(tmp_
                     f"--node-rank={rank}",
                     "--master-addr=127.0.0.1",
                     f"--master-port={port}",
-                    *_train_args(tmp_path / "two_nodes", data_dir, *TWO_NODES),
+                    *_train_args(tmp_path / "two_nodes", ddp_run.data_dir, *TWO_NODES),
                 ]
             )
             for rank in (0, 1)
@@ -68,7 +81,7 @@ def test_two_torchrun_nodes_on_localhost_train_as_one_node_of_two_processes(tmp_
     # one world of two processes across the two launchers (not two single-process runs)
     for rank, result in enumerate(results):
         assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in result.out + result.err
-    _assert_same_training(reference, tmp_path / "two_nodes")
+    _assert_same_training(ddp_run, tmp_path / "two_nodes")
 
 
 # ------------------------------------------------------------------------- SLURM (Hydra's submitit launcher)
@@ -104,11 +117,12 @@ def test_the_slurm_launcher_asks_for_one_task_per_gpu_on_the_trainers_nodes(
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_a_fake_slurm_job_of_two_nodes_trains_as_one_node_of_two_processes(tmp_path: Path, ddp_run) -> None:
+def test_a_fake_slurm_job_of_two_nodes_trains_as_one_node_of_two_processes(
+    tmp_path: Path, ddp_run: SharedDDPRun
+) -> None:
     """`python train.py -m hydra/launcher=slurm ...` end to end: submitit writes the batch script and calls
     `sbatch`, here tests/helpers/fake_sbatch.py, which starts the srun command's tasks on this machine with the
     SLURM_* variables; Lightning's SLURMEnvironment makes them one world of two processes."""
-    data_dir, reference = ddp_run.data_dir, ddp_run.run_dir
     bin_dir, pids = tmp_path / "bin", tmp_path / "pids"
     bin_dir.mkdir()
     sbatch = bin_dir / "sbatch"
@@ -133,7 +147,7 @@ def test_a_fake_slurm_job_of_two_nodes_trains_as_one_node_of_two_processes(tmp_p
         "hydra/launcher=slurm",
         *TINY_DDP_TRAINING,
         *TWO_NODES,
-        f"paths.data_dir={data_dir}",
+        f"paths.data_dir={ddp_run.data_dir}",
         f"hydra.sweep.dir={sweep}",
         "hydra.launcher.setup=['export MPGSAM2_TEST_SETUP=ran']",
     ]
@@ -157,4 +171,4 @@ def test_a_fake_slurm_job_of_two_nodes_trains_as_one_node_of_two_processes(tmp_p
     for rank in (0, 1):
         [err_log] = [p for p in logs if p.name.endswith(f"_{rank}_log.err")]
         assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in err_log.read_text()
-    _assert_same_training(reference, sweep / "0")
+    _assert_same_training(ddp_run, sweep / "0")

@@ -143,7 +143,7 @@ def test_swapped_expressions_change_what_is_evaluated(tmp_path, data_dir):
 @pytest.mark.subprocess
 def test_ddp_on_two_cpu_processes_syncs_jf(tmp_path, ddp_run):
     """The session's real two-process DDP run of train.py (``ddp_run``, tests/cli/conftest.py)."""
-    last_line = ddp_run.stdout.strip().splitlines()[-1]
+    last_line = ddp_run.wait().out.strip().splitlines()[-1]
     assert last_line.startswith("val/jf=")
     record = json.loads((ddp_run.run_dir / "metrics.json").read_text())
     assert record["global_step"] == 3

@@ -9,11 +9,18 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import torch
+from omegaconf import OmegaConf
+
+from helpers.configs import compose_config
+from mpgsam2.data.synthetic import SyntheticConfig, generate_synthetic_ytvos
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,17 +49,27 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, **extra}
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_ports(count: int) -> list[int]:
-    """``count`` different free TCP ports of localhost (held together while chosen): one per multi-process run
-    that runs beside others (``MASTER_PORT``)."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    """``count`` free TCP ports of localhost for the rendezvous of runs that run beside each other
+    (``MASTER_PORT``): different from each other and from every port this process gave before (a run binds its
+    port seconds after it starts; one chosen meanwhile must not be the same)."""
+    sockets: list[socket.socket] = []
     try:
-        for s in sockets:
+        while len(sockets) < count:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
+            sockets.append(s)  # held until all are chosen: the system gives each a different one
+            if s.getsockname()[1] in _PORTS_GIVEN:
+                sockets.pop().close()
+        ports = [s.getsockname()[1] for s in sockets]
     finally:
         for s in sockets:
             s.close()
+    _PORTS_GIVEN.update(ports)
+    return ports
 
 
 @dataclass(frozen=True)
@@ -64,9 +81,10 @@ class Finished:
 
 class Processes:
     """The processes a test starts (``with Processes() as run: proc = run.start([...])``), each in a session of
-    its own, their output captured. When the block ends (at the end, by a failed assertion or a timeout), what
-    is left of each one's process group (the launcher and the workers it started) is killed, so that no
-    straggler holds a port or the CPU.
+    its own, its output captured in temporary files (not pipes: a process that runs while the test waits for
+    another must never block on a full pipe). When the block ends (at the end, by a failed assertion or a
+    timeout), what is left of each one's process group (the launcher and the workers it started) is killed, so
+    that no straggler holds a port or the CPU.
 
     Args:
         timeout_s: the deadline of every :meth:`finish`, from the start of the block.
@@ -75,37 +93,37 @@ class Processes:
     def __init__(self, timeout_s: float = TIMEOUT_S) -> None:
         self.timeout_s = timeout_s
         self.deadline = time.monotonic() + timeout_s
-        self._procs: list[subprocess.Popen] = []
+        self._procs: dict[subprocess.Popen, tuple[IO[bytes], IO[bytes]]] = {}
 
     def __enter__(self) -> Processes:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for proc in self._procs:
+        for proc, files in self._procs.items():
             self._kill(proc)
+            for f in files:
+                f.close()
 
     def start(self, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         """Start ``args`` in the repository (environment: :func:`subprocess_env` unless given)."""
+        out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
         proc = subprocess.Popen(
-            args,
-            cwd=REPO,
-            env=env or subprocess_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
+            args, cwd=REPO, env=env or subprocess_env(), stdout=out, stderr=err, start_new_session=True
         )
-        self._procs.append(proc)
+        self._procs[proc] = (out, err)
         return proc
 
     def finish(self, proc: subprocess.Popen) -> Finished:
         """Wait for ``proc`` until the deadline (then kill its process group)."""
         try:
-            out, err = proc.communicate(timeout=max(1.0, self.deadline - time.monotonic()))
+            code = proc.wait(timeout=max(1.0, self.deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self._kill(proc)
-            return Finished(None, "", f"{shlex.join(proc.args)}: no exit within {self.timeout_s:.0f} s")
-        return Finished(proc.returncode, out, err)
+            code = None
+        out, err = (self._read(f) for f in self._procs[proc])
+        if code is None:
+            err += f"\n{shlex.join(proc.args)}: no exit within {self.timeout_s:.0f} s"
+        return Finished(code, out, err)
 
     def finish_all(self, procs: list[subprocess.Popen]) -> list[Finished]:
         """Wait for each process in order, up to the first that fails (the others are killed when the block
@@ -118,6 +136,11 @@ class Processes:
         return results
 
     @staticmethod
+    def _read(f: IO[bytes]) -> str:
+        f.seek(0)
+        return f.read().decode(errors="replace")
+
+    @staticmethod
     def _kill(proc: subprocess.Popen) -> None:
         # the group also when its first process has exited: a worker it started may live on
         try:
@@ -125,6 +148,37 @@ class Processes:
         except ProcessLookupError:
             pass
         proc.wait()
+
+
+class SharedDDPRun:
+    """`python train.py` + :data:`helpers.runs.TINY_DDP_TRAINING` + `trainer=ddp_cpu`: one machine, two
+    processes, 3 steps, then the final weights validated. Its dataset is in :attr:`data_dir` before it starts
+    (generated in this process: the runs started beside it read it and need not generate it at once)."""
+
+    def __init__(self, runs: Processes, root: Path) -> None:
+        self.data_dir, self.run_dir = root / "data", root / "run"
+        cfg = compose_config("train", TINY_DDP_TRAINING, root / "compose", self.data_dir)
+        generate_synthetic_ytvos(cfg.data.root, SyntheticConfig(**OmegaConf.to_container(cfg.data.generator)))
+        args = [
+            sys.executable,
+            "train.py",
+            *TINY_DDP_TRAINING,
+            "trainer=ddp_cpu",
+            f"paths.data_dir={self.data_dir}",
+            f"hydra.run.dir={self.run_dir}",
+        ]
+        self._runs = runs
+        self._proc: subprocess.Popen = runs.start(args, subprocess_env(MASTER_PORT=str(free_ports(1)[0])))
+        self._finished: Finished | None = None
+
+    def wait(self) -> Finished:
+        """Wait for the run (once): it trained its 3 steps and exited without an error. Returns its output (both
+        processes': the Lightning launcher's child writes to its parent's stdout)."""
+        if self._finished is None:
+            self._finished = self._runs.finish(self._proc)
+        assert self._finished.code == 0, self._finished.err[-3000:]
+        assert sorted(losses(self.run_dir)) == [0, 1, 2]
+        return self._finished
 
 
 def losses(run_dir: Path) -> dict[int, float]:

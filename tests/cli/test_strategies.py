@@ -208,19 +208,20 @@ def test_fsdp_recipe_trains_resumes_after_a_kill_with_the_same_losses_and_evalua
         "~callbacks.mask_overlay",
     ]
     kill = ["+callbacks.kill._target_=helpers.kill.KillAtStep", "+callbacks.kill.step=3"]
-    # the three runs overlap where they can (each on its own rendezvous port): the uninterrupted and the killed
-    # run start together, the resumed one as soon as the killed one is dead
+    # the three runs overlap where they can (each on its own rendezvous port): the killed run starts first, the
+    # uninterrupted one beside it at a lower priority (it is needed last), the resumed one as soon as the killed
+    # one is dead
     ports = free_ports(3)
     with Processes(timeout_s=600) as runs:
+        killed_run = runs.start(
+            _train_command(tmp_path / "killed", [*common, *kill]), subprocess_env(MASTER_PORT=str(ports[1]))
+        )
         full_run = runs.start(
-            _train_command(tmp_path / "full", common), subprocess_env(MASTER_PORT=str(ports[0]))
+            _train_command(tmp_path / "full", common),
+            subprocess_env(MASTER_PORT=str(ports[0])),
+            background=True,
         )
-        killed = runs.finish(
-            runs.start(
-                _train_command(tmp_path / "killed", [*common, *kill]),
-                subprocess_env(MASTER_PORT=str(ports[1])),
-            )
-        )
+        killed = runs.finish(killed_run)
         # SIGKILL at step 3 (both processes), before the validation at the end of epoch 0: last.ckpt is from
         # step 2, mid-epoch
         assert killed.code == -9, killed.err[-3000:]

@@ -189,20 +189,19 @@ def _losses(run_dir: Path) -> dict[int, float]:
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_a_run_killed_mid_epoch_resumes_with_the_same_losses(tmp_path: Path) -> None:
-    # the uninterrupted and the killed run start together (each generates its copy of the synthetic dataset),
-    # the resumed one as soon as the killed one is dead
+    # the killed run starts first, the uninterrupted one beside it at a lower priority (it is needed last; each
+    # generates its copy of the synthetic dataset), the resumed one as soon as the killed one is dead
     with Processes(timeout_s=900) as runs:
-        full_run = runs.start(_train_command(tmp_path / "full", tmp_path / "full_data"))
-        killed = runs.finish(
-            runs.start(
-                _train_command(
-                    tmp_path / "killed",
-                    tmp_path / "data",
-                    "+callbacks.kill._target_=helpers.kill.KillAtStep",
-                    "+callbacks.kill.step=3",
-                )
+        killed_run = runs.start(
+            _train_command(
+                tmp_path / "killed",
+                tmp_path / "data",
+                "+callbacks.kill._target_=helpers.kill.KillAtStep",
+                "+callbacks.kill.step=3",
             )
         )
+        full_run = runs.start(_train_command(tmp_path / "full", tmp_path / "full_data"), background=True)
+        killed = runs.finish(killed_run)
         assert killed.code == -9, killed.err[-3000:]  # SIGKILL at step 3: last.ckpt is from step 2, mid-epoch
         last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
         stored = torch.load(last, weights_only=True)

@@ -14,6 +14,8 @@ it writes no ``final.ckpt`` or ``metrics.json`` and leaves the last good ``last.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
 import warnings
 from collections.abc import Mapping
@@ -226,4 +228,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    # at exit the interpreter would collect the cycles among all objects of torch, Lightning and SciPy (about
+    # 1.3 s of every process on a 2-core machine): frozen, they go with the process's memory; buffered files and
+    # logs are flushed all the same (by the atexit handlers, which run before, and by their own close)
+    atexit.register(gc.freeze)
     main()

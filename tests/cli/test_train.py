@@ -1,13 +1,11 @@
 """End to end through train.py / eval.py on a tiny synthetic dataset: fast_dev_run, train -> eval reproduces J&F,
-resume, bf16-mixed, and DDP over two CPU processes (the one subprocess test)."""
+resume, bf16-mixed, and DDP over two CPU processes (the one subprocess test, on the session's shared run)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
+import re
 from pathlib import Path
 
 import lightning as L
@@ -19,7 +17,6 @@ from omegaconf import open_dict
 import eval as eval_entry
 import train as train_entry
 
-REPO = Path(__file__).resolve().parents[2]
 FAST = [*TINY_SYNTHETIC, "logger=none", "trainer.val_check_interval=1.0", "trainer.check_val_every_n_epoch=1"]
 
 
@@ -145,29 +142,18 @@ def test_swapped_expressions_change_what_is_evaluated(tmp_path, data_dir):
 
 
 @pytest.mark.subprocess
-def test_ddp_on_two_cpu_processes_syncs_jf(tmp_path, data_dir):
-    run_dir = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "train.py",
-        "experiment=demo",
-        *FAST,
-        "trainer=ddp_cpu",
-        "trainer.max_steps=2",
-        f"paths.data_dir={data_dir}",
-        f"hydra.run.dir={run_dir}",
-        "~callbacks.rich_progress_bar",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    last_line = proc.stdout.strip().splitlines()[-1]
-    assert last_line.startswith("val/jf=")
-    record = json.loads((run_dir / "metrics.json").read_text())
-    assert record["global_step"] == 2
-    assert float(last_line.split("=")[1]) == pytest.approx(record["jf"], abs=1e-4)
+def test_ddp_on_two_cpu_processes_syncs_jf(tmp_path, ddp_run):
+    """The session's real two-process DDP run of train.py (``ddp_run``, tests/cli/conftest.py)."""
+    out = ddp_run.wait().out
+    assert out.strip().splitlines()[-1].startswith("val/jf=")
+    record = json.loads((ddp_run.run_dir / "metrics.json").read_text())
+    assert record["global_step"] == 3
+    # each process prints the line, into the same stdout: unbuffered (PYTHONUNBUFFERED), a line's text and its
+    # newline are two writes, so the two lines may come interleaved ("val/jf=0.1818val/jf=0.1818")
+    printed = [float(v) for v in re.findall(r"val/jf=(\d+\.\d+)", out)]
+    assert printed and all(v == pytest.approx(record["jf"], abs=1e-4) for v in printed)
     # the J&F gathered from the two ranks' shards equals a single-process evaluation of the same weights
-    eval_cfg = compose_config("eval", [f"ckpt={record['checkpoint']}"], tmp_path / "eval", data_dir)
+    eval_cfg = compose_config("eval", [f"ckpt={record['checkpoint']}"], tmp_path / "eval", ddp_run.data_dir)
     single = eval_entry.run(eval_cfg)
     assert single["jf"] == pytest.approx(record["jf"], abs=1e-6)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.runs import Processes
 from torch import nn
 
 from callbacks.checkpointing import (
@@ -151,60 +152,73 @@ def test_last_checkpoint_refuses_to_overwrite_with_non_finite_weights(tmp_path: 
 # ------------------------------------------------------------------------------------- a real process, killed
 
 
-def _train(run_dir: Path, data_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [
+def _train_command(run_dir: Path, data_dir: Path, *extra: str) -> list[str]:
+    return [
         sys.executable,
         "train.py",
         "experiment=demo",
-        "data.generator.num_train_videos=4",
-        "data.generator.num_valid_videos=2",
+        # one video of 4 frames: 6 clips, 3 steps of 2 clips per epoch
+        "data.generator.num_train_videos=1",
+        "data.generator.num_valid_videos=1",
         "data.generator.num_frames=4",
         "data.batch_size=2",
         "data.val_split=null",  # training only: the losses are compared
         "model.dropout=0.1",  # random draws in every step: the resumed run must draw the same ones
         "logger=csv",
         "trainer.log_every_n_steps=1",
-        "trainer.max_steps=14",
-        "callbacks.last_checkpoint.every_n_train_steps=4",
+        "trainer.max_steps=7",
+        "callbacks.last_checkpoint.every_n_train_steps=2",
         "~callbacks.rich_progress_bar",
         "~callbacks.mask_overlay",
         f"paths.data_dir={data_dir}",
         f"hydra.run.dir={run_dir}",
         *extra,
     ]
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _logged(run_dir: Path) -> list[dict[str, str]]:
+    """The CSV log's rows of the training loss (with their step and epoch)."""
+    rows = csv.DictReader((run_dir / "csv" / "version_0" / "metrics.csv").open())
+    return [r for r in rows if r.get("train/loss")]
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
-    rows = csv.DictReader((run_dir / "csv" / "version_0" / "metrics.csv").open())
-    return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
+    return {int(r["step"]): float(r["train/loss"]) for r in _logged(run_dir)}
 
 
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_a_run_killed_mid_epoch_resumes_with_the_same_losses(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    full = _train(tmp_path / "full", data_dir)
-    assert full.returncode == 0, full.stderr[-3000:]
+    # the killed run starts first, the uninterrupted one beside it at a lower priority (it is needed last; each
+    # generates its copy of the synthetic dataset), the resumed one as soon as the killed one is dead
+    with Processes(timeout_s=900) as runs:
+        killed_run = runs.start(
+            _train_command(
+                tmp_path / "killed",
+                tmp_path / "data",
+                "+callbacks.kill._target_=helpers.kill.KillAtStep",
+                "+callbacks.kill.step=3",
+            )
+        )
+        full_run = runs.start(_train_command(tmp_path / "full", tmp_path / "full_data"), background=True)
+        killed = runs.finish(killed_run)
+        assert killed.code == -9, killed.err[-3000:]  # SIGKILL at step 3: last.ckpt is from step 2, mid-epoch
+        last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+        stored = torch.load(last, weights_only=True)
+        assert stored["global_step"] == 2 and stored["SyntheticDataModule"] == {"epoch": 0, "batches_done": 2}
+        assert not (tmp_path / "killed" / "checkpoints" / "final.ckpt").exists()
+
+        resumed_run = runs.start(_train_command(tmp_path / "resumed", tmp_path / "data", f"ckpt_path={last}"))
+        full = runs.finish(full_run)
+        assert full.code == 0, full.err[-3000:]
+        resumed = runs.finish(resumed_run)
+        assert resumed.code == 0, resumed.err[-3000:]
     reference = _losses(tmp_path / "full")
-    assert sorted(reference) == list(range(14))
-
-    killed = _train(
-        tmp_path / "killed",
-        data_dir,
-        "+callbacks.kill._target_=helpers.kill.KillAtStep",
-        "+callbacks.kill.step=7",
-    )
-    assert killed.returncode == -9  # SIGKILL at step 7: last.ckpt is from step 4, mid-epoch
-    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
-    stored = torch.load(last, weights_only=True)
-    assert stored["global_step"] == 4 and stored["SyntheticDataModule"] == {"epoch": 0, "batches_done": 4}
-    assert not (tmp_path / "killed" / "checkpoints" / "final.ckpt").exists()
-
-    resumed = _train(tmp_path / "resumed", data_dir, f"ckpt_path={last}")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(reference) == list(range(7))
     after = _losses(tmp_path / "resumed")
-    assert sorted(after) == list(range(4, 14))  # steps 4.. (0-based), across the epoch boundary
+    # steps 2.. (0-based): the rest of epoch 0, all of epoch 1 (steps 3-5) and the start of epoch 2
+    assert sorted(after) == list(range(2, 7))
+    epochs = [(int(r["step"]), int(r["epoch"])) for r in _logged(tmp_path / "resumed")]
+    assert epochs == [(2, 0), (3, 1), (4, 1), (5, 1), (6, 2)]
     for step, loss in after.items():
         assert loss == pytest.approx(reference[step], abs=1e-6), (step, loss, reference[step])

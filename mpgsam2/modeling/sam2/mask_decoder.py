@@ -195,6 +195,12 @@ class MaskDecoder(nn.Module):
                 ``use_multimask_token_for_obj_ptr``, else 1: the single-mask token).
             object_score_logits: [B, 1] (10.0 when object scores are not predicted).
         """
+        # parity: the raw context is flattened before the pixel fusion reads it, where the original makes its
+        # `mask_pred` (the same values): the same autograd graph, so training sums the context's gradients in the
+        # same order (other orders differ in rounding, which 2,000 steps of the demo turn into 1e-3 of J&F)
+        object_context = global_context
+        if isinstance(global_context, Tensor):
+            object_context = global_context.flatten(1, 2)
         if global_context is not None and self.use_pixel_global_fusion:
             image_embeddings = self._pixel_global_fusion(
                 image_embeddings, image_pe, global_context, text_feat, text_key_padding_mask
@@ -207,7 +213,7 @@ class MaskDecoder(nn.Module):
             dense_prompt_embeddings=dense_prompt_embeddings,
             repeat_image=repeat_image,
             high_res_features=high_res_features,
-            global_context=global_context,
+            object_context=object_context,
             obj_memory=obj_memory,
             obj_memory_pos=obj_memory_pos,
         )
@@ -304,11 +310,14 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: Tensor,
         repeat_image: bool,
         high_res_features: list[Tensor] | None,
-        global_context: GlobalContext | None,
+        object_context: Tensor | ProjectedGlobalContext | None,
         obj_memory: Tensor | None,
         obj_memory_pos: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """All mask-token outputs: masks [B, M+1, 4E, 4E], iou [B, M+1], tokens [B, M+1, C], score [B, 1]."""
+        """All mask-token outputs: masks [B, M+1, 4E, 4E], iou [B, M+1], tokens [B, M+1, C], score [B, 1].
+
+        object_context: the global context as the object global fusion reads it: raw and flattened,
+        [B, T*G*G, C], or projected; None skips the block."""
         s = 1 if self.pred_obj_scores else 0
         lead = (
             [self.obj_score_token.weight, self.iou_token.weight]
@@ -321,15 +330,15 @@ class MaskDecoder(nn.Module):
 
         # Object-level aggregation: the mask tokens (not the score / IoU tokens) attend to the global context,
         # then to the object pointers of earlier frames.
-        run_global = self.use_object_global_fusion and global_context is not None
+        run_global = self.use_object_global_fusion and object_context is not None
         run_historical = self.use_object_historical_fusion and obj_memory is not None
         if run_global or run_historical:
             mask_tokens = rearrange(mask_tokens, "b m c -> m b c")
-            if run_global and isinstance(global_context, ProjectedGlobalContext):
+            if run_global and isinstance(object_context, ProjectedGlobalContext):
                 # the block's output, computed once per clip
-                mask_tokens = global_context.object_tokens.to(mask_tokens.dtype)
+                mask_tokens = object_context.object_tokens.to(mask_tokens.dtype)
             elif run_global:
-                memory = rearrange(global_context.to(mask_tokens.dtype), "b t n c -> (t n) b c")
+                memory = rearrange(object_context.to(mask_tokens.dtype), "b n c -> n b c")
                 mask_tokens = run_block(
                     self.object_global_fusion, self.checkpoint_fusion, tgt=mask_tokens, memory=memory
                 )

@@ -9,8 +9,7 @@ memory: once as configured by default and once with activation checkpointing of 
 where this version's config has no such field). Sized to finish within 8 minutes on an H100 (``gpu_check.sh``
 enforces it; a section that would start after ``--budget-s`` prints a "skipped" row instead, so the table always
 comes out). ``--smoke`` runs the same code on the test model (``conf/model/{beit3,sam2}/test.yaml``) on the CPU,
-4 frames, a 2-frame clip and one timed training step
-(checks the script, measures nothing).
+with 4 frames, a 2-frame training clip and one timed training step (checks the script, measures nothing).
 
     bash benchmarks/gpu_check.sh            # on the GPU machine
     python benchmarks/gpu_check.py --smoke  # anywhere

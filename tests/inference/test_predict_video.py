@@ -250,6 +250,10 @@ def test_decoder_runs_the_global_fusion_from_the_projected_context_alone(model):
     for cached, direct in zip(from_projection, from_context):
         torch.testing.assert_close(cached, direct, atol=1e-5, rtol=1e-5)
     assert (without[0] - from_context[0]).abs().max() > 1e-3  # the context mattered
+    # a projection made without a block this decoder runs is refused by name, not failed on deep inside
+    partial = ProjectedGlobalContext(pixel_kv=projected.pixel_kv, object_tokens=None)
+    with torch.no_grad(), pytest.raises(ValueError, match="has no object_tokens, which this decoder"):
+        decoder(**inputs, global_context=partial)
 
 
 def test_predict_video_releases_the_global_context_while_tracking(model, monkeypatch):

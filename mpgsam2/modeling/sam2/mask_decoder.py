@@ -201,6 +201,8 @@ class MaskDecoder(nn.Module):
         object_context = global_context
         if isinstance(global_context, Tensor):
             object_context = global_context.flatten(1, 2)
+        elif isinstance(global_context, ProjectedGlobalContext):
+            self._check_projection(global_context)
         if global_context is not None and self.use_pixel_global_fusion:
             image_embeddings = self._pixel_global_fusion(
                 image_embeddings, image_pe, global_context, text_feat, text_key_padding_mask
@@ -233,6 +235,23 @@ class MaskDecoder(nn.Module):
             # SAM 2 otherwise always tracks with the single-mask token (the one trained as object memory).
             sam_tokens_out = mask_tokens_out[:, 0:1]
         return masks, iou_pred, sam_tokens_out, object_score_logits
+
+    def _check_projection(self, projected: ProjectedGlobalContext) -> None:
+        """A projection lacks nothing this decoder's fusion blocks read (it came from a decoder with the same
+        blocks, see :func:`~mpgsam2.modeling.sam2.global_context.project_global_context`)."""
+        missing = [
+            name
+            for name, used, value in (
+                ("pixel_kv", self.use_pixel_global_fusion, projected.pixel_kv),
+                ("object_tokens", self.use_object_global_fusion, projected.object_tokens),
+            )
+            if used and value is None
+        ]
+        if missing:
+            raise ValueError(
+                f"the projected global context has no {' / '.join(missing)}, which this decoder's global fusion "
+                "reads: project the context with this decoder (project_global_context)"
+            )
 
     def _pixel_global_fusion(
         self,

@@ -13,7 +13,7 @@ anything: it also drops expressions whose object is found weakly on a few frames
 
 ``predict_video``, evaluation's unit of work, runs a video's K expressions as one batch; ``predict_expression``
 is its K = 1 case. Both are tested to give the masks of the model's plain streaming API (``MPGSAM2.start_video``
-/ ``VideoSession.track``, one expression, no sharing, no context cache; tests/inference/test_predict_video.py;
+/ ``VideoSession.track``, one expression, no sharing, the raw global context; tests/inference/test_predict_video.py;
 throughput in benchmarks/README.md). The per-frame loop itself is the model's (``VideoSession.propagate``); here
 are the chunks, the batching of BEiT-3 calls, the frames read lazily and the resize to the original size.
 """
